@@ -1,0 +1,199 @@
+//! The messages of protocol v1. One ZeroMQ message carries one [`Envelope`]; see `PROTOCOL.md`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::status::ErrorCode;
+
+/// What travels in one frame: version, per-direction sequence number, and the message itself,
+/// as a msgpack map `{"v": 1, "seq": n, "kind": "<kind>", "body": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Protocol version ([`crate::PROTOCOL_VERSION`]).
+    pub v: u16,
+    /// Strictly increasing per link and direction, starting at 1; a frame whose `seq` is not greater
+    /// than the last accepted one is a replay and is dropped.
+    pub seq: u64,
+    #[serde(flatten)]
+    pub msg: Message,
+}
+
+/// Every message kind, tagged by `kind` with its fields under `body`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "body", rename_all = "snake_case")]
+pub enum Message {
+    /// plugin → supervisor, first frame: who I am and what I serve.
+    Hello(Hello),
+    /// supervisor → plugin: the HELLO was accepted.
+    Welcome(Welcome),
+    /// supervisor → plugin: run an entry.
+    Trigger(Trigger),
+    /// plugin → supervisor: the outcome of a TRIGGER.
+    Result(CallResult),
+    /// supervisor → plugin: stop working on a TRIGGER (its caller gave up or canceled).
+    Cancel(Cancel),
+    /// plugin → supervisor: the plugin's own status dict (`ctx.update_status`).
+    Status(StatusUpdate),
+    /// plugin → supervisor, every `NEKO_HEARTBEAT_MS`: I am alive and my I/O loop turns.
+    Heartbeat(Heartbeat),
+    /// supervisor → plugin: run your shutdown hook and exit within `grace_ms`.
+    Stop(Stop),
+}
+
+impl Message {
+    /// The `kind` name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "hello",
+            Self::Welcome(_) => "welcome",
+            Self::Trigger(_) => "trigger",
+            Self::Result(_) => "result",
+            Self::Cancel(_) => "cancel",
+            Self::Status(_) => "status",
+            Self::Heartbeat(_) => "heartbeat",
+            Self::Stop(_) => "stop",
+        }
+    }
+}
+
+/// HELLO: the plugin's handshake.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the plugin speaks.
+    pub protocol: u16,
+    /// The plugin id the plugin believes it has (must equal `NEKO_PLUGIN_ID`).
+    pub plugin_id: String,
+    /// SDK name, e.g. `neko-sdk-rust` or `neko-sdk-python`.
+    pub sdk: String,
+    /// SDK version (semver), checked against plugin.toml's `[plugin.sdk]` ranges.
+    pub sdk_version: String,
+    /// The process id as the plugin sees it.
+    pub pid: u32,
+    /// Entries the plugin serves. Only these can be triggered.
+    #[serde(default)]
+    pub entries: Vec<EntrySpec>,
+}
+
+/// One entry a plugin declares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntrySpec {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "default_input_schema")]
+    pub input_schema: Value,
+    /// The entry's own deadline; the supervisor's default applies when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// The reference's `kind` (action, service, hook, ...).
+    #[serde(default = "default_kind")]
+    pub kind: String,
+}
+
+/// `{"type": "object", "properties": {}}`, the reference's default schema.
+pub fn default_input_schema() -> Value {
+    serde_json::json!({"type": "object", "properties": {}})
+}
+
+fn default_kind() -> String {
+    "action".to_string()
+}
+
+/// WELCOME: the supervisor accepted the HELLO.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub plugin_id: String,
+    /// How often the plugin must send HEARTBEAT.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// TRIGGER: run `entry_id` with `args`; answer with a RESULT carrying the same `call_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trigger {
+    pub call_id: String,
+    pub entry_id: String,
+    /// A JSON object, passed to the handler as its arguments.
+    pub args: Value,
+    /// The time the supervisor waits; the plugin may cancel the handler after it.
+    pub timeout_ms: u64,
+    /// The run this call belongs to, when it comes from `POST /runs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+}
+
+/// RESULT: the outcome of a TRIGGER. Exactly one of `data` (when `ok`) and `error` is meaningful.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallResult {
+    pub call_id: String,
+    pub ok: bool,
+    #[serde(default)]
+    pub data: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<WireError>,
+}
+
+impl CallResult {
+    /// A successful result.
+    pub fn success(call_id: impl Into<String>, data: Value) -> Self {
+        Self {
+            call_id: call_id.into(),
+            ok: true,
+            data,
+            error: None,
+        }
+    }
+
+    /// A failed result.
+    pub fn failure(call_id: impl Into<String>, error: WireError) -> Self {
+        Self {
+            call_id: call_id.into(),
+            ok: false,
+            data: Value::Null,
+            error: Some(error),
+        }
+    }
+}
+
+/// An error as it travels: code, message, optional details (the reference's `RunError`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(default)]
+    pub details: Option<Value>,
+}
+
+impl WireError {
+    /// An error without details.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+}
+
+/// CANCEL: the caller of `call_id` no longer waits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cancel {
+    pub call_id: String,
+}
+
+/// STATUS: the plugin's own status dict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusUpdate {
+    pub status: Value,
+}
+
+/// HEARTBEAT: nothing but the fact that it arrived.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {}
+
+/// STOP: shut down within `grace_ms`, after which the supervisor sends SIGTERM, then SIGKILL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stop {
+    pub grace_ms: u64,
+}
