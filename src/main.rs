@@ -1,1 +1,102 @@
-fn main() {}
+//! The `neko` binary: parse the command line, load settings, set up logging, bind, print the
+//! address and admin token, and hand over to `neko::run`.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use neko::cli::{Cli, Command, LogFormat};
+use neko::settings::Settings;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serve = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+    };
+    let loaded = match Settings::load(&serve) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("neko: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&loaded.settings);
+    match serve_until_signal(loaded).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve_until_signal(loaded: neko::settings::Loaded) -> anyhow::Result<()> {
+    let settings = loaded.settings;
+    match &loaded.config_file {
+        Some(f) => tracing::info!(config = %f.display(), "settings loaded"),
+        None => tracing::info!("no config file; using built-in defaults"),
+    }
+    let token = neko::admin_token::obtain()?;
+    let token_file = neko::admin_token::save(&settings.gateway.data_dir, &token)?;
+    let addr = format!("{}:{}", settings.gateway.host, settings.gateway.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    // stdout carries exactly these lines, so scripts and tests can read the address and token.
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "neko listening on http://{bound}")?;
+    writeln!(out, "admin token: {token}")?;
+    writeln!(
+        out,
+        "(saved to {}; send it as 'Authorization: Bearer <token>')",
+        token_file.display()
+    )?;
+    out.flush()?;
+    drop(out);
+    tracing::info!(address = %bound, "neko gateway listening");
+    neko::run(settings, listener, token, shutdown_signal()).await
+}
+
+/// Resolves on the first SIGINT/SIGTERM; a second one exits at once, killing every plugin group.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers neko can still be stopped by SIGKILL; plugins die by PDEATHSIG.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        eprintln!("neko: second signal; exiting now");
+        neko_actors::process_host::child::kill_all_groups();
+        std::process::exit(130);
+    });
+}
+
+fn init_tracing(settings: &Settings) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match settings.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}

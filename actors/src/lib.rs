@@ -1,1 +1,28 @@
-//! placeholder
+//! neko's supervision tree (crate `neko-actors`): every subsystem is an actor under one root.
+//!
+//! Layout:
+//! - [`root`]: RootSupervisor, `rest_for_one` over the actors below; [`root::spawn_tree`].
+//! - [`status_manager`]: latest status per plugin.
+//! - [`registry`]: scans the plugins folder; [`manifest`] parses plugin.toml.
+//! - [`plugin_supervisor`]: restart policy per plugin ([`restart_policy`]); one
+//!   [`process_host`] per launch, which owns the OS process ([`process_host::child`]) and the
+//!   ZeroMQ link ([`process_host::link`]).
+//! - [`run_tracker`]: run records and their state machine; [`run_token`] signs run tokens.
+//! - [`error`]: the one error type requests answer with.
+//!
+//! No HTTP here: the gateway in the `neko` crate turns requests into these actors' messages.
+
+pub mod clock;
+pub mod error;
+pub mod manifest;
+pub mod plugin_supervisor;
+pub mod process_host;
+pub mod registry;
+pub mod restart_policy;
+pub mod root;
+pub mod run_token;
+pub mod run_tracker;
+pub mod status_manager;
+
+pub use error::Error;
+pub use root::{Tree, TreeArgs, TreeRefs, spawn_tree};

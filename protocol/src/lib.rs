@@ -5,6 +5,7 @@
 //! - [`message`]: the messages a plugin and the supervisor exchange (HELLO, TRIGGER, RESULT, ...).
 //! - [`codec`]: turns messages into signed ZeroMQ frames and back (msgpack named maps, HMAC-SHA256,
 //!   sequence numbers, size limit checked before decoding).
+//! - [`run`]: the run record shown by the runs API.
 //! - [`status`]: the status enums that show in JSON (plugin state, run status, error codes).
 //!
 //! This crate has no async runtime, no sockets and no actors: it is plain data and pure functions, so
@@ -14,11 +15,13 @@
 pub mod codec;
 pub mod ids;
 pub mod message;
+pub mod run;
 pub mod status;
 
 pub use codec::{CodecError, Direction, FrameKey, Session};
 pub use ids::{InvalidId, PluginId};
 pub use message::*;
+pub use run::RunRecord;
 pub use status::{ErrorCode, PluginState, RunStatus};
 
 /// The protocol version spoken by this crate. A HELLO with another version is refused.

@@ -1,1 +1,204 @@
-fn main() {}
+//! `neko-plugin-echo`: the bundled example plugin, built on the Rust SDK. Each entry exercises one
+//! thing the supervisor must handle, so neko's integration tests drive it:
+//!
+//! - `echo`: a plain round trip (returns its arguments minus `_ctx`).
+//! - `sleep`: a slow call, for deadlines and CANCEL.
+//! - `add`: a synchronous entry (runs on the blocking pool).
+//! - `fail`: an error RESULT with a chosen code.
+//! - `status`: a STATUS message from inside a call.
+//! - `exit`: the process dying mid-run, for crash handling and restarts.
+//! - `freeze`: the process stopping (SIGSTOP) so heartbeats stop, for the heartbeat deadline.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use neko_sdk::{Context, Entry, EntryError, ErrorCode, Plugin, args_without_ctx};
+use serde_json::{Value, json};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    Plugin::new()
+        .entry(
+            Entry::new("echo")
+                .name("Echo")
+                .description("Returns its arguments (without neko's _ctx)")
+                .input_schema(json!({"type": "object", "additionalProperties": true})),
+            |_ctx: Context, args: Value| async move { Ok(args_without_ctx(&args)) },
+        )
+        .entry(
+            Entry::new("sleep")
+                .name("Sleep")
+                .description("Sleeps for `ms` milliseconds, then returns {\"slept_ms\": ms}")
+                .input_schema(json!({
+                    "type": "object",
+                    "properties": {"ms": {"type": "integer", "minimum": 0}},
+                    "required": ["ms"],
+                })),
+            // The SDK drops this future on CANCEL or deadline, which ends the sleep.
+            |_ctx: Context, args: Value| async move {
+                let ms = sleep_ms(&args)?;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(json!({"slept_ms": ms}))
+            },
+        )
+        .sync_entry(
+            Entry::new("add")
+                .name("Add")
+                .description("Returns {\"sum\": a + b}")
+                .timeout(Duration::from_secs(5))
+                .input_schema(json!({
+                    "type": "object",
+                    "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+                    "required": ["a", "b"],
+                })),
+            |_ctx: Context, args: Value| add(&args),
+        )
+        .entry(
+            Entry::new("fail")
+                .name("Fail")
+                .description("Fails with `code` (default PLUGIN_ERROR) and `message`")
+                .input_schema(json!({
+                    "type": "object",
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                })),
+            |_ctx: Context, args: Value| async move { Err(requested_failure(&args)?) },
+        )
+        .entry(
+            Entry::new("status")
+                .name("Status")
+                .description("Reports its arguments as the plugin's status, returns {\"ok\": true}")
+                .input_schema(json!({"type": "object", "additionalProperties": true})),
+            |ctx: Context, args: Value| async move {
+                ctx.update_status(args_without_ctx(&args))?;
+                Ok(json!({"ok": true}))
+            },
+        )
+        .entry(
+            Entry::new("exit")
+                .name("Exit")
+                .description("Exits the process at once with `code` (to test crash handling)")
+                .input_schema(json!({
+                    "type": "object",
+                    "properties": {"code": {"type": "integer"}},
+                    "required": ["code"],
+                })),
+            |_ctx: Context, args: Value| async move {
+                let code = exit_code(&args)?;
+                tracing::warn!(code, "exiting on request");
+                std::process::exit(code)
+            },
+        )
+        .entry(
+            Entry::new("freeze")
+                .name("Freeze")
+                .description("Stops the process with SIGSTOP (to test the heartbeat deadline)")
+                .input_schema(json!({"type": "object", "properties": {}})),
+            |_ctx: Context, _args: Value| async move {
+                tracing::warn!("stopping this process with SIGSTOP");
+                // SAFETY: raise() has no memory-safety preconditions; SIGSTOP cannot be caught,
+                // so no handler of ours runs.
+                let rc = unsafe { libc::raise(libc::SIGSTOP) };
+                if rc != 0 {
+                    return Err(EntryError::internal("raise(SIGSTOP) failed"));
+                }
+                // Only reached if someone sends SIGCONT.
+                Ok(json!({"resumed": true}))
+            },
+        )
+        .run()
+        .await
+}
+
+/// `ms` from `{"ms": N}`: a non-negative integer.
+fn sleep_ms(args: &Value) -> Result<u64, EntryError> {
+    args.get("ms").and_then(Value::as_u64).ok_or_else(|| {
+        EntryError::validation("ms must be a non-negative integer")
+            .with_details(json!({"field": "ms"}))
+    })
+}
+
+/// `{"sum": a + b}`: an integer when both are integers (and the sum fits), a float otherwise.
+fn add(args: &Value) -> Result<Value, EntryError> {
+    let number = |field: &str| {
+        args.get(field).filter(|v| v.is_number()).ok_or_else(|| {
+            EntryError::validation(format!("{field} must be a number"))
+                .with_details(json!({"field": field}))
+        })
+    };
+    let (a, b) = (number("a")?, number("b")?);
+    if let (Some(a), Some(b)) = (a.as_i64(), b.as_i64())
+        && let Some(sum) = a.checked_add(b)
+    {
+        return Ok(json!({"sum": sum}));
+    }
+    // Both are numbers, so as_f64 is Some; 0.0 is never used.
+    let sum = a.as_f64().unwrap_or_default() + b.as_f64().unwrap_or_default();
+    Ok(json!({"sum": sum}))
+}
+
+/// The error `fail` was asked for.
+fn requested_failure(args: &Value) -> Result<EntryError, EntryError> {
+    let text = |field: &str, default: &str| match args.get(field) {
+        None | Some(Value::Null) => Ok(default.to_string()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(EntryError::validation(format!("{field} must be a string"))
+            .with_details(json!({"field": field}))),
+    };
+    let code = text("code", ErrorCode::PluginError.as_str())?;
+    let message = text("message", "requested failure")?;
+    Ok(EntryError::new(ErrorCode::from(code), message))
+}
+
+/// `code` from `{"code": N}`: an integer that fits an exit status.
+fn exit_code(args: &Value) -> Result<i32, EntryError> {
+    args.get("code")
+        .and_then(Value::as_i64)
+        .and_then(|c| i32::try_from(c).ok())
+        .ok_or_else(|| {
+            EntryError::validation("code must be an integer").with_details(json!({"field": "code"}))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_keeps_integers_integral() {
+        assert_eq!(add(&json!({"a": 2, "b": 3})).unwrap(), json!({"sum": 5}));
+        assert_eq!(
+            add(&json!({"a": 0.5, "b": 2})).unwrap(),
+            json!({"sum": 2.5})
+        );
+        assert_eq!(
+            add(&json!({"a": i64::MAX, "b": 1})).unwrap(),
+            json!({"sum": i64::MAX as f64 + 1.0})
+        );
+        let err = add(&json!({"a": "2", "b": 3})).unwrap_err();
+        assert_eq!(err.code, ErrorCode::ValidationError);
+        assert_eq!(err.details, Some(json!({"field": "a"})));
+    }
+
+    #[test]
+    fn fail_defaults_and_overrides() {
+        let e = requested_failure(&json!({})).unwrap();
+        assert_eq!(e.code, ErrorCode::PluginError);
+        assert_eq!(e.message, "requested failure");
+        let e = requested_failure(&json!({"code": "TIMEOUT", "message": "late"})).unwrap();
+        assert_eq!((e.code, e.message.as_str()), (ErrorCode::Timeout, "late"));
+        let e = requested_failure(&json!({"code": "MY_OWN"})).unwrap();
+        assert_eq!(e.code.as_str(), "MY_OWN");
+        let bad = requested_failure(&json!({"code": 3})).unwrap_err();
+        assert_eq!(bad.code, ErrorCode::ValidationError);
+    }
+
+    #[test]
+    fn sleep_and_exit_validate_their_numbers() {
+        assert_eq!(sleep_ms(&json!({"ms": 20})).unwrap(), 20);
+        assert!(sleep_ms(&json!({"ms": -1})).is_err());
+        assert!(sleep_ms(&json!({})).is_err());
+        assert_eq!(exit_code(&json!({"code": 3})).unwrap(), 3);
+        assert!(exit_code(&json!({"code": "3"})).is_err());
+        assert!(exit_code(&json!({"code": 1_i64 << 40})).is_err());
+    }
+}

@@ -1,0 +1,771 @@
+//! PluginSupervisor: one slot per registered plugin, one ProcessHost per launch, and the restart
+//! policy between launches.
+//!
+//! Parent: the root supervisor. Children: the ProcessHosts (linked). Senders: the gateway and the
+//! RunTracker (Start/Stop/Reload/Trigger), its hosts (HostSpawned/HostReady/HostExited), its own
+//! restart timers (RestartDue).
+//!
+//! Every exit is decided explicitly: a stop that was asked for ends in `stopped`; any other exit goes
+//! through the plugin's [`RestartPolicy`] → restart after a backoff, `stopped`, or give up →
+//! `crashed` (down until started by hand). A host actor that fails is treated as a crash of its
+//! plugin: the supervisor kills the process group it was told about and decides as for any crash.
+//! This actor never lets a child's death stop it (ractor's default would).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use neko_protocol::{EntrySpec, ErrorCode, PluginId, PluginState, WireError};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::task::AbortHandle;
+
+use crate::error::Error;
+use crate::manifest::PluginManifest;
+use crate::process_host::{
+    ExitReport, HostSettings, ProcessHost, ProcessHostArgs, ProcessHostMsg, TriggerReply,
+    TriggerRequest, child,
+};
+use crate::registry::RegistryMsg;
+use crate::restart_policy::{Decision, ExitInfo, RestartPolicy, RestartSettings, RestartTracker};
+use crate::status_manager::{Lifecycle, StatusManagerMsg};
+
+/// The PluginSupervisor actor.
+pub struct PluginSupervisor;
+
+/// What the supervisor starts with.
+pub struct PluginSupervisorArgs {
+    pub registry: ActorRef<RegistryMsg>,
+    pub status: ActorRef<StatusManagerMsg>,
+    pub host_settings: Arc<HostSettings>,
+    pub restart_defaults: RestartSettings,
+    /// Start `auto_start` plugins when the supervisor starts.
+    pub autostart: bool,
+}
+
+/// The answer to a manual start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOutcome {
+    Started,
+    AlreadyRunning,
+}
+
+/// Messages of the PluginSupervisor.
+pub enum PluginSupervisorMsg {
+    /// Start a plugin by hand (answers once it is ready, or failed).
+    Start(PluginId, RpcReplyPort<Result<StartOutcome, Error>>),
+    /// Stop a plugin by hand (answers once its process is gone).
+    Stop(PluginId, RpcReplyPort<Result<(), Error>>),
+    /// Stop, re-read plugin.toml, start.
+    Reload(PluginId, RpcReplyPort<Result<StartOutcome, Error>>),
+    /// Run an entry of a running plugin.
+    Trigger(PluginId, TriggerRequest, TriggerReply),
+    /// Stop every plugin (supervisor shutdown); answers when all processes are gone.
+    StopAll(RpcReplyPort<()>),
+    /// A host spawned its process.
+    HostSpawned {
+        plugin_id: PluginId,
+        launch: u64,
+        pid: u32,
+    },
+    /// A host's plugin said HELLO.
+    HostReady {
+        plugin_id: PluginId,
+        launch: u64,
+        entries: Vec<EntrySpec>,
+        sdk: String,
+    },
+    /// A host's launch ended.
+    HostExited {
+        plugin_id: PluginId,
+        launch: u64,
+        report: ExitReport,
+    },
+    /// A restart backoff elapsed.
+    RestartDue {
+        plugin_id: PluginId,
+        generation: u64,
+    },
+}
+
+struct HostHandle {
+    actor: ActorRef<ProcessHostMsg>,
+    launch: u64,
+    pid: Option<u32>,
+    ready: bool,
+}
+
+/// What the operator (or the config) wants of a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Running,
+    Stopped,
+}
+
+struct Slot {
+    manifest: Arc<PluginManifest>,
+    policy: RestartPolicy,
+    tracker: RestartTracker,
+    host: Option<HostHandle>,
+    lifecycle: Lifecycle,
+    want: Want,
+    /// Bumped whenever a pending restart must be forgotten.
+    generation: u64,
+    restart_timer: Option<AbortHandle>,
+    start_waiters: Vec<RpcReplyPort<Result<StartOutcome, Error>>>,
+    stop_waiters: Vec<RpcReplyPort<Result<(), Error>>>,
+    /// A reload is under way: start again once the current process is gone.
+    reload_after_stop: bool,
+}
+
+/// The PluginSupervisor's state.
+pub struct PluginSupervisorState {
+    registry: ActorRef<RegistryMsg>,
+    status: ActorRef<StatusManagerMsg>,
+    host_settings: Arc<HostSettings>,
+    restart_defaults: RestartSettings,
+    slots: HashMap<PluginId, Slot>,
+    next_launch: u64,
+    shutting_down: bool,
+    stop_all_waiters: Vec<RpcReplyPort<()>>,
+}
+
+impl Actor for PluginSupervisor {
+    type Msg = PluginSupervisorMsg;
+    type State = PluginSupervisorState;
+    type Arguments = PluginSupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: PluginSupervisorArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut state = PluginSupervisorState {
+            registry: args.registry,
+            status: args.status,
+            host_settings: args.host_settings,
+            restart_defaults: args.restart_defaults,
+            slots: HashMap::new(),
+            next_launch: 0,
+            shutting_down: false,
+            stop_all_waiters: Vec::new(),
+        };
+        let (plugins, order) = state
+            .registry
+            .call(RegistryMsg::StartPlan, Some(Duration::from_secs(10)))
+            .await?
+            .success_or("registry did not answer")?;
+        for manifest in plugins {
+            state.add_slot(manifest);
+        }
+        if args.autostart {
+            for id in order {
+                state.autostart(&myself, &id).await;
+            }
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PluginSupervisorMsg::Start(id, reply) => state.start(&myself, id, reply).await,
+            PluginSupervisorMsg::Stop(id, reply) => state.stop(id, reply),
+            PluginSupervisorMsg::Reload(id, reply) => state.reload(&myself, id, reply).await,
+            PluginSupervisorMsg::Trigger(id, req, reply) => state.trigger(id, req, reply),
+            PluginSupervisorMsg::StopAll(reply) => state.stop_all(reply),
+            PluginSupervisorMsg::HostSpawned {
+                plugin_id,
+                launch,
+                pid,
+            } => state.host_spawned(plugin_id, launch, pid),
+            PluginSupervisorMsg::HostReady {
+                plugin_id,
+                launch,
+                entries,
+                sdk,
+            } => state.host_ready(plugin_id, launch, entries, sdk),
+            PluginSupervisorMsg::HostExited {
+                plugin_id,
+                launch,
+                report,
+            } => state.host_exited(&myself, plugin_id, launch, report).await,
+            PluginSupervisorMsg::RestartDue {
+                plugin_id,
+                generation,
+            } => state.restart_due(&myself, plugin_id, generation).await,
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // A host ends itself right after casting HostExited, and ractor delivers supervision
+        // events before messages, so a clean termination is left to that message. Only a failure
+        // (panic or error) means the host could not report.
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("host actor failed: {err}")),
+            _ => return Ok(()),
+        };
+        let found = state.slots.iter().find_map(|(id, slot)| {
+            slot.host
+                .as_ref()
+                .filter(|h| h.actor.get_id() == cell.get_id())
+                .map(|h| (id.clone(), h.launch, h.pid))
+        });
+        if let Some((plugin_id, launch, pid)) = found {
+            if let Some(pid) = pid {
+                child::signal_group(pid, libc::SIGKILL);
+            }
+            tracing::error!(plugin_id = %plugin_id, launch, pid, reason = %why, "process host failed; its plugin counts as crashed");
+            let report = ExitReport {
+                description: why,
+                abnormal: true,
+                ready_for: None,
+                pid,
+                kill_reason: Some("host actor failed".into()),
+            };
+            state.host_exited(&myself, plugin_id, launch, report).await;
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Best effort when stopped without StopAll: no process may outlive the tree.
+        for slot in state.slots.values() {
+            if let Some(pid) = slot.host.as_ref().and_then(|h| h.pid) {
+                child::signal_group(pid, libc::SIGKILL);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PluginSupervisorState {
+    fn add_slot(&mut self, manifest: Arc<PluginManifest>) {
+        let policy = match RestartPolicy::new(&self.restart_defaults, &manifest.restart) {
+            Ok(p) => p,
+            Err(reason) => {
+                tracing::warn!(plugin_id = %manifest.id, %reason, "invalid restart policy in plugin.toml; using the defaults");
+                RestartPolicy::new(&self.restart_defaults, &Default::default())
+                    .expect("the global defaults were validated at load")
+            }
+        };
+        let state = if manifest.enabled {
+            PluginState::Stopped
+        } else {
+            PluginState::Disabled
+        };
+        let slot = Slot {
+            manifest: manifest.clone(),
+            policy,
+            tracker: RestartTracker::default(),
+            host: None,
+            lifecycle: Lifecycle {
+                state,
+                pid: None,
+                restarts: 0,
+                last_exit: None,
+                error: None,
+                entries: Vec::new(),
+                sdk: None,
+            },
+            want: Want::Stopped,
+            generation: 0,
+            restart_timer: None,
+            start_waiters: Vec::new(),
+            stop_waiters: Vec::new(),
+            reload_after_stop: false,
+        };
+        let _ = self.status.cast(StatusManagerMsg::LifecycleChanged {
+            plugin_id: manifest.id.clone(),
+            lifecycle: slot.lifecycle.clone(),
+        });
+        self.slots.insert(manifest.id.clone(), slot);
+    }
+
+    fn publish(&self, id: &PluginId) {
+        if let Some(slot) = self.slots.get(id) {
+            let _ = self.status.cast(StatusManagerMsg::LifecycleChanged {
+                plugin_id: id.clone(),
+                lifecycle: slot.lifecycle.clone(),
+            });
+        }
+    }
+
+    async fn autostart(&mut self, myself: &ActorRef<PluginSupervisorMsg>, id: &PluginId) {
+        let Some(slot) = self.slots.get(id) else {
+            return;
+        };
+        if !(slot.manifest.enabled && slot.manifest.auto_start) {
+            return;
+        }
+        // Startup applies the same checks as a manual start (dependencies, SDK ranges).
+        match self.resolve(id).await {
+            Ok(()) => self.launch(myself, id).await,
+            Err(e) => {
+                tracing::error!(plugin_id = %id, error = %e, "plugin not started");
+                if let Some(slot) = self.slots.get_mut(id) {
+                    slot.lifecycle.error = Some(e.to_string());
+                }
+                self.publish(id);
+            }
+        }
+    }
+
+    /// Re-reads the plugin's manifest through the registry (checks included) into its slot.
+    async fn resolve(&mut self, id: &PluginId) -> Result<(), Error> {
+        let manifest = self
+            .registry
+            .call(
+                |port| RegistryMsg::Resolve(id.clone(), port),
+                Some(Duration::from_secs(10)),
+            )
+            .await
+            .map_err(|e| Error::Unavailable(format!("registry: {e}")))?
+            .success_or(Error::Unavailable("registry did not answer".into()))??;
+        let slot = self
+            .slots
+            .get_mut(id)
+            .ok_or_else(|| Error::PluginNotFound(id.clone()))?;
+        slot.policy =
+            RestartPolicy::new(&self.restart_defaults, &manifest.restart).map_err(|reason| {
+                Error::PluginInvalid {
+                    plugin: id.clone(),
+                    reason,
+                }
+            })?;
+        slot.manifest = manifest;
+        Ok(())
+    }
+
+    async fn start(
+        &mut self,
+        myself: &ActorRef<PluginSupervisorMsg>,
+        id: PluginId,
+        reply: RpcReplyPort<Result<StartOutcome, Error>>,
+    ) {
+        if self.shutting_down {
+            let _ = reply.send(Err(Error::ShuttingDown));
+            return;
+        }
+        // A plugin the supervisor has never seen may have been added to the folder since.
+        if !self.slots.contains_key(&id) {
+            match self.fetch_new(&id).await {
+                Ok(m) => self.add_slot(m),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            }
+        }
+        let slot = self.slots.get_mut(&id).expect("slot exists");
+        if let Some(host) = &slot.host {
+            if host.ready && slot.want == Want::Running {
+                let _ = reply.send(Ok(StartOutcome::AlreadyRunning));
+            } else if slot.want == Want::Running {
+                slot.start_waiters.push(reply);
+            } else {
+                // It is being stopped: start it again once it is gone.
+                slot.reload_after_stop = true;
+                slot.start_waiters.push(reply);
+            }
+            return;
+        }
+        if let Err(e) = self.resolve(&id).await {
+            let slot = self.slots.get_mut(&id).expect("slot exists");
+            slot.lifecycle.error = Some(e.to_string());
+            self.publish(&id);
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let slot = self.slots.get_mut(&id).expect("slot exists");
+        if !slot.manifest.enabled {
+            let _ = reply.send(Err(Error::PluginDisabled(id)));
+            return;
+        }
+        slot.tracker.reset();
+        slot.lifecycle.restarts = 0;
+        slot.start_waiters.push(reply);
+        self.launch(myself, &id).await;
+    }
+
+    async fn fetch_new(&self, id: &PluginId) -> Result<Arc<PluginManifest>, Error> {
+        self.registry
+            .call(
+                |port| RegistryMsg::Resolve(id.clone(), port),
+                Some(Duration::from_secs(10)),
+            )
+            .await
+            .map_err(|e| Error::Unavailable(format!("registry: {e}")))?
+            .success_or(Error::Unavailable("registry did not answer".into()))?
+    }
+
+    fn stop(&mut self, id: PluginId, reply: RpcReplyPort<Result<(), Error>>) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            let _ = reply.send(Err(Error::PluginNotFound(id)));
+            return;
+        };
+        slot.want = Want::Stopped;
+        slot.reload_after_stop = false;
+        for w in slot.start_waiters.drain(..) {
+            let _ = w.send(Err(Error::StartFailed {
+                plugin: id.clone(),
+                reason: "stopped before it was ready".into(),
+            }));
+        }
+        match &slot.host {
+            Some(host) => {
+                let _ = host.actor.cast(ProcessHostMsg::Stop);
+                slot.stop_waiters.push(reply);
+                slot.lifecycle.state = PluginState::Stopping;
+                self.publish(&id);
+            }
+            None if slot.lifecycle.state == PluginState::Restarting => {
+                // Stopping during a backoff: forget the pending restart.
+                slot.generation += 1;
+                if let Some(t) = slot.restart_timer.take() {
+                    t.abort();
+                }
+                slot.lifecycle.state = PluginState::Stopped;
+                tracing::info!(plugin_id = %id, "plugin stopped (pending restart canceled)");
+                self.publish(&id);
+                let _ = reply.send(Ok(()));
+            }
+            None => {
+                let _ = reply.send(Err(Error::PluginNotRunning(id)));
+            }
+        }
+    }
+
+    async fn reload(
+        &mut self,
+        myself: &ActorRef<PluginSupervisorMsg>,
+        id: PluginId,
+        reply: RpcReplyPort<Result<StartOutcome, Error>>,
+    ) {
+        let running = self.slots.get(&id).is_some_and(|s| s.host.is_some());
+        if !running {
+            return self.start(myself, id, reply).await;
+        }
+        tracing::info!(plugin_id = %id, "reloading plugin");
+        let slot = self.slots.get_mut(&id).expect("checked above");
+        slot.want = Want::Stopped;
+        slot.reload_after_stop = true;
+        slot.start_waiters.push(reply);
+        if let Some(host) = &slot.host {
+            let _ = host.actor.cast(ProcessHostMsg::Stop);
+        }
+        slot.lifecycle.state = PluginState::Stopping;
+        self.publish(&id);
+    }
+
+    fn trigger(&mut self, id: PluginId, req: TriggerRequest, reply: TriggerReply) {
+        let Some(slot) = self.slots.get(&id) else {
+            let _ = reply.send(Err(WireError::new(
+                ErrorCode::NotFound,
+                format!("Plugin '{id}' is not found/registered"),
+            )));
+            return;
+        };
+        match &slot.host {
+            Some(host) if host.ready && slot.want == Want::Running => {
+                // If the host is gone between its exit and our bookkeeping, the message (and its
+                // reply port) comes back inside the error.
+                if let Err(ractor::MessagingErr::SendErr(ProcessHostMsg::Trigger(_, reply))) =
+                    host.actor.cast(ProcessHostMsg::Trigger(req, reply))
+                {
+                    let _ = reply.send(Err(WireError::new(
+                        ErrorCode::NotReady,
+                        format!("Plugin '{id}' is restarting"),
+                    )));
+                }
+            }
+            _ => {
+                let _ = reply.send(Err(WireError::new(
+                    ErrorCode::NotReady,
+                    format!(
+                        "Plugin '{id}' is registered but not running (status: {})",
+                        slot.lifecycle.state
+                    ),
+                )));
+            }
+        }
+    }
+
+    fn stop_all(&mut self, reply: RpcReplyPort<()>) {
+        self.shutting_down = true;
+        for slot in self.slots.values_mut() {
+            slot.want = Want::Stopped;
+            slot.reload_after_stop = false;
+            slot.generation += 1;
+            if let Some(t) = slot.restart_timer.take() {
+                t.abort();
+            }
+            if let Some(host) = &slot.host {
+                let _ = host.actor.cast(ProcessHostMsg::Stop);
+            }
+        }
+        self.stop_all_waiters.push(reply);
+        self.check_all_stopped();
+    }
+
+    fn check_all_stopped(&mut self) {
+        if self.shutting_down && self.slots.values().all(|s| s.host.is_none()) {
+            for w in self.stop_all_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    async fn launch(&mut self, myself: &ActorRef<PluginSupervisorMsg>, id: &PluginId) {
+        self.next_launch += 1;
+        let launch = self.next_launch;
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        slot.want = Want::Running;
+        slot.generation += 1;
+        if let Some(t) = slot.restart_timer.take() {
+            t.abort();
+        }
+        let args = ProcessHostArgs {
+            manifest: slot.manifest.clone(),
+            launch,
+            settings: self.host_settings.clone(),
+            supervisor: myself.clone(),
+            status: self.status.clone(),
+        };
+        let name = format!("neko.host.{id}.{launch}");
+        match Actor::spawn_linked(Some(name), ProcessHost, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                slot.host = Some(HostHandle {
+                    actor,
+                    launch,
+                    pid: None,
+                    ready: false,
+                });
+                slot.lifecycle.state = PluginState::Starting;
+                slot.lifecycle.pid = None;
+                slot.lifecycle.error = None;
+                self.publish(id);
+            }
+            Err(e) => {
+                let report = ExitReport {
+                    description: format!("could not set up the plugin link: {e}"),
+                    abnormal: true,
+                    ready_for: None,
+                    pid: None,
+                    kill_reason: None,
+                };
+                // Same path as any failed start, so the restart policy applies.
+                Box::pin(self.exit_decision(myself, id, launch, report)).await;
+            }
+        }
+    }
+
+    fn host_spawned(&mut self, id: PluginId, launch: u64, pid: u32) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        if let Some(host) = slot.host.as_mut().filter(|h| h.launch == launch) {
+            host.pid = Some(pid);
+            slot.lifecycle.pid = Some(pid);
+            self.publish(&id);
+        }
+    }
+
+    fn host_ready(&mut self, id: PluginId, launch: u64, entries: Vec<EntrySpec>, sdk: String) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let Some(host) = slot.host.as_mut().filter(|h| h.launch == launch) else {
+            return;
+        };
+        host.ready = true;
+        slot.lifecycle.state = if slot.want == Want::Running {
+            PluginState::Running
+        } else {
+            PluginState::Stopping
+        };
+        slot.lifecycle.entries = entries;
+        slot.lifecycle.sdk = Some(sdk);
+        slot.lifecycle.error = None;
+        for w in slot.start_waiters.drain(..) {
+            let _ = w.send(Ok(StartOutcome::Started));
+        }
+        self.publish(&id);
+    }
+
+    async fn host_exited(
+        &mut self,
+        myself: &ActorRef<PluginSupervisorMsg>,
+        id: PluginId,
+        launch: u64,
+        report: ExitReport,
+    ) {
+        let current = self
+            .slots
+            .get(&id)
+            .and_then(|s| s.host.as_ref())
+            .is_some_and(|h| h.launch == launch);
+        if !current {
+            return;
+        }
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.host = None;
+        }
+        self.exit_decision(myself, &id, launch, report).await;
+        self.check_all_stopped();
+    }
+
+    /// Decides what follows the end of a launch, logs it, and publishes the new state.
+    async fn exit_decision(
+        &mut self,
+        myself: &ActorRef<PluginSupervisorMsg>,
+        id: &PluginId,
+        launch: u64,
+        report: ExitReport,
+    ) {
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        slot.lifecycle.pid = None;
+        slot.lifecycle.last_exit = Some(report.description.clone());
+        if slot.want == Want::Stopped {
+            tracing::info!(plugin_id = %id, pid = report.pid, launch, exit = %report.description, "plugin stopped");
+            slot.lifecycle.state = PluginState::Stopped;
+            slot.lifecycle.error = None;
+            for w in slot.stop_waiters.drain(..) {
+                let _ = w.send(Ok(()));
+            }
+            let restart = slot.reload_after_stop && !self.shutting_down;
+            slot.reload_after_stop = false;
+            self.publish(id);
+            if restart {
+                match self.resolve(id).await {
+                    Ok(()) => {
+                        if let Some(slot) = self.slots.get_mut(id) {
+                            slot.tracker.reset();
+                            slot.lifecycle.restarts = 0;
+                        }
+                        Box::pin(self.launch(myself, id)).await;
+                    }
+                    Err(e) => {
+                        if let Some(slot) = self.slots.get_mut(id) {
+                            slot.lifecycle.error = Some(e.to_string());
+                            for w in slot.start_waiters.drain(..) {
+                                let _ = w.send(Err(e.clone()));
+                            }
+                        }
+                        self.publish(id);
+                    }
+                }
+            }
+            return;
+        }
+        let info = ExitInfo {
+            abnormal: report.abnormal,
+            ready_for: report.ready_for,
+        };
+        let decision =
+            slot.tracker
+                .on_exit(&slot.policy, Instant::now(), &info, rand::random::<f64>());
+        // A manual start waits for readiness; a launch that died first fails that start.
+        if report.ready_for.is_none() {
+            for w in slot.start_waiters.drain(..) {
+                let _ = w.send(Err(Error::StartFailed {
+                    plugin: id.clone(),
+                    reason: format!(
+                        "process died immediately after startup ({})",
+                        report.description
+                    ),
+                }));
+            }
+        }
+        match decision {
+            Decision::Restart {
+                attempt,
+                delay,
+                class,
+            } => {
+                slot.lifecycle.state = PluginState::Restarting;
+                slot.lifecycle.restarts += 1;
+                slot.lifecycle.error = report.kill_reason.clone();
+                tracing::warn!(
+                    plugin_id = %id,
+                    pid = report.pid,
+                    exit = %report.description,
+                    kill_reason = report.kill_reason.as_deref(),
+                    class = ?class,
+                    attempt,
+                    restart_count = slot.lifecycle.restarts,
+                    delay_ms = delay.as_millis() as u64,
+                    "plugin crashed; restarting"
+                );
+                slot.generation += 1;
+                let generation = slot.generation;
+                let plugin_id = id.clone();
+                slot.restart_timer = Some(
+                    myself
+                        .send_after(delay, move || PluginSupervisorMsg::RestartDue {
+                            plugin_id,
+                            generation,
+                        })
+                        .abort_handle(),
+                );
+            }
+            Decision::Stop => {
+                tracing::info!(plugin_id = %id, pid = report.pid, exit = %report.description, "plugin exited; its restart policy does not restart it");
+                slot.lifecycle.state = PluginState::Stopped;
+                slot.want = Want::Stopped;
+            }
+            Decision::GiveUp {
+                restarts_in_window,
+                reason,
+            } => {
+                tracing::error!(
+                    plugin_id = %id,
+                    pid = report.pid,
+                    exit = %report.description,
+                    restart_count = slot.lifecycle.restarts,
+                    restarts_in_window,
+                    %reason,
+                    "plugin crashed; giving up"
+                );
+                slot.lifecycle.state = PluginState::Crashed;
+                slot.lifecycle.error =
+                    Some(format!("{reason} (last exit: {})", report.description));
+                slot.want = Want::Stopped;
+            }
+        }
+        self.publish(id);
+    }
+
+    async fn restart_due(
+        &mut self,
+        myself: &ActorRef<PluginSupervisorMsg>,
+        id: PluginId,
+        generation: u64,
+    ) {
+        let due = self.slots.get(&id).is_some_and(|s| {
+            s.generation == generation && s.host.is_none() && s.want == Want::Running
+        });
+        if due && !self.shutting_down {
+            let restarts = self.slots.get(&id).map(|s| s.lifecycle.restarts);
+            tracing::info!(plugin_id = %id, restart_count = restarts, "restarting plugin");
+            self.launch(myself, &id).await;
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The plugin's OS process: find the program (building it first if plugin.toml says how), spawn it
+//! in its own process group with PDEATHSIG, forward its output into `tracing`, reap it, signal it.
+//!
+//! Linux-only by design for now (process groups, `prctl`); see DESIGN.md.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::LazyLock;
+
+use dashmap::DashMap;
+
+use neko_protocol::PluginId;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+
+/// Every plugin process group alive, by pgid. Hosts own their processes; this map is only the
+/// safety net that lets the tree kill every group when a supervisor actor fails (ractor skips
+/// `post_stop` then) and when neko exits.
+static LIVE_GROUPS: LazyLock<DashMap<u32, PluginId>> = LazyLock::new(DashMap::new);
+
+/// Kills every plugin process group still alive (SIGKILL). Returns how many were signalled.
+pub fn kill_all_groups() -> usize {
+    let pgids: Vec<u32> = LIVE_GROUPS.iter().map(|e| *e.key()).collect();
+    for pgid in &pgids {
+        signal_group(*pgid, libc::SIGKILL);
+    }
+    pgids.len()
+}
+
+/// Spawns the task that reaps `child`, forgets its group, and hands the status to `on_exit`.
+pub fn reap(
+    mut child: tokio::process::Child,
+    on_exit: impl FnOnce(std::io::Result<ExitStatus>) + Send + 'static,
+) {
+    let pgid = child.id();
+    tokio::spawn(async move {
+        let status = child.wait().await;
+        if let Some(pgid) = pgid {
+            // Take down anything the plugin left in its group, then forget the group.
+            signal_group(pgid, libc::SIGKILL);
+            LIVE_GROUPS.remove(&pgid);
+        }
+        on_exit(status);
+    });
+}
+
+/// What to execute for one launch.
+#[derive(Clone)]
+pub struct LaunchSpec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    /// Extra environment (the `NEKO_*` variables, including the secret).
+    pub env: Vec<(String, String)>,
+}
+
+// The spec carries the per-launch secret in `env`: never print it.
+impl std::fmt::Debug for LaunchSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaunchSpec")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("cwd", &self.cwd)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Finds a native plugin's program: a path with a `/` is taken relative to the plugin folder; a
+/// bare name is looked up next to the neko binary, then in the plugin folder, then on `PATH`.
+pub fn resolve_program(command: &str, plugin_dir: &Path) -> Option<PathBuf> {
+    if command.contains('/') {
+        let p = plugin_dir.join(command);
+        return is_executable(&p).then_some(p);
+    }
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    let path_dirs = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    exe_dir
+        .into_iter()
+        .chain(std::iter::once(plugin_dir.to_path_buf()))
+        .chain(path_dirs)
+        .map(|d| d.join(command))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Runs a plugin's `build` command in its folder, its output going to the log.
+pub async fn run_build(plugin_id: &PluginId, build: &[String], cwd: &Path) -> Result<(), String> {
+    let Some((program, args)) = build.split_first() else {
+        return Err("empty build command".into());
+    };
+    tracing::info!(plugin_id = %plugin_id, command = ?build, "building plugin (first start)");
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("could not run build command {build:?}: {e}"))?;
+    forward_output(plugin_id, &mut child, "build");
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| format!("build command failed: {e}"))?;
+    if status.success() {
+        tracing::info!(plugin_id = %plugin_id, "plugin build finished");
+        Ok(())
+    } else {
+        Err(format!(
+            "build command {build:?} failed ({})",
+            describe_exit(&status)
+        ))
+    }
+}
+
+/// Spawns the plugin process in its own process group, with stdin closed and stdout/stderr
+/// forwarded into the log. The caller must hand the child to [`reap`].
+pub fn spawn(plugin_id: &PluginId, spec: &LaunchSpec) -> std::io::Result<tokio::process::Child> {
+    let supervisor_pid = std::process::id() as libc::pid_t;
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .current_dir(&spec.cwd)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group, so stop and kill reach every process the plugin started.
+        .process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
+    // functions (prctl, getppid, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            // Die with the supervisor, even when it is SIGKILLed and cannot clean up.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The supervisor may have died between fork and prctl: then nobody would kill us.
+            if libc::getppid() != supervisor_pid {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    if let Some(pid) = child.id() {
+        LIVE_GROUPS.insert(pid, plugin_id.clone());
+    }
+    forward_output(plugin_id, &mut child, "plugin");
+    Ok(child)
+}
+
+/// Sends `signal` to the whole process group `pgid`. A group that is already gone is not an error.
+pub fn signal_group(pgid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) with a negative pid addresses a process group; no memory is involved.
+    let rc = unsafe { libc::kill(-(pgid as libc::pid_t), signal) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ESRCH) {
+            tracing::warn!(pgid, signal, error = %err, "could not signal plugin process group");
+        }
+    }
+}
+
+/// A short text for an exit status: `exit code 3`, `killed by signal 9 (SIGKILL)`.
+pub fn describe_exit(status: &ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig} ({})", signal_name(sig)),
+        _ => "unknown exit".to_string(),
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGINT => "SIGINT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGPIPE => "SIGPIPE",
+        _ => "signal",
+    }
+}
+
+/// Forwards each line of the child's stdout and stderr to `tracing`, tagged with the plugin id.
+fn forward_output(plugin_id: &PluginId, child: &mut tokio::process::Child, what: &'static str) {
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(forward_lines(plugin_id.clone(), out, what, "stdout"));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(forward_lines(plugin_id.clone(), err, what, "stderr"));
+    }
+}
+
+async fn forward_lines(
+    plugin_id: PluginId,
+    mut stream: impl AsyncRead + Unpin,
+    what: &'static str,
+    stream_name: &'static str,
+) {
+    // Read raw bytes, not `lines()`: a plugin that prints invalid UTF-8 or one endless line must
+    // neither stop the forwarding (its pipe would fill and block it) nor grow memory without bound.
+    const MAX_LINE: usize = 16 * 1024;
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            emit_line(&plugin_id, &line[..line.len() - 1], what, stream_name);
+        }
+        if buf.len() > MAX_LINE {
+            emit_line(&plugin_id, &buf, what, stream_name);
+            buf.clear();
+        }
+    }
+    if !buf.is_empty() {
+        emit_line(&plugin_id, &buf, what, stream_name);
+    }
+}
+
+fn emit_line(plugin_id: &PluginId, line: &[u8], what: &'static str, stream_name: &'static str) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches('\r');
+    tracing::info!(target: "neko::plugin_output", plugin_id = %plugin_id, source = what, stream = stream_name, "{text}");
+}

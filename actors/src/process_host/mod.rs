@@ -1,0 +1,701 @@
+//! ProcessHost: owns ONE launch of one plugin: its OS process and its ZeroMQ link.
+//!
+//! Parent: the PluginSupervisor, which spawns one host per launch and decides about restarts.
+//! Children: none (the OS process is not an actor). Senders: the PluginSupervisor (Trigger, Stop),
+//! its own link reader (FrameReceived), its reaper task (ChildExited), its timers.
+//!
+//! Life of a host: Preparing (resolve or build the program) → Handshaking (process spawned, waiting
+//! for HELLO) → Ready (serving TRIGGERs) → [Stopping] → the process exits → the host reports
+//! `HostExited` to the supervisor and stops itself. A process that sends no HELLO within the
+//! handshake timeout, or nothing within the heartbeat timeout, is killed (SIGKILL to its group).
+//!
+//! If the host actor itself fails, ractor skips `post_stop`; the supervisor then kills the process
+//! group by the pid it was told in `HostSpawned`, and the reaper task still reaps the child.
+
+pub mod child;
+pub mod link;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use neko_protocol::{
+    Cancel, EntrySpec, Envelope, ErrorCode, FrameKey, Hello, Message, PROTOCOL_VERSION, PluginId,
+    Stop, Trigger, Welcome, WireError, env,
+};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::Value;
+use tokio::task::{AbortHandle, JoinHandle};
+
+use crate::manifest::{PluginManifest, Runtime};
+use crate::plugin_supervisor::PluginSupervisorMsg;
+use crate::status_manager::StatusManagerMsg;
+use child::LaunchSpec;
+use link::Link;
+pub use link::Transport;
+
+/// Settings every host shares (the `[supervision]` slice of neko's settings).
+#[derive(Debug, Clone)]
+pub struct HostSettings {
+    /// Private directory (0700) for ipc socket files.
+    pub runtime_dir: PathBuf,
+    pub transport: Transport,
+    /// Time from spawn to an accepted HELLO.
+    pub handshake_timeout: Duration,
+    /// How often plugins send HEARTBEAT.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a plugin counts as hung and is killed.
+    pub heartbeat_timeout: Duration,
+    /// Time between STOP and SIGTERM.
+    pub stop_grace: Duration,
+    /// Time between SIGTERM and SIGKILL.
+    pub term_grace: Duration,
+    /// Deadline of an entry that declares none.
+    pub default_call_timeout: Duration,
+    /// Largest frame payload accepted from a plugin.
+    pub max_frame_bytes: usize,
+}
+
+/// The ProcessHost actor.
+pub struct ProcessHost;
+
+/// What a host starts with.
+pub struct ProcessHostArgs {
+    pub manifest: Arc<PluginManifest>,
+    /// Sequence number of this launch (unique within the supervisor's life).
+    pub launch: u64,
+    pub settings: Arc<HostSettings>,
+    pub supervisor: ActorRef<PluginSupervisorMsg>,
+    pub status: ActorRef<StatusManagerMsg>,
+}
+
+/// The reply to a TRIGGER: the entry's data, or why there is none.
+pub type TriggerReply = RpcReplyPort<Result<Value, WireError>>;
+
+/// One entry invocation, as the supervisor routes it.
+pub struct TriggerRequest {
+    pub entry_id: String,
+    pub args: Value,
+    pub run_id: Option<String>,
+    /// Overrides the entry's own deadline (`_ctx.entry_timeout`).
+    pub timeout: Option<Duration>,
+}
+
+/// Messages of a ProcessHost.
+pub enum ProcessHostMsg {
+    /// Run an entry in the plugin.
+    Trigger(TriggerRequest, TriggerReply),
+    /// Stop gracefully: STOP → grace → SIGTERM → grace → SIGKILL.
+    Stop,
+    /// The program is resolved (and built): spawn it.
+    Prepared(Result<LaunchSpec, String>),
+    /// A verified frame arrived from the plugin.
+    FrameReceived { identity: Bytes, envelope: Envelope },
+    /// The reaper saw the process exit.
+    ChildExited(std::io::Result<ExitStatus>),
+    /// The handshake deadline passed.
+    HandshakeExpired,
+    /// Periodic heartbeat check.
+    HeartbeatCheck,
+    /// A call's deadline passed.
+    CallExpired { call_id: String },
+    /// The next step of a graceful stop.
+    Escalate(StopStep),
+}
+
+/// Steps of the stop sequence after STOP.
+#[derive(Debug, Clone, Copy)]
+pub enum StopStep {
+    Terminate,
+    Kill,
+}
+
+/// How a launch ended, as the supervisor needs it for its restart decision.
+#[derive(Debug, Clone)]
+pub struct ExitReport {
+    /// `exit code 3`, `killed by signal 9 (SIGKILL)`, or why no process ran.
+    pub description: String,
+    /// Non-zero code, signal, or killed by the host for a missed deadline.
+    pub abnormal: bool,
+    /// How long the plugin was ready before it exited; `None` if it never said HELLO.
+    pub ready_for: Option<Duration>,
+    /// The pid, if a process was spawned.
+    pub pid: Option<u32>,
+    /// Why the host killed the process, if it did.
+    pub kill_reason: Option<String>,
+}
+
+enum Phase {
+    Preparing(JoinHandle<()>),
+    Handshaking,
+    Ready,
+    Stopping,
+    Exited,
+}
+
+struct PendingCall {
+    entry_id: String,
+    reply: TriggerReply,
+    timer: AbortHandle,
+}
+
+/// A host's state.
+pub struct ProcessHostState {
+    plugin_id: PluginId,
+    manifest: Arc<PluginManifest>,
+    settings: Arc<HostSettings>,
+    launch: u64,
+    supervisor: ActorRef<PluginSupervisorMsg>,
+    status: ActorRef<StatusManagerMsg>,
+    link: Link,
+    key: FrameKey,
+    phase: Phase,
+    pid: Option<u32>,
+    ready_at: Option<Instant>,
+    last_seen: Instant,
+    entries: HashMap<String, EntrySpec>,
+    calls: HashMap<String, PendingCall>,
+    next_call: u64,
+    stop_requested: bool,
+    kill_reason: Option<String>,
+    timers: Vec<AbortHandle>,
+}
+
+impl Actor for ProcessHost {
+    type Msg = ProcessHostMsg;
+    type State = ProcessHostState;
+    type Arguments = ProcessHostArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: ProcessHostArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let key = FrameKey::new(rand::random::<[u8; 32]>().to_vec());
+        let plugin_id = args.manifest.id.clone();
+        let link = Link::bind(
+            &plugin_id,
+            args.launch,
+            &args.settings.runtime_dir,
+            args.settings.transport,
+            &key,
+            args.settings.max_frame_bytes,
+            myself.clone(),
+        )
+        .await?;
+        let prepare = tokio::spawn(prepare(
+            args.manifest.clone(),
+            link.endpoint().to_string(),
+            key.clone(),
+            args.settings.clone(),
+            myself.clone(),
+        ));
+        Ok(ProcessHostState {
+            plugin_id,
+            manifest: args.manifest,
+            settings: args.settings,
+            launch: args.launch,
+            supervisor: args.supervisor,
+            status: args.status,
+            link,
+            key,
+            phase: Phase::Preparing(prepare),
+            pid: None,
+            ready_at: None,
+            last_seen: Instant::now(),
+            entries: HashMap::new(),
+            calls: HashMap::new(),
+            next_call: 0,
+            stop_requested: false,
+            kill_reason: None,
+            timers: Vec::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ProcessHostMsg::Trigger(req, reply) => state.trigger(&myself, req, reply),
+            ProcessHostMsg::Stop => state.stop(&myself),
+            ProcessHostMsg::Prepared(spec) => state.spawn(&myself, spec),
+            ProcessHostMsg::FrameReceived { identity, envelope } => {
+                state.frame(&myself, identity, envelope)
+            }
+            ProcessHostMsg::ChildExited(status) => state.exited(&myself, status),
+            ProcessHostMsg::HandshakeExpired => {
+                if matches!(state.phase, Phase::Handshaking) {
+                    let reason = format!(
+                        "no HELLO within {:?} (handshake timeout)",
+                        state.settings.handshake_timeout
+                    );
+                    state.kill(reason);
+                }
+            }
+            ProcessHostMsg::HeartbeatCheck => state.check_heartbeat(),
+            ProcessHostMsg::CallExpired { call_id } => state.call_expired(&call_id),
+            ProcessHostMsg::Escalate(step) => state.escalate(&myself, step),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Best effort: a host stopped from outside (tree shutdown) must not leave its process.
+        if !matches!(state.phase, Phase::Exited) {
+            if let Some(pid) = state.pid {
+                child::signal_group(pid, libc::SIGKILL);
+            }
+            if let Phase::Preparing(task) = &state.phase {
+                task.abort();
+            }
+        }
+        for t in state.timers.drain(..) {
+            t.abort();
+        }
+        Ok(())
+    }
+}
+
+/// Resolves (building if needed) what to run, then tells the host.
+async fn prepare(
+    manifest: Arc<PluginManifest>,
+    endpoint: String,
+    key: FrameKey,
+    settings: Arc<HostSettings>,
+    host: ActorRef<ProcessHostMsg>,
+) {
+    let result = launch_spec(&manifest, endpoint, &key, &settings).await;
+    let _ = host.cast(ProcessHostMsg::Prepared(result));
+}
+
+async fn launch_spec(
+    manifest: &PluginManifest,
+    endpoint: String,
+    key: &FrameKey,
+    settings: &HostSettings,
+) -> Result<LaunchSpec, String> {
+    let (program, args) = match &manifest.runtime {
+        Runtime::Native {
+            command,
+            args,
+            build,
+        } => {
+            let program = match child::resolve_program(command, &manifest.dir) {
+                Some(p) => p,
+                None => {
+                    let Some(build) = build else {
+                        return Err(format!(
+                            "command '{command}' not found (looked next to the neko binary, in {}, and on PATH)",
+                            manifest.dir.display()
+                        ));
+                    };
+                    child::run_build(&manifest.id, build, &manifest.dir).await?;
+                    child::resolve_program(command, &manifest.dir).ok_or_else(|| {
+                        format!(
+                            "command '{command}' still not found after running the build command"
+                        )
+                    })?
+                }
+            };
+            (program, args.clone())
+        }
+        Runtime::Python { entry } => {
+            return Err(format!(
+                "Python plugin entry '{entry}' needs the Python SDK runner, which this build does not include yet"
+            ));
+        }
+    };
+    let env = vec![
+        (env::PLUGIN_ID.to_string(), manifest.id.to_string()),
+        (env::ENDPOINT.to_string(), endpoint),
+        (env::SECRET.to_string(), key.to_hex()),
+        (env::PROTOCOL.to_string(), PROTOCOL_VERSION.to_string()),
+        (
+            env::HEARTBEAT_MS.to_string(),
+            settings.heartbeat_interval.as_millis().to_string(),
+        ),
+        (
+            env::MAX_FRAME_BYTES.to_string(),
+            settings.max_frame_bytes.to_string(),
+        ),
+        (
+            env::SUPERVISOR_PID.to_string(),
+            std::process::id().to_string(),
+        ),
+        (
+            env::PLUGIN_DIR.to_string(),
+            manifest.dir.display().to_string(),
+        ),
+        (
+            env::PLUGIN_CONFIG.to_string(),
+            manifest.config_path.display().to_string(),
+        ),
+    ];
+    Ok(LaunchSpec {
+        program,
+        args,
+        cwd: manifest.dir.clone(),
+        env,
+    })
+}
+
+impl ProcessHostState {
+    fn spawn(&mut self, myself: &ActorRef<ProcessHostMsg>, spec: Result<LaunchSpec, String>) {
+        if self.stop_requested {
+            return self.finish(
+                myself,
+                "stopped before the process was spawned".into(),
+                false,
+            );
+        }
+        let spec = match spec {
+            Ok(s) => s,
+            Err(reason) => {
+                tracing::error!(plugin_id = %self.plugin_id, launch = self.launch, %reason, "plugin could not be launched");
+                return self.finish(myself, reason, true);
+            }
+        };
+        let process = match child::spawn(&self.plugin_id, &spec) {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = format!("could not spawn {}: {e}", spec.program.display());
+                tracing::error!(plugin_id = %self.plugin_id, launch = self.launch, %reason, "plugin could not be launched");
+                return self.finish(myself, reason, true);
+            }
+        };
+        let pid = process.id().unwrap_or(0);
+        self.pid = Some(pid);
+        self.phase = Phase::Handshaking;
+        self.last_seen = Instant::now();
+        tracing::info!(plugin_id = %self.plugin_id, pid, launch = self.launch, program = %spec.program.display(), "plugin process spawned");
+        let host = myself.clone();
+        // The reaper owns the child handle, so the process is reaped even if this actor dies.
+        child::reap(process, move |status| {
+            let _ = host.cast(ProcessHostMsg::ChildExited(status));
+        });
+        let _ = self.supervisor.cast(PluginSupervisorMsg::HostSpawned {
+            plugin_id: self.plugin_id.clone(),
+            launch: self.launch,
+            pid,
+        });
+        self.timers.push(
+            myself
+                .send_after(self.settings.handshake_timeout, || {
+                    ProcessHostMsg::HandshakeExpired
+                })
+                .abort_handle(),
+        );
+    }
+
+    fn frame(&mut self, myself: &ActorRef<ProcessHostMsg>, identity: Bytes, envelope: Envelope) {
+        let kind = envelope.msg.kind();
+        match (&self.phase, envelope.msg) {
+            (Phase::Handshaking, Message::Hello(hello)) => self.hello(myself, identity, hello),
+            (Phase::Ready | Phase::Stopping, msg) if self.link.is_peer(&identity) => {
+                self.last_seen = Instant::now();
+                match msg {
+                    Message::Result(result) => self.result(result),
+                    Message::Status(update) => {
+                        let _ = self.status.cast(StatusManagerMsg::StatusReported {
+                            plugin_id: self.plugin_id.clone(),
+                            status: update.status,
+                        });
+                    }
+                    Message::Heartbeat(_) => {}
+                    other => {
+                        tracing::warn!(plugin_id = %self.plugin_id, kind = other.kind(), "plugin sent a message only the supervisor may send; dropped");
+                    }
+                }
+            }
+            _ => {
+                tracing::warn!(plugin_id = %self.plugin_id, kind, "unexpected frame for this link state; dropped");
+            }
+        }
+    }
+
+    fn hello(&mut self, myself: &ActorRef<ProcessHostMsg>, identity: Bytes, hello: Hello) {
+        if hello.protocol != PROTOCOL_VERSION {
+            return self.kill(format!(
+                "HELLO speaks protocol {}, supervisor speaks {PROTOCOL_VERSION}",
+                hello.protocol
+            ));
+        }
+        if hello.plugin_id != self.plugin_id.as_str() {
+            return self.kill(format!(
+                "HELLO claims plugin id '{}', expected '{}'",
+                hello.plugin_id, self.plugin_id
+            ));
+        }
+        if let Err(reason) = self.manifest.sdk.check(&hello.sdk_version) {
+            return self.kill(format!(
+                "HELLO from {} {}: {reason}",
+                hello.sdk, hello.sdk_version
+            ));
+        }
+        self.link.set_peer(identity);
+        if let Err(e) = self.link.send(Message::Welcome(Welcome {
+            plugin_id: self.plugin_id.to_string(),
+            heartbeat_interval_ms: self.settings.heartbeat_interval.as_millis() as u64,
+        })) {
+            return self.kill(format!("could not answer HELLO: {e}"));
+        }
+        let mut entries = Vec::with_capacity(hello.entries.len());
+        for mut e in hello.entries {
+            if e.name.is_empty() {
+                e.name = e.id.clone();
+            }
+            if self.entries.insert(e.id.clone(), e.clone()).is_none() {
+                entries.push(e);
+            }
+        }
+        self.phase = Phase::Ready;
+        self.ready_at = Some(Instant::now());
+        self.last_seen = Instant::now();
+        let interval = self.settings.heartbeat_interval;
+        self.timers.push(
+            myself
+                .send_interval(interval, || ProcessHostMsg::HeartbeatCheck)
+                .abort_handle(),
+        );
+        tracing::info!(plugin_id = %self.plugin_id, pid = self.pid, sdk = %hello.sdk, sdk_version = %hello.sdk_version, entries = entries.len(), "plugin ready");
+        let _ = self.supervisor.cast(PluginSupervisorMsg::HostReady {
+            plugin_id: self.plugin_id.clone(),
+            launch: self.launch,
+            entries,
+            sdk: format!("{} {}", hello.sdk, hello.sdk_version),
+        });
+    }
+
+    fn trigger(
+        &mut self,
+        myself: &ActorRef<ProcessHostMsg>,
+        req: TriggerRequest,
+        reply: TriggerReply,
+    ) {
+        if !matches!(self.phase, Phase::Ready) {
+            let _ = reply.send(Err(WireError::new(
+                ErrorCode::NotReady,
+                format!("Plugin '{}' is not ready", self.plugin_id),
+            )));
+            return;
+        }
+        let Some(entry) = self.entries.get(&req.entry_id) else {
+            let _ = reply.send(Err(WireError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "Entry '{}' not found in plugin '{}'",
+                    req.entry_id, self.plugin_id
+                ),
+            )));
+            return;
+        };
+        let timeout = req
+            .timeout
+            .or(entry.timeout_ms.map(Duration::from_millis))
+            .unwrap_or(self.settings.default_call_timeout);
+        self.next_call += 1;
+        let call_id = format!("{}-{}", self.launch, self.next_call);
+        let sent = self.link.send(Message::Trigger(Trigger {
+            call_id: call_id.clone(),
+            entry_id: req.entry_id.clone(),
+            args: req.args,
+            timeout_ms: timeout.as_millis() as u64,
+            run_id: req.run_id,
+        }));
+        if let Err(e) = sent {
+            let _ = reply.send(Err(WireError::new(
+                ErrorCode::NotReady,
+                format!("Communication error with plugin '{}': {e}", self.plugin_id),
+            )));
+            return;
+        }
+        let expired_id = call_id.clone();
+        let timer = myself
+            .send_after(timeout, move || ProcessHostMsg::CallExpired {
+                call_id: expired_id,
+            })
+            .abort_handle();
+        self.calls.insert(
+            call_id,
+            PendingCall {
+                entry_id: req.entry_id,
+                reply,
+                timer,
+            },
+        );
+    }
+
+    fn result(&mut self, result: neko_protocol::CallResult) {
+        let Some(call) = self.calls.remove(&result.call_id) else {
+            tracing::debug!(plugin_id = %self.plugin_id, call_id = %result.call_id, "late or unknown RESULT dropped");
+            return;
+        };
+        call.timer.abort();
+        let outcome = if result.ok {
+            Ok(result.data)
+        } else {
+            Err(result.error.unwrap_or_else(|| {
+                WireError::new(ErrorCode::PluginError, "plugin returned failure")
+            }))
+        };
+        let _ = call.reply.send(outcome);
+    }
+
+    fn call_expired(&mut self, call_id: &str) {
+        let Some(call) = self.calls.remove(call_id) else {
+            return;
+        };
+        let _ = self.link.send(Message::Cancel(Cancel {
+            call_id: call_id.to_string(),
+        }));
+        let _ = call.reply.send(Err(WireError::new(
+            ErrorCode::Timeout,
+            format!("Entry '{}' timed out", call.entry_id),
+        )));
+    }
+
+    fn check_heartbeat(&mut self) {
+        if !matches!(self.phase, Phase::Ready) {
+            return;
+        }
+        let silent = self.last_seen.elapsed();
+        if silent > self.settings.heartbeat_timeout {
+            self.kill(format!(
+                "no heartbeat for {:.1}s (timeout {:?})",
+                silent.as_secs_f64(),
+                self.settings.heartbeat_timeout
+            ));
+        }
+    }
+
+    /// Kills the process group now, recording why (the exit then counts as abnormal).
+    fn kill(&mut self, reason: String) {
+        tracing::warn!(plugin_id = %self.plugin_id, pid = self.pid, %reason, "killing plugin process");
+        self.kill_reason.get_or_insert(reason);
+        if let Some(pid) = self.pid {
+            child::signal_group(pid, libc::SIGKILL);
+        }
+    }
+
+    fn stop(&mut self, myself: &ActorRef<ProcessHostMsg>) {
+        if self.stop_requested {
+            return;
+        }
+        self.stop_requested = true;
+        match &self.phase {
+            Phase::Preparing(task) => {
+                task.abort();
+                self.finish(
+                    myself,
+                    "stopped before the process was spawned".into(),
+                    false,
+                );
+            }
+            Phase::Handshaking => self.escalate(myself, StopStep::Terminate),
+            Phase::Ready => {
+                self.phase = Phase::Stopping;
+                let grace = self.settings.stop_grace;
+                let _ = self.link.send(Message::Stop(Stop {
+                    grace_ms: grace.as_millis() as u64,
+                }));
+                self.timers.push(
+                    myself
+                        .send_after(grace, || ProcessHostMsg::Escalate(StopStep::Terminate))
+                        .abort_handle(),
+                );
+            }
+            Phase::Stopping | Phase::Exited => {}
+        }
+    }
+
+    fn escalate(&mut self, myself: &ActorRef<ProcessHostMsg>, step: StopStep) {
+        let Some(pid) = self.pid else { return };
+        if matches!(self.phase, Phase::Exited) {
+            return;
+        }
+        self.phase = Phase::Stopping;
+        match step {
+            StopStep::Terminate => {
+                tracing::info!(plugin_id = %self.plugin_id, pid, "plugin did not stop in time; sending SIGTERM to its group");
+                child::signal_group(pid, libc::SIGTERM);
+                self.timers.push(
+                    myself
+                        .send_after(self.settings.term_grace, || {
+                            ProcessHostMsg::Escalate(StopStep::Kill)
+                        })
+                        .abort_handle(),
+                );
+            }
+            StopStep::Kill => {
+                tracing::warn!(plugin_id = %self.plugin_id, pid, "plugin ignored SIGTERM; sending SIGKILL to its group");
+                child::signal_group(pid, libc::SIGKILL);
+            }
+        }
+    }
+
+    fn exited(&mut self, myself: &ActorRef<ProcessHostMsg>, status: std::io::Result<ExitStatus>) {
+        let (description, abnormal) = match status {
+            Ok(s) => (child::describe_exit(&s), !s.success()),
+            Err(e) => (format!("wait failed: {e}"), true),
+        };
+        self.finish(myself, description, abnormal);
+    }
+
+    /// Ends this launch: fails pending calls, reports to the supervisor, stops the actor.
+    fn finish(&mut self, myself: &ActorRef<ProcessHostMsg>, description: String, abnormal: bool) {
+        self.phase = Phase::Exited;
+        let abnormal = abnormal || self.kill_reason.is_some();
+        let (code, message) = if self.stop_requested {
+            (
+                ErrorCode::NotReady,
+                format!("Plugin '{}' was stopped", self.plugin_id),
+            )
+        } else {
+            (
+                ErrorCode::PluginCrashed,
+                format!("Plugin '{}' exited ({description})", self.plugin_id),
+            )
+        };
+        for (_, call) in self.calls.drain() {
+            call.timer.abort();
+            let _ = call.reply.send(Err(WireError::new(
+                code.clone(),
+                format!("{message} while running entry '{}'", call.entry_id),
+            )));
+        }
+        let report = ExitReport {
+            description,
+            abnormal,
+            ready_for: self.ready_at.map(|t| t.elapsed()),
+            pid: self.pid,
+            kill_reason: self.kill_reason.clone(),
+        };
+        tracing::info!(
+            plugin_id = %self.plugin_id,
+            pid = self.pid,
+            launch = self.launch,
+            exit = %report.description,
+            abnormal = report.abnormal,
+            kill_reason = report.kill_reason.as_deref(),
+            "plugin process exited"
+        );
+        let _ = self.supervisor.cast(PluginSupervisorMsg::HostExited {
+            plugin_id: self.plugin_id.clone(),
+            launch: self.launch,
+            report,
+        });
+        // The key is only for this launch; drop our copy as soon as we are done.
+        self.key = FrameKey::new(Vec::new());
+        myself.stop(None);
+    }
+}

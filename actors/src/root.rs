@@ -1,0 +1,327 @@
+//! RootSupervisor: the top of the tree. Starts StatusManager, Registry, PluginSupervisor and
+//! RunTracker in that order and restarts them `rest_for_one`: when a child fails, it and every
+//! child started after it are restarted (they hold references to it), so no actor ever talks to a
+//! dead peer. The current references are published on a `watch` channel that the gateway reads.
+//!
+//! A child that fails more than `MAX_RESTARTS` times within `RESTART_WINDOW` makes the root give
+//! up: it kills every plugin process group and stops, and `neko` exits with an error.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::watch;
+
+use crate::plugin_supervisor::{PluginSupervisor, PluginSupervisorArgs, PluginSupervisorMsg};
+use crate::process_host::{HostSettings, child};
+use crate::registry::{Registry, RegistryMsg};
+use crate::restart_policy::RestartSettings;
+use crate::run_token::RunTokenSigner;
+use crate::run_tracker::{RunTracker, RunTrackerArgs, RunTrackerMsg};
+use crate::status_manager::{StatusManager, StatusManagerMsg};
+
+const MAX_RESTARTS: usize = 10;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+/// Everything the tree needs to start (and restart) its actors.
+#[derive(Debug, Clone)]
+pub struct TreeArgs {
+    pub plugins_dir: PathBuf,
+    pub host_settings: Arc<HostSettings>,
+    pub restart_defaults: RestartSettings,
+    pub run_token_signer: RunTokenSigner,
+    pub run_token_ttl: Duration,
+    /// Start `auto_start` plugins (off in tests that want to start them by hand).
+    pub autostart: bool,
+}
+
+/// The current references of the tree's actors, as the gateway uses them.
+#[derive(Clone)]
+pub struct TreeRefs {
+    pub status: ActorRef<StatusManagerMsg>,
+    pub registry: ActorRef<RegistryMsg>,
+    pub plugins: ActorRef<PluginSupervisorMsg>,
+    pub runs: ActorRef<RunTrackerMsg>,
+}
+
+/// The RootSupervisor actor.
+pub struct RootSupervisor;
+
+/// The RootSupervisor's state.
+pub struct RootState {
+    args: TreeArgs,
+    refs: TreeRefs,
+    publish: watch::Sender<Option<TreeRefs>>,
+    restarts: VecDeque<Instant>,
+}
+
+/// The order children start in; a failure restarts its position and everything after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Child {
+    Status,
+    Registry,
+    Plugins,
+    Runs,
+}
+
+/// Messages of the root (none but supervision events; the enum keeps the actor's type explicit).
+pub enum RootMsg {}
+
+impl Actor for RootSupervisor {
+    type Msg = RootMsg;
+    type State = RootState;
+    type Arguments = (TreeArgs, watch::Sender<Option<TreeRefs>>);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        (args, publish): Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let cell = myself.get_cell();
+        let status = spawn_status(&cell).await?;
+        let registry = spawn_registry(&cell, &args).await?;
+        let plugins = spawn_plugins(&cell, &args, &registry, &status).await?;
+        let runs = spawn_runs(&cell, &args, &plugins).await?;
+        let refs = TreeRefs {
+            status,
+            registry,
+            plugins,
+            runs,
+        };
+        publish.send_replace(Some(refs.clone()));
+        Ok(RootState {
+            args,
+            refs,
+            publish,
+            restarts: VecDeque::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {}
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        let Some(which) = state.which(&cell) else {
+            return Ok(());
+        };
+        // While the root itself is stopping, children ending is expected.
+        if matches!(
+            myself.get_status(),
+            ractor::ActorStatus::Stopping | ractor::ActorStatus::Stopped
+        ) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        state
+            .restarts
+            .retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        if state.restarts.len() >= MAX_RESTARTS {
+            tracing::error!(actor = ?which, reason = %why, restarts = state.restarts.len(), "supervision tree actor keeps failing; giving up");
+            child::kill_all_groups();
+            myself.stop(Some(format!("{which:?} failed too often: {why}")));
+            return Ok(());
+        }
+        state.restarts.push_back(now);
+        tracing::error!(actor = ?which, reason = %why, restart_count = state.restarts.len(), "supervision tree actor failed; restarting it and the actors after it");
+        state.restart_from(&myself.get_cell(), which).await?;
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let killed = child::kill_all_groups();
+        if killed > 0 {
+            tracing::warn!(killed, "killed plugin process groups left at tree shutdown");
+        }
+        Ok(())
+    }
+}
+
+impl RootState {
+    fn which(&self, cell: &ActorCell) -> Option<Child> {
+        let id = cell.get_id();
+        [
+            (Child::Status, self.refs.status.get_id()),
+            (Child::Registry, self.refs.registry.get_id()),
+            (Child::Plugins, self.refs.plugins.get_id()),
+            (Child::Runs, self.refs.runs.get_id()),
+        ]
+        .into_iter()
+        .find(|(_, a)| *a == id)
+        .map(|(c, _)| c)
+    }
+
+    async fn restart_from(
+        &mut self,
+        me: &ActorCell,
+        from: Child,
+    ) -> Result<(), ActorProcessingErr> {
+        // Stop the later children first (newest first), so none outlives what it depends on.
+        if from <= Child::Runs {
+            self.refs.runs.stop(None);
+        }
+        if from <= Child::Plugins {
+            // Its hosts may not have run post_stop: take their processes down by group.
+            let _ = self
+                .refs
+                .plugins
+                .stop_and_wait(None, Some(Duration::from_secs(10)))
+                .await;
+            child::kill_all_groups();
+        }
+        if from <= Child::Registry {
+            self.refs.registry.stop(None);
+        }
+        if from <= Child::Status {
+            self.refs.status.stop(None);
+        }
+        if from <= Child::Status {
+            self.refs.status = spawn_status(me).await?;
+        }
+        if from <= Child::Registry {
+            self.refs.registry = spawn_registry(me, &self.args).await?;
+        }
+        if from <= Child::Plugins {
+            self.refs.plugins =
+                spawn_plugins(me, &self.args, &self.refs.registry, &self.refs.status).await?;
+        }
+        self.refs.runs = spawn_runs(me, &self.args, &self.refs.plugins).await?;
+        self.publish.send_replace(Some(self.refs.clone()));
+        Ok(())
+    }
+}
+
+async fn spawn_status(sup: &ActorCell) -> Result<ActorRef<StatusManagerMsg>, ActorProcessingErr> {
+    let (a, _) = Actor::spawn_linked(
+        Some(unique_name("status_manager")),
+        StatusManager,
+        (),
+        sup.clone(),
+    )
+    .await?;
+    Ok(a)
+}
+
+async fn spawn_registry(
+    sup: &ActorCell,
+    args: &TreeArgs,
+) -> Result<ActorRef<RegistryMsg>, ActorProcessingErr> {
+    let (a, _) = Actor::spawn_linked(
+        Some(unique_name("registry")),
+        Registry,
+        args.plugins_dir.clone(),
+        sup.clone(),
+    )
+    .await?;
+    Ok(a)
+}
+
+async fn spawn_plugins(
+    sup: &ActorCell,
+    args: &TreeArgs,
+    registry: &ActorRef<RegistryMsg>,
+    status: &ActorRef<StatusManagerMsg>,
+) -> Result<ActorRef<PluginSupervisorMsg>, ActorProcessingErr> {
+    let (a, _) = Actor::spawn_linked(
+        Some(unique_name("plugin_supervisor")),
+        PluginSupervisor,
+        PluginSupervisorArgs {
+            registry: registry.clone(),
+            status: status.clone(),
+            host_settings: args.host_settings.clone(),
+            restart_defaults: args.restart_defaults.clone(),
+            autostart: args.autostart,
+        },
+        sup.clone(),
+    )
+    .await?;
+    Ok(a)
+}
+
+async fn spawn_runs(
+    sup: &ActorCell,
+    args: &TreeArgs,
+    plugins: &ActorRef<PluginSupervisorMsg>,
+) -> Result<ActorRef<RunTrackerMsg>, ActorProcessingErr> {
+    let (a, _) = Actor::spawn_linked(
+        Some(unique_name("run_tracker")),
+        RunTracker,
+        RunTrackerArgs {
+            plugins: plugins.clone(),
+            signer: args.run_token_signer.clone(),
+            token_ttl: args.run_token_ttl,
+        },
+        sup.clone(),
+    )
+    .await?;
+    Ok(a)
+}
+
+/// Actor names are for logs; ractor requires them unique, and a restarted actor may be spawned
+/// before its predecessor's name is released.
+fn unique_name(base: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("neko.{base}.{n}")
+}
+
+/// A running tree: the root, and the channel carrying its children's current references.
+pub struct Tree {
+    pub root: ActorRef<RootMsg>,
+    pub refs: watch::Receiver<Option<TreeRefs>>,
+    pub join: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the whole supervision tree.
+pub async fn spawn_tree(args: TreeArgs) -> Result<Tree, ractor::SpawnErr> {
+    let (tx, rx) = watch::channel(None);
+    let (root, join) = Actor::spawn(Some(unique_name("root")), RootSupervisor, (args, tx)).await?;
+    Ok(Tree {
+        root,
+        refs: rx,
+        join,
+    })
+}
+
+impl Tree {
+    /// Stops every plugin gracefully (bounded by `timeout`), then the tree.
+    pub async fn shutdown(self, timeout: Duration) {
+        let refs = self.refs.borrow().clone();
+        if let Some(refs) = refs {
+            match refs
+                .plugins
+                .call(PluginSupervisorMsg::StopAll, Some(timeout))
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(())) => {}
+                _ => tracing::warn!(?timeout, "plugins did not all stop in time; killing them"),
+            }
+        }
+        self.root.stop(Some("shutdown".into()));
+        let _ = self.join.await;
+        child::kill_all_groups();
+    }
+}

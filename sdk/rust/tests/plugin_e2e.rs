@@ -1,0 +1,535 @@
+//! End to end: a real [`Plugin`] runs in-process through [`Plugin::run_with`] against a ZeroMQ
+//! ROUTER socket that the test binds and drives as the supervisor would, with the real codec.
+//! Every wait is bounded by [`WAIT`]; nothing sleeps before an assert.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use neko_protocol::{
+    CallResult, Cancel, Direction, ErrorCode, FrameKey, Message, Session, Stop, Trigger, Welcome,
+};
+use neko_sdk::serde_json::{Value, json};
+use neko_sdk::{
+    Context, Entry, EntryError, Plugin, PluginEnv, RunError, SDK_NAME, SDK_VERSION,
+    args_without_ctx,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+
+/// The one deadline for anything a test waits for.
+const WAIT: Duration = Duration::from_secs(10);
+
+const SECRET: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+const OTHER_SECRET: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// The supervisor's side of one link: a bound ROUTER and the supervisor's session.
+struct FakeSupervisor {
+    router: RouterSocket,
+    session: Session,
+    /// The plugin's routing identity, learnt from its first frame.
+    peer: Option<Bytes>,
+    heartbeats: usize,
+}
+
+impl FakeSupervisor {
+    async fn bind(endpoint: &str) -> (Self, String) {
+        let mut router = RouterSocket::new();
+        let bound = router.bind(endpoint).await.expect("bind").to_string();
+        let sup = Self {
+            router,
+            session: Session::new(key(SECRET), Direction::SupervisorToPlugin, 1 << 20),
+            peer: None,
+            heartbeats: 0,
+        };
+        (sup, bound)
+    }
+
+    /// The next message the plugin sent, heartbeats included.
+    async fn recv_any(&mut self) -> Message {
+        let frames = within("a frame from the plugin", self.router.recv())
+            .await
+            .expect("router recv")
+            .into_vec();
+        self.peer = Some(frames[0].clone());
+        let parts: Vec<&[u8]> = frames[1..].iter().map(Bytes::as_ref).collect();
+        self.session
+            .open(&parts)
+            .expect("every frame the plugin sends verifies")
+            .msg
+    }
+
+    /// The next message that is not a heartbeat.
+    async fn recv(&mut self) -> Message {
+        loop {
+            match self.recv_any().await {
+                Message::Heartbeat(_) => self.heartbeats += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn result(&mut self) -> CallResult {
+        match self.recv().await {
+            Message::Result(r) => r,
+            other => panic!("expected RESULT, got {other:?}"),
+        }
+    }
+
+    async fn send(&mut self, msg: Message) {
+        let frames = self.session.seal(msg).expect("seal");
+        self.send_frames(frames).await;
+    }
+
+    async fn send_frames(&mut self, [mac, payload]: [Vec<u8>; 2]) {
+        let peer = self
+            .peer
+            .clone()
+            .expect("the plugin has not said anything yet");
+        let mut msg = ZmqMessage::from(peer);
+        msg.push_back(Bytes::from(mac));
+        msg.push_back(Bytes::from(payload));
+        self.router.send(msg).await.expect("router send");
+    }
+
+    async fn trigger(&mut self, call_id: &str, entry_id: &str, args: Value, timeout_ms: u64) {
+        self.send(Message::Trigger(Trigger {
+            call_id: call_id.into(),
+            entry_id: entry_id.into(),
+            args,
+            timeout_ms,
+            run_id: None,
+        }))
+        .await;
+    }
+
+    /// Receives HELLO and answers WELCOME; returns the HELLO.
+    async fn handshake(&mut self) -> neko_protocol::Hello {
+        let Message::Hello(hello) = self.recv().await else {
+            panic!("the first message must be HELLO");
+        };
+        self.send(Message::Welcome(Welcome {
+            plugin_id: hello.plugin_id.clone(),
+            heartbeat_interval_ms: 50,
+        }))
+        .await;
+        hello
+    }
+}
+
+/// A socket path in the temp dir, removed on drop so that a failing test leaves nothing behind.
+struct SocketFile(std::path::PathBuf);
+
+impl SocketFile {
+    fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("neko-sdk-e2e-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        Self(path)
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn key(hex: &str) -> FrameKey {
+    FrameKey::from_hex(hex).expect("test key")
+}
+
+fn test_env(endpoint: &str) -> PluginEnv {
+    let mut env = PluginEnv::new("echo", endpoint, key(SECRET));
+    env.handshake_timeout = Duration::from_secs(5);
+    env
+}
+
+/// What the plugin's hooks and handlers report to the test.
+#[derive(Clone, Default)]
+struct Probe {
+    shut_down: Arc<AtomicBool>,
+}
+
+/// A plugin with one entry of each behaviour the tests need. `noticed` receives the call id of
+/// every synchronous handler that saw its cancel flag.
+fn test_plugin(probe: &Probe, noticed: mpsc::UnboundedSender<String>) -> Plugin {
+    let shut_down = probe.shut_down.clone();
+    Plugin::new()
+        .entry(
+            Entry::new("echo")
+                .name("Echo")
+                .description("Returns its arguments")
+                .input_schema(json!({"type": "object"})),
+            |_ctx: Context, args: Value| async move { Ok(args) },
+        )
+        .sync_entry(
+            Entry::new("add").timeout(Duration::from_secs(5)),
+            |_ctx: Context, args: Value| -> Result<Value, EntryError> {
+                let (Some(a), Some(b)) = (args["a"].as_i64(), args["b"].as_i64()) else {
+                    return Err(EntryError::validation("a and b must be integers"));
+                };
+                Ok(json!({"sum": a + b}))
+            },
+        )
+        .entry(
+            Entry::new("explode"),
+            |_ctx: Context, args: Value| async move {
+                assert!(args.get("boom").is_none(), "kaboom");
+                Ok(args)
+            },
+        )
+        .entry(
+            Entry::new("sleep"),
+            |_ctx: Context, args: Value| async move {
+                let ms = args["ms"].as_u64().unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(json!({"slept_ms": ms}))
+            },
+        )
+        .sync_entry(Entry::new("spin"), move |ctx: Context, _args: Value| {
+            while !ctx.is_cancelled() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let call_id = ctx.call_id().unwrap_or_default().to_string();
+            // The receiver may be gone when the test already finished.
+            let _ = noticed.send(call_id);
+            Ok(json!("stopped"))
+        })
+        .entry(
+            Entry::new("status"),
+            |ctx: Context, args: Value| async move {
+                ctx.update_status(args_without_ctx(&args))?;
+                Ok(json!({"ok": true, "run_id": ctx.run_id()}))
+            },
+        )
+        .on_shutdown(move |_ctx: Context| async move {
+            shut_down.store(true, Ordering::SeqCst);
+        })
+}
+
+fn spawn_plugin(
+    plugin: Plugin,
+    env: PluginEnv,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<Result<(), RunError>> {
+    tokio::spawn(plugin.run_with(env, shutdown))
+}
+
+/// The handshake carries the declared entries; TRIGGERs are answered with the handler's value
+/// (args as sent, `_ctx` included), undeclared entries with NOT_FOUND, panics with INTERNAL;
+/// forged and replayed frames are dropped without disturbing later calls; STOP runs the shutdown
+/// hook and ends `run_with` cleanly; heartbeats flow meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_calls_ignores_forged_frames_and_stops() {
+    let (mut sup, endpoint) = FakeSupervisor::bind("tcp://127.0.0.1:0").await;
+    let probe = Probe::default();
+    let (noticed, _noticed_rx) = mpsc::unbounded_channel();
+    let plugin = spawn_plugin(
+        test_plugin(&probe, noticed),
+        test_env(&endpoint),
+        std::future::pending(),
+    );
+
+    let hello = sup.handshake().await;
+    assert_eq!(hello.protocol, 1);
+    assert_eq!(hello.plugin_id, "echo");
+    assert_eq!(hello.sdk, SDK_NAME);
+    assert_eq!(hello.sdk_version, SDK_VERSION);
+    assert_eq!(hello.pid, std::process::id());
+    let ids: Vec<&str> = hello.entries.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["echo", "add", "explode", "sleep", "spin", "status"]);
+    let echo = &hello.entries[0];
+    assert_eq!(echo.name, "Echo");
+    assert_eq!(echo.description, "Returns its arguments");
+    assert_eq!(echo.input_schema, json!({"type": "object"}));
+    assert_eq!(echo.kind, "action");
+    assert_eq!(hello.entries[1].timeout_ms, Some(5000));
+
+    let args = json!({"_ctx": {"run_id": "r-1"}, "text": "hi"});
+    sup.trigger("c-1", "echo", args.clone(), 5000).await;
+    let r = sup.result().await;
+    assert_eq!((r.call_id.as_str(), r.ok), ("c-1", true));
+    assert_eq!(r.data, args);
+
+    // A TRIGGER signed with another key, then a byte-exact replay of an accepted frame.
+    let mut forger = Session::new(key(OTHER_SECRET), Direction::SupervisorToPlugin, 1 << 20);
+    let forged = forger
+        .seal(Message::Trigger(Trigger {
+            call_id: "c-forged".into(),
+            entry_id: "echo".into(),
+            args: json!({}),
+            timeout_ms: 5000,
+            run_id: None,
+        }))
+        .unwrap();
+    sup.send_frames(forged).await;
+    let replayed = sup
+        .session
+        .seal(Message::Trigger(Trigger {
+            call_id: "c-2".into(),
+            entry_id: "add".into(),
+            args: json!({"a": 2, "b": 3}),
+            timeout_ms: 5000,
+            run_id: None,
+        }))
+        .unwrap();
+    sup.send_frames(replayed.clone()).await;
+    sup.send_frames(replayed).await;
+    sup.trigger("c-3", "nope", json!({}), 5000).await;
+
+    // Exactly c-2 (once) and c-3 come back, in either order (c-2 runs in its own task, c-3 is
+    // answered by the I/O loop at once). An accepted forgery or replay would show up here or
+    // before c-4's answer below.
+    let mut answered = Vec::new();
+    while answered.len() < 2 {
+        answered.push(sup.result().await);
+    }
+    answered.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+    assert_eq!(answered[0].call_id, "c-2");
+    assert_eq!(answered[0].data, json!({"sum": 5}));
+    assert_eq!(answered[1].call_id, "c-3");
+    let err = answered[1].error.clone().unwrap();
+    assert_eq!(err.code, ErrorCode::NotFound);
+    assert_eq!(err.message, "Entry 'nope' not found in plugin 'echo'");
+
+    sup.trigger("c-4", "explode", json!({"boom": true}), 5000)
+        .await;
+    let r = sup.result().await;
+    assert_eq!(
+        r.call_id, "c-4",
+        "no answer to the forged or replayed frame"
+    );
+    assert!(!r.ok);
+    let err = r.error.unwrap();
+    assert_eq!(err.code, ErrorCode::Internal);
+    assert_eq!(err.message, "Entry 'explode' panicked: kaboom");
+
+    while sup.heartbeats == 0 {
+        match sup.recv_any().await {
+            Message::Heartbeat(_) => sup.heartbeats += 1,
+            other => panic!("nothing is pending, yet the plugin sent {other:?}"),
+        }
+    }
+
+    sup.send(Message::Stop(Stop { grace_ms: 2000 })).await;
+    let outcome = within("run_with to return after STOP", plugin)
+        .await
+        .unwrap();
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert!(probe.shut_down.load(Ordering::SeqCst), "on_shutdown ran");
+}
+
+/// A call past its deadline gets TIMEOUT; CANCEL gets CANCELED; in both cases a synchronous
+/// handler sees its cancel flag and an async one is dropped. The injected shutdown signal (what
+/// SIGTERM does in production) ends `run_with` cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_and_cancels_end_calls() {
+    let (mut sup, endpoint) = FakeSupervisor::bind("tcp://127.0.0.1:0").await;
+    let probe = Probe::default();
+    let (noticed, mut noticed_rx) = mpsc::unbounded_channel();
+    let (term_tx, term_rx) = oneshot::channel::<()>();
+    let plugin = spawn_plugin(test_plugin(&probe, noticed), test_env(&endpoint), async {
+        let _ = term_rx.await;
+    });
+    sup.handshake().await;
+
+    sup.trigger("t-async", "sleep", json!({"ms": 60_000}), 100)
+        .await;
+    let r = sup.result().await;
+    assert_eq!(r.call_id, "t-async");
+    let err = r.error.unwrap();
+    assert_eq!(err.code, ErrorCode::Timeout);
+    assert_eq!(err.message, "Entry 'sleep' timed out after 100ms");
+
+    sup.trigger("t-sync", "spin", json!({}), 100).await;
+    let r = sup.result().await;
+    assert_eq!(r.call_id, "t-sync");
+    assert_eq!(r.error.unwrap().code, ErrorCode::Timeout);
+    assert_eq!(
+        within("the sync handler to notice", noticed_rx.recv()).await,
+        Some("t-sync".to_string())
+    );
+
+    sup.trigger("c-async", "sleep", json!({"ms": 60_000}), 60_000)
+        .await;
+    sup.trigger("c-sync", "spin", json!({}), 60_000).await;
+    for call_id in ["c-async", "c-sync"] {
+        sup.send(Message::Cancel(Cancel {
+            call_id: call_id.into(),
+        }))
+        .await;
+    }
+    let mut canceled = [sup.result().await, sup.result().await];
+    canceled.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+    for (r, call_id) in canceled.iter().zip(["c-async", "c-sync"]) {
+        assert_eq!(r.call_id, call_id);
+        let err = r.error.clone().unwrap();
+        assert_eq!(
+            (err.code, err.message.as_str()),
+            (ErrorCode::Canceled, "canceled")
+        );
+    }
+    assert_eq!(
+        within("the sync handler to notice", noticed_rx.recv()).await,
+        Some("c-sync".to_string())
+    );
+
+    term_tx.send(()).unwrap();
+    let outcome = within("run_with to return after SIGTERM", plugin)
+        .await
+        .unwrap();
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert!(probe.shut_down.load(Ordering::SeqCst), "on_shutdown ran");
+}
+
+/// Over ipc (neko's default transport): TRIGGERs sent while `on_startup` runs wait for it and are
+/// then served; `update_status` reaches the supervisor as STATUS before the call's RESULT; the
+/// run id comes from `_ctx` when the TRIGGER carries none; a shutdown hook that hangs is cut off
+/// by the STOP's grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_gates_calls_and_status_is_reported() {
+    let socket = SocketFile::new();
+    let (mut sup, endpoint) = FakeSupervisor::bind(&format!("ipc://{}", socket.0.display())).await;
+    let (gate_tx, gate_rx) = oneshot::channel::<()>();
+    let plugin = Plugin::new()
+        .entry(
+            Entry::new("status"),
+            |ctx: Context, args: Value| async move {
+                ctx.update_status(args_without_ctx(&args))?;
+                Ok(json!({"run_id": ctx.run_id()}))
+            },
+        )
+        .on_startup(|_ctx: Context| async move {
+            gate_rx
+                .await
+                .map_err(|_| EntryError::internal("gate dropped"))
+        })
+        .on_shutdown(|_ctx: Context| std::future::pending());
+    let plugin = spawn_plugin(plugin, test_env(&endpoint), std::future::pending());
+    sup.handshake().await;
+
+    sup.trigger(
+        "s-1",
+        "status",
+        json!({"_ctx": {"run_id": "r-9"}, "queue": 2}),
+        5000,
+    )
+    .await;
+    // Heartbeats flow while startup runs: the loop turns.
+    while sup.heartbeats == 0 {
+        match sup.recv_any().await {
+            Message::Heartbeat(_) => sup.heartbeats += 1,
+            other => panic!("nothing but heartbeats before startup ends, got {other:?}"),
+        }
+    }
+    gate_tx.send(()).unwrap();
+
+    match sup.recv().await {
+        Message::Status(s) => assert_eq!(s.status, json!({"queue": 2})),
+        other => panic!("expected STATUS, got {other:?}"),
+    }
+    let r = sup.result().await;
+    assert_eq!(r.call_id, "s-1");
+    assert_eq!(r.data, json!({"run_id": "r-9"}));
+
+    sup.send(Message::Stop(Stop { grace_ms: 200 })).await;
+    let outcome = within("run_with to return despite a hanging hook", plugin)
+        .await
+        .unwrap();
+    assert!(outcome.is_ok(), "{outcome:?}");
+}
+
+/// STOP while `on_startup` still runs: the TRIGGER that waited for startup and one that arrives
+/// during the shutdown hook are both answered NOT_READY; `run_with` returns once the hook ends.
+#[tokio::test]
+async fn stop_during_startup_refuses_waiting_calls() {
+    let (mut sup, endpoint) = FakeSupervisor::bind("tcp://127.0.0.1:0").await;
+    let (hook_tx, hook_rx) = oneshot::channel::<()>();
+    let plugin = Plugin::new()
+        .entry(
+            Entry::new("echo"),
+            |_c: Context, a: Value| async move { Ok(a) },
+        )
+        .on_startup(|_ctx: Context| std::future::pending())
+        .on_shutdown(|_ctx: Context| async move {
+            let _ = hook_rx.await;
+        });
+    let plugin = spawn_plugin(plugin, test_env(&endpoint), std::future::pending());
+    sup.handshake().await;
+
+    sup.trigger("q-1", "echo", json!({}), 5000).await;
+    sup.send(Message::Stop(Stop { grace_ms: 5000 })).await;
+    sup.trigger("q-2", "echo", json!({}), 5000).await;
+    for call_id in ["q-1", "q-2"] {
+        let r = sup.result().await;
+        assert_eq!(r.call_id, call_id);
+        let err = r.error.unwrap();
+        assert_eq!(err.code, ErrorCode::NotReady);
+        assert_eq!(err.message, "Plugin 'echo' is stopping");
+    }
+
+    hook_tx.send(()).unwrap();
+    let outcome = within("run_with to return after the hook", plugin)
+        .await
+        .unwrap();
+    assert!(outcome.is_ok(), "{outcome:?}");
+}
+
+/// A supervisor that never answers HELLO makes `run_with` fail with `NoWelcome` after the
+/// handshake timeout, the error `run` turns into a non-zero exit.
+#[tokio::test]
+async fn unanswered_hello_is_an_error() {
+    let (mut sup, endpoint) = FakeSupervisor::bind("tcp://127.0.0.1:0").await;
+    let mut env = test_env(&endpoint);
+    env.handshake_timeout = Duration::from_millis(300);
+    let plugin = spawn_plugin(Plugin::new(), env, std::future::pending());
+    assert!(matches!(sup.recv().await, Message::Hello(_)));
+    let outcome = within("run_with to give up", plugin).await.unwrap();
+    assert!(
+        matches!(outcome, Err(RunError::NoWelcome(_))),
+        "{outcome:?}"
+    );
+}
+
+/// When the parent process is not the supervisor named in the environment, the plugin exits
+/// cleanly on its own (here the "supervisor" is the test process itself, never its own parent).
+#[tokio::test]
+async fn exits_when_the_supervisor_is_not_the_parent() {
+    let (mut sup, endpoint) = FakeSupervisor::bind("tcp://127.0.0.1:0").await;
+    let mut env = test_env(&endpoint);
+    env.supervisor_pid = Some(std::process::id());
+    let plugin = spawn_plugin(Plugin::new(), env, std::future::pending());
+    sup.handshake().await;
+    let outcome = within("run_with to notice the missing supervisor", plugin)
+        .await
+        .unwrap();
+    assert!(outcome.is_ok(), "{outcome:?}");
+}
+
+/// Two entries with one id are refused before anything is sent.
+#[tokio::test]
+async fn duplicate_entry_ids_are_refused() {
+    let plugin = Plugin::new()
+        .entry(
+            Entry::new("x"),
+            |_c: Context, a: Value| async move { Ok(a) },
+        )
+        .sync_entry(Entry::new("x"), |_c: Context, a: Value| Ok(a));
+    let outcome = plugin
+        .run_with(test_env("tcp://127.0.0.1:1"), std::future::pending::<()>())
+        .await;
+    assert!(
+        matches!(&outcome, Err(RunError::DuplicateEntry(id)) if id == "x"),
+        "{outcome:?}"
+    );
+}

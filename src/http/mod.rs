@@ -1,0 +1,140 @@
+//! The HTTP gateway: routes with the reference's paths and JSON shapes. A handler validates input,
+//! sends one message to an actor, and maps the reply; no business state lives here.
+//!
+//! One file per route group: [`server`] (health, availability, server info), [`plugin`] (listing,
+//! status, start/stop/reload), [`runs`].
+
+mod plugin;
+mod runs;
+mod server;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use neko_actors::TreeRefs;
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+
+use crate::error::ApiError;
+
+/// What handlers share: the actors' current references and the gateway's own configuration.
+#[derive(Clone)]
+pub struct AppState {
+    /// Published by the root supervisor; changes when it restarts an actor.
+    pub refs: watch::Receiver<Option<TreeRefs>>,
+    /// Upper-cased admin token (comparison is case-insensitive, as in the reference).
+    pub admin_token: Arc<str>,
+    /// How long a request waits for an actor.
+    pub request_timeout: Duration,
+    /// How long start/stop/reload may take (stop grace + term grace + handshake).
+    pub lifecycle_timeout: Duration,
+    pub started: Instant,
+}
+
+impl AppState {
+    /// The actors as they are now; 503 while the tree is (re)starting.
+    pub fn refs(&self) -> Result<TreeRefs, ApiError> {
+        self.refs.borrow().clone().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service temporarily unavailable",
+            )
+        })
+    }
+}
+
+/// The router with every route and the body limit.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/health", get(server::health))
+        .route("/available", get(server::available))
+        .route("/server/info", get(server::server_info))
+        .route("/plugin/status", get(plugin::plugin_status))
+        .route("/plugins", get(plugin::plugins))
+        .route("/plugin/{plugin_id}/start", post(plugin::start))
+        .route("/plugin/{plugin_id}/stop", post(plugin::stop))
+        .route("/plugin/{plugin_id}/reload", post(plugin::reload))
+        .route("/runs", post(runs::create))
+        .route("/runs/{run_id}", get(runs::get_run))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "Not Found")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+}
+
+/// A JSON body, read whatever the content type says (the reference's clients are not all strict),
+/// with JSON errors: 413 over the size limit, 400 for malformed JSON, 422 for the wrong shape.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+            let status = rej.status();
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(status, "Request body too large")
+            } else {
+                ApiError::new(status, format!("Could not read the request body: {rej}"))
+            }
+        })?;
+        let value: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+            serde_json::Value::Object(Default::default())
+        } else {
+            serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("Malformed JSON body: {e}"))
+            })?
+        };
+        serde_json::from_value(value)
+            .map(JsonBody)
+            .map_err(|e| ApiError::validation(&["body"], e.to_string()))
+    }
+}
+
+/// Proof that the request carries the admin token (`Authorization: Bearer <token>`).
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let challenge = |status, detail: &str| ApiError {
+            bearer_challenge: true,
+            ..ApiError::new(status, detail)
+        };
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, rest) = v.trim().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+            })
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| challenge(StatusCode::UNAUTHORIZED, "Missing authorization header"))?;
+        let given = token.to_ascii_uppercase();
+        if bool::from(given.as_bytes().ct_eq(state.admin_token.as_bytes())) {
+            Ok(Admin)
+        } else {
+            Err(challenge(
+                StatusCode::FORBIDDEN,
+                "Invalid authentication code",
+            ))
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! neko: a plugin supervisor. This crate is the edge of the system: command line, settings and the
+//! HTTP gateway. Everything with a mailbox lives in `neko-actors`; everything on the wire in
+//! `neko-protocol`.
+//!
+//! Layout:
+//! - [`cli`]: clap types.
+//! - [`settings`]: the one `Settings` struct, its defaults and load order.
+//! - [`admin_token`]: the admin bearer token (from the environment or generated, saved 0600).
+//! - [`http`]: the router and one file per route group.
+//! - [`error`]: `ApiError`, where errors become HTTP.
+//! - [`run`]: starts the supervision tree and serves HTTP until shutdown.
+
+pub mod admin_token;
+pub mod cli;
+pub mod error;
+pub mod http;
+pub mod settings;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use neko_actors::run_token::RunTokenSigner;
+use neko_actors::{TreeArgs, spawn_tree};
+use tokio::net::TcpListener;
+
+use settings::Settings;
+
+/// Starts the supervision tree, serves HTTP on `listener` until `shutdown` resolves (or the tree
+/// gives up), then stops every plugin and the tree.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    admin_token: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let data_dir = absolute(&settings.gateway.data_dir)?;
+    let runtime_dir = data_dir.join("run");
+    make_private_dir(&runtime_dir)?;
+    let plugins_dir = absolute(&settings.plugins.dir)?;
+    let signer = RunTokenSigner::new(match &settings.runs.token_secret {
+        Some(s) => s.as_bytes().to_vec(),
+        None => rand::random::<[u8; 32]>().to_vec(),
+    });
+    let tree = spawn_tree(TreeArgs {
+        plugins_dir,
+        host_settings: settings.host_settings(runtime_dir),
+        restart_defaults: settings.restart_policy.clone(),
+        run_token_signer: signer,
+        run_token_ttl: Duration::from_secs(settings.runs.token_ttl_seconds),
+        autostart: settings.plugins.autostart,
+    })
+    .await
+    .context("could not start the supervision tree")?;
+
+    let sup = &settings.supervision;
+    let state = http::AppState {
+        refs: tree.refs.clone(),
+        admin_token: Arc::from(admin_token.to_ascii_uppercase()),
+        request_timeout: Duration::from_millis(settings.gateway.request_timeout_ms),
+        lifecycle_timeout: Duration::from_millis(
+            sup.stop_grace_ms + sup.term_grace_ms + sup.handshake_timeout_ms + 5_000,
+        ),
+        started: Instant::now(),
+    };
+    let app = http::router(state, settings.gateway.max_body_bytes);
+
+    // The tree ends on its own only when it gave up; then the server stops too.
+    let mut refs = tree.refs.clone();
+    let tree_gone = async move { while refs.changed().await.is_ok() {} };
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        tokio::select! {
+            _ = shutdown => tracing::info!("shutdown requested; stopping plugins"),
+            _ = tree_gone => tracing::error!("supervision tree stopped; shutting down"),
+        }
+    });
+    let served = serve.await;
+    tree.shutdown(Duration::from_millis(sup.shutdown_timeout_ms))
+        .await;
+    tracing::info!("neko stopped");
+    served.context("HTTP server failed")
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))
+}
+
+/// Creates `dir` (and parents) with mode 0700 and removes stale socket files in it.
+fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        if entry.path().extension().is_some_and(|e| e == "sock") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,368 @@
+//! Settings: one typed struct, loaded once in `main`.
+//!
+//! Precedence, lowest first: built-in defaults < the config file (`--config`, `NEKO_CONFIG`, else
+//! `config/neko.toml` if it exists) < environment (the reference's variable names where they exist)
+//! < CLI flags / `NEKO_*` flag variables. Every key of the file is documented in
+//! `config/neko.toml`, which a test parses so it cannot go stale.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use neko_actors::process_host::{HostSettings, Transport};
+use neko_actors::restart_policy::{RestartOverrides, RestartPolicy, RestartSettings};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{LogFormat, ServeArgs};
+
+/// Where the default config file lives, relative to the working directory.
+pub const DEFAULT_CONFIG: &str = "config/neko.toml";
+
+/// All of neko's settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub gateway: GatewaySettings,
+    pub plugins: PluginsSettings,
+    pub supervision: SupervisionSettings,
+    pub restart_policy: RestartSettings,
+    pub runs: RunsSettings,
+    pub log: LogSettings,
+}
+
+/// `[gateway]`: the HTTP/WebSocket gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// Bind address; loopback by default.
+    pub host: String,
+    pub port: u16,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Longest a request waits for an actor before answering 504.
+    pub request_timeout_ms: u64,
+    /// Folder for neko's own files: admin token, runtime sockets.
+    pub data_dir: PathBuf,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 48916,
+            max_body_bytes: 1024 * 1024,
+            request_timeout_ms: 10_000,
+            data_dir: PathBuf::from(".neko"),
+        }
+    }
+}
+
+/// `[plugins]`: where plugins come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginsSettings {
+    pub dir: PathBuf,
+    /// Start plugins whose plugin.toml says `auto_start = true` when neko starts.
+    pub autostart: bool,
+}
+
+impl Default for PluginsSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("plugins"),
+            autostart: true,
+        }
+    }
+}
+
+/// `[supervision]`: how plugin processes are watched and stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisionSettings {
+    /// `ipc` (Unix socket in the data dir) or `tcp` (loopback, ephemeral port).
+    pub transport: Transport,
+    pub handshake_timeout_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+    /// STOP → SIGTERM (the reference's PLUGIN_SHUTDOWN_TIMEOUT).
+    pub stop_grace_ms: u64,
+    /// SIGTERM → SIGKILL (the reference's PROCESS_TERMINATE_TIMEOUT).
+    pub term_grace_ms: u64,
+    /// Upper bound of the whole shutdown (PLUGIN_SHUTDOWN_TOTAL_TIMEOUT).
+    pub shutdown_timeout_ms: u64,
+    /// Largest frame payload accepted from a plugin.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for SupervisionSettings {
+    fn default() -> Self {
+        Self {
+            transport: Transport::Ipc,
+            handshake_timeout_ms: 10_000,
+            heartbeat_interval_ms: 1_000,
+            heartbeat_timeout_ms: 5_000,
+            stop_grace_ms: 5_000,
+            term_grace_ms: 1_000,
+            shutdown_timeout_ms: 30_000,
+            max_frame_bytes: neko_protocol::DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// `[runs]`: invocations through `POST /runs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunsSettings {
+    /// Deadline of an entry that declares none (PLUGIN_EXECUTION_TIMEOUT).
+    pub default_timeout_ms: u64,
+    /// Lifetime of run tokens.
+    pub token_ttl_seconds: u64,
+    /// Key of run tokens; random per start when unset (NEKO_RUN_TOKEN_SECRET).
+    pub token_secret: Option<String>,
+}
+
+impl Default for RunsSettings {
+    fn default() -> Self {
+        Self {
+            default_timeout_ms: 30_000,
+            token_ttl_seconds: 3_600,
+            token_secret: None,
+        }
+    }
+}
+
+/// `[log]`: what goes to stderr.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `neko=debug,info`); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Where the settings came from, for the startup log.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub settings: Settings,
+    pub config_file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Loads defaults, the config file, the environment and the CLI, in that order, and validates.
+    pub fn load(cli: &ServeArgs) -> anyhow::Result<Loaded> {
+        let (mut settings, config_file) = match &cli.config {
+            Some(path) => (Self::from_file(path)?, Some(path.clone())),
+            None if Path::new(DEFAULT_CONFIG).exists() => (
+                Self::from_file(Path::new(DEFAULT_CONFIG))?,
+                Some(PathBuf::from(DEFAULT_CONFIG)),
+            ),
+            None => (Self::default(), None),
+        };
+        settings.apply_env(|k| std::env::var(k).ok())?;
+        settings.apply_cli(cli);
+        settings.validate()?;
+        Ok(Loaded {
+            settings,
+            config_file,
+        })
+    }
+
+    /// Parses one settings file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// The reference's environment variables (only those neko has a setting for).
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        let secs_to_ms = |name: &str| -> anyhow::Result<Option<u64>> {
+            get(name)
+                .map(|v| {
+                    v.trim()
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|s| s.is_finite() && *s > 0.0)
+                        .map(|s| (s * 1000.0) as u64)
+                        .with_context(|| format!("{name} must be a positive number of seconds"))
+                })
+                .transpose()
+        };
+        if let Some(port) = get("NEKO_USER_PLUGIN_SERVER_PORT") {
+            self.gateway.port = port
+                .trim()
+                .parse()
+                .context("NEKO_USER_PLUGIN_SERVER_PORT must be a port number")?;
+        }
+        if let Some(dir) = get("PLUGIN_CONFIG_ROOT") {
+            self.plugins.dir = PathBuf::from(dir);
+        }
+        if let Some(ms) = secs_to_ms("NEKO_PLUGIN_EXECUTION_TIMEOUT")? {
+            self.runs.default_timeout_ms = ms;
+        }
+        if let Some(ms) = secs_to_ms("NEKO_PLUGIN_SHUTDOWN_TIMEOUT")? {
+            self.supervision.stop_grace_ms = ms;
+        }
+        if let Some(ms) = secs_to_ms("NEKO_PROCESS_TERMINATE_TIMEOUT")? {
+            self.supervision.term_grace_ms = ms;
+        }
+        for name in [
+            "PLUGIN_SHUTDOWN_TOTAL_TIMEOUT",
+            "NEKO_PLUGIN_SHUTDOWN_TOTAL_TIMEOUT",
+        ] {
+            if let Some(ms) = secs_to_ms(name)? {
+                self.supervision.shutdown_timeout_ms = ms;
+                break;
+            }
+        }
+        if let Some(secret) = get("NEKO_RUN_TOKEN_SECRET") {
+            self.runs.token_secret = Some(secret);
+        }
+        if let Some(ttl) = get("NEKO_RUN_TOKEN_TTL_SECONDS") {
+            self.runs.token_ttl_seconds = ttl
+                .trim()
+                .parse()
+                .context("NEKO_RUN_TOKEN_TTL_SECONDS must be a whole number")?;
+        }
+        if let Some(level) = get("NEKO_LOGURU_LEVEL") {
+            self.log.level = level.to_lowercase();
+        }
+        Ok(())
+    }
+
+    fn apply_cli(&mut self, cli: &ServeArgs) {
+        if let Some(h) = &cli.host {
+            self.gateway.host = h.clone();
+        }
+        if let Some(p) = cli.port {
+            self.gateway.port = p;
+        }
+        if let Some(d) = &cli.plugins_dir {
+            self.plugins.dir = d.clone();
+        }
+        if let Some(d) = &cli.data_dir {
+            self.gateway.data_dir = d.clone();
+        }
+        if let Some(f) = cli.log_format {
+            self.log.format = f;
+        }
+    }
+
+    /// Rejects values that cannot work, naming the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        RestartPolicy::new(&self.restart_policy, &RestartOverrides::default())
+            .map_err(|e| anyhow::anyhow!("[restart_policy]: {e}"))?;
+        let s = &self.supervision;
+        for (name, v) in [
+            ("supervision.handshake_timeout_ms", s.handshake_timeout_ms),
+            ("supervision.heartbeat_interval_ms", s.heartbeat_interval_ms),
+            ("supervision.heartbeat_timeout_ms", s.heartbeat_timeout_ms),
+            (
+                "gateway.request_timeout_ms",
+                self.gateway.request_timeout_ms,
+            ),
+            ("runs.default_timeout_ms", self.runs.default_timeout_ms),
+        ] {
+            if v == 0 {
+                bail!("{name} must be greater than 0");
+            }
+        }
+        if s.heartbeat_timeout_ms <= s.heartbeat_interval_ms {
+            bail!("supervision.heartbeat_timeout_ms must exceed supervision.heartbeat_interval_ms");
+        }
+        if self.gateway.max_body_bytes == 0 || s.max_frame_bytes < 1024 {
+            bail!("gateway.max_body_bytes must be > 0 and supervision.max_frame_bytes >= 1024");
+        }
+        Ok(())
+    }
+
+    /// The slice every ProcessHost gets.
+    pub fn host_settings(&self, runtime_dir: PathBuf) -> Arc<HostSettings> {
+        let s = &self.supervision;
+        Arc::new(HostSettings {
+            runtime_dir,
+            transport: s.transport,
+            handshake_timeout: Duration::from_millis(s.handshake_timeout_ms),
+            heartbeat_interval: Duration::from_millis(s.heartbeat_interval_ms),
+            heartbeat_timeout: Duration::from_millis(s.heartbeat_timeout_ms),
+            stop_grace: Duration::from_millis(s.stop_grace_ms),
+            term_grace: Duration::from_millis(s.term_grace_ms),
+            default_call_timeout: Duration::from_millis(self.runs.default_timeout_ms),
+            max_frame_bytes: s.max_frame_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped config file lists every key at its default, so it parses to `Settings::default()`.
+    #[test]
+    fn shipped_config_file_is_complete_and_at_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG);
+        let file = Settings::from_file(&path).unwrap();
+        assert_eq!(file, Settings::default());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        let defaults = toml::Table::try_from(Settings::default()).unwrap();
+        for (section, keys) in defaults {
+            let file_section = table
+                .get(&section)
+                .and_then(|v| v.as_table())
+                .unwrap_or_else(|| panic!("config/neko.toml lacks [{section}]"));
+            for key in keys.as_table().unwrap().keys() {
+                assert!(
+                    file_section.contains_key(key),
+                    "config/neko.toml lacks {section}.{key}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reference_environment_names_are_honoured_and_cli_wins() {
+        let mut s = Settings::default();
+        let env = |k: &str| match k {
+            "NEKO_USER_PLUGIN_SERVER_PORT" => Some("5000".to_string()),
+            "NEKO_PLUGIN_EXECUTION_TIMEOUT" => Some("2.5".to_string()),
+            "PLUGIN_CONFIG_ROOT" => Some("/tmp/p".to_string()),
+            _ => None,
+        };
+        s.apply_env(env).unwrap();
+        assert_eq!(s.gateway.port, 5000);
+        assert_eq!(s.runs.default_timeout_ms, 2500);
+        assert_eq!(s.plugins.dir, PathBuf::from("/tmp/p"));
+        s.apply_cli(&ServeArgs {
+            port: Some(7),
+            ..Default::default()
+        });
+        assert_eq!(s.gateway.port, 7);
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_their_key() {
+        let mut s = Settings::default();
+        s.supervision.heartbeat_timeout_ms = 10;
+        s.supervision.heartbeat_interval_ms = 100;
+        let err = s.validate().unwrap_err().to_string();
+        assert!(err.contains("heartbeat_timeout_ms"), "{err}");
+        let bad = Settings::default()
+            .apply_env(|k| (k == "NEKO_PLUGIN_EXECUTION_TIMEOUT").then(|| "soon".to_string()));
+        assert!(
+            bad.unwrap_err()
+                .to_string()
+                .contains("NEKO_PLUGIN_EXECUTION_TIMEOUT")
+        );
+    }
+}

@@ -1,0 +1,366 @@
+//! Test fixtures: a real `neko` process on a free port with a temporary plugins folder, and a
+//! poll-with-deadline helper.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// One global deadline for anything a test waits for.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The admin token every test server uses.
+pub const TOKEN: &str = "TESTTOKEN0123456789";
+
+/// Directory holding the `neko` binary (and the workspace's plugin binaries).
+pub fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_neko"))
+        .parent()
+        .expect("binary has a folder")
+        .to_path_buf()
+}
+
+/// Builds the example plugin binary once, if `cargo test` did not (it builds only this package).
+pub fn ensure_echo_built() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        if bin_dir().join("neko-plugin-echo").exists() {
+            return;
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "neko-plugin-echo"]);
+        if bin_dir().ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building neko-plugin-echo failed");
+    });
+}
+
+/// A plugin folder to write into the temporary plugins dir.
+pub struct PluginDir {
+    pub dir: &'static str,
+    pub toml: String,
+}
+
+/// The echo plugin's plugin.toml with extra `[plugin_runtime]` lines.
+pub fn echo_plugin(id: &'static str, runtime_extra: &str) -> PluginDir {
+    PluginDir {
+        dir: id,
+        toml: format!(
+            r#"[plugin]
+id = "{id}"
+name = "Echo ({id})"
+version = "0.1.0"
+description = "test echo"
+runtime = "native"
+command = "neko-plugin-echo"
+
+[plugin.sdk]
+supported = ">=0.1.0,<0.2.0"
+
+[plugin_runtime]
+{runtime_extra}
+"#
+        ),
+    }
+}
+
+/// A native plugin that runs `sh -c <script>`.
+pub fn shell_plugin(id: &'static str, script: &str, runtime_extra: &str) -> PluginDir {
+    PluginDir {
+        dir: id,
+        toml: format!(
+            r#"[plugin]
+id = "{id}"
+runtime = "native"
+command = "/bin/sh"
+args = ["-c", {script:?}]
+
+[plugin_runtime]
+{runtime_extra}
+"#
+        ),
+    }
+}
+
+/// A running neko, stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Neko {
+    pub child: Child,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub data_dir: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Neko {
+    /// Starts neko with these plugins and fast supervision settings.
+    pub fn start(plugins: &[PluginDir]) -> Self {
+        Self::start_with(plugins, "")
+    }
+
+    /// Like [`Neko::start`], with extra lines appended to the settings file.
+    pub fn start_with(plugins: &[PluginDir], extra_config: &str) -> Self {
+        ensure_echo_built();
+        let tmp = tempfile::Builder::new()
+            .prefix("neko-t")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let plugins_dir = tmp.path().join("plugins");
+        std::fs::create_dir_all(&plugins_dir).unwrap();
+        for p in plugins {
+            let d = plugins_dir.join(p.dir);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("plugin.toml"), &p.toml).unwrap();
+        }
+        let config = tmp.path().join("neko.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[supervision]
+handshake_timeout_ms = 5000
+heartbeat_interval_ms = 100
+heartbeat_timeout_ms = 1000
+stop_grace_ms = 1000
+term_grace_ms = 500
+
+[restart_policy]
+backoff_initial_ms = 50
+backoff_max_ms = 400
+start_window_ms = 500
+{extra_config}
+"#
+            ),
+        )
+        .unwrap();
+        let data_dir = tmp.path().join("data");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_neko"))
+            .arg("serve")
+            .arg("--port")
+            .arg("0")
+            .arg("--config")
+            .arg(&config)
+            .arg("--plugins-dir")
+            .arg(&plugins_dir)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("NEKO_ADMIN_TOKEN", TOKEN)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("neko starts");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("NEKO_TEST_LOG").is_some() {
+                    eprintln!("[neko] {line}");
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(first)) = lines.next() {
+                let _ = tx.send(first);
+            }
+            // Keep draining so neko never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let first = rx.recv_timeout(TIMEOUT).expect("neko printed its address");
+        let base = first
+            .strip_prefix("neko listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+            .to_string();
+        Self {
+            child,
+            base,
+            client: reqwest::Client::new(),
+            data_dir,
+
+            logs,
+            _tmp: tmp,
+        }
+    }
+
+    /// `GET path` → (status, JSON body).
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `POST path` with a JSON body → (status, JSON body).
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `POST path` as admin.
+    pub async fn admin_post(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// One plugin's entry in `GET /plugins`.
+    pub async fn plugin(&self, id: &str) -> Value {
+        let (_, body) = self.get("/plugins").await;
+        body["plugins"]
+            .as_array()
+            .and_then(|l| l.iter().find(|p| p["id"] == id).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Waits until plugin `id` is `running` with a pid, and returns the pid.
+    pub async fn wait_running(&self, id: &str) -> u32 {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let p = self.plugin(id).await;
+            if let (Some("running"), Some(n)) = (p["status"].as_str(), p["pid"].as_u64()) {
+                return n as u32;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {id} to run: {p}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Creates a run and waits for its terminal record.
+    pub async fn run(&self, plugin: &str, entry: &str, args: Value) -> Value {
+        let (status, created) = self
+            .post(
+                "/runs",
+                &serde_json::json!({"plugin_id": plugin, "entry_id": entry, "args": args}),
+            )
+            .await;
+        assert_eq!(status, 200, "{created}");
+        assert_eq!(created["status"], "queued");
+        let run_id = created["run_id"].as_str().expect("run_id").to_string();
+        self.wait_run(&run_id).await
+    }
+
+    /// Waits for run `run_id` to reach a terminal state and returns its record.
+    pub async fn wait_run(&self, run_id: &str) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let (_, r) = self.get(&format!("/runs/{run_id}")).await;
+            if matches!(
+                r["status"].as_str(),
+                Some("succeeded" | "failed" | "timeout" | "canceled")
+            ) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {run_id} never finished: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Whether a log line containing all of `parts` was written.
+    pub fn logged(&self, parts: &[&str]) -> bool {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| parts.iter().all(|p| l.contains(p)))
+    }
+
+    /// Waits for such a log line.
+    pub async fn wait_logged(&self, parts: &[&str]) {
+        wait_for_async(
+            || async { self.logged(parts) },
+            &format!("log line {parts:?}"),
+        )
+        .await;
+    }
+
+    /// The pid of the neko process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Neko {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds, failing the test after [`TIMEOUT`].
+pub async fn wait_for_async<F, Fut>(mut cond: F, what: &str)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + TIMEOUT;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state is the first field after the parenthesised command name.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            state != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Sends a signal to a pid.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a pid and a signal number.
+    unsafe { libc::kill(pid as i32, sig) };
+}

@@ -1,0 +1,9 @@
+//! Black-box tests: each starts the real `neko` binary with real plugin processes and speaks to
+//! it over HTTP (and, for the forged-frame test, raw ZeroMQ).
+
+mod helper;
+
+mod gateway;
+mod plugins;
+mod runs;
+mod supervision;
