@@ -100,9 +100,14 @@ async fn start_stop_reload_drive_the_process() {
     let (_, body) = neko.admin_post("/plugin/echo/start").await;
     assert_eq!(body["message"], "Plugin is already running");
 
+    // Reload re-reads plugin.toml.
+    let toml_path = neko.plugins_dir.join("echo/plugin.toml");
+    let text = std::fs::read_to_string(&toml_path).unwrap();
+    std::fs::write(&toml_path, text.replace("Echo (echo)", "Echo renamed")).unwrap();
     let (status, body) = neko.admin_post("/plugin/echo/reload").await;
     assert_eq!(status, 200, "{body}");
     let pid3 = neko.wait_running("echo").await;
+    assert_eq!(neko.plugin("echo").await["name"], "Echo renamed");
     assert_ne!(pid2, pid3);
     assert!(!process_alive(pid2));
     let run = neko.run("echo", "echo", json!({"x": 1})).await;

@@ -172,3 +172,35 @@ async fn forged_frame_is_rejected() {
     let run = neko.run("echo", "echo", json!({"still": "ok"})).await;
     assert_eq!(run["status"], "succeeded");
 }
+
+/// A process that never says HELLO is killed at the handshake deadline and, after its restarts,
+/// given up on.
+#[tokio::test]
+async fn silent_plugin_is_killed_at_the_handshake_deadline() {
+    let neko = Neko::start_with(
+        &[shell_plugin("mute", "exec sleep 30", "max_restarts = 1")],
+        "[supervision]\nhandshake_timeout_ms = 200",
+    );
+    wait_for_async(
+        || async { neko.plugin("mute").await["status"] == "crashed" },
+        "mute plugin given up",
+    )
+    .await;
+    assert!(neko.logged(&["no HELLO", "mute"]));
+    let p = neko.plugin("mute").await;
+    assert!(p["last_exit"].as_str().unwrap().contains("signal 9"), "{p}");
+}
+
+/// A plugin's own status dict (ctx.update_status) shows in /plugin/status with source
+/// child_process.
+#[tokio::test]
+async fn reported_status_shows_in_plugin_status() {
+    let neko = Neko::start(&[echo_plugin("echo", "")]);
+    neko.wait_running("echo").await;
+    let run = neko.run("echo", "status", json!({"mood": "happy"})).await;
+    assert_eq!(run["status"], "succeeded");
+    let (_, rec) = neko.get("/plugin/status?plugin_id=echo").await;
+    assert_eq!(rec["status"]["mood"], "happy", "{rec}");
+    assert_eq!(rec["source"], "child_process");
+    assert_eq!(rec["state"], "running");
+}

@@ -543,6 +543,7 @@ impl PluginSupervisorState {
         let args = ProcessHostArgs {
             manifest: slot.manifest.clone(),
             launch,
+            restart_count: slot.lifecycle.restarts,
             settings: self.host_settings.clone(),
             supervisor: myself.clone(),
             status: self.status.clone(),
@@ -644,7 +645,7 @@ impl PluginSupervisorState {
         slot.lifecycle.pid = None;
         slot.lifecycle.last_exit = Some(report.description.clone());
         if slot.want == Want::Stopped {
-            tracing::info!(plugin_id = %id, pid = report.pid, launch, exit = %report.description, "plugin stopped");
+            tracing::info!(plugin_id = %id, pid = report.pid, launch, exit = %report.description, restart_count = slot.lifecycle.restarts, "plugin stopped");
             slot.lifecycle.state = PluginState::Stopped;
             slot.lifecycle.error = None;
             for w in slot.stop_waiters.drain(..) {
@@ -727,7 +728,7 @@ impl PluginSupervisorState {
                 );
             }
             Decision::Stop => {
-                tracing::info!(plugin_id = %id, pid = report.pid, exit = %report.description, "plugin exited; its restart policy does not restart it");
+                tracing::info!(plugin_id = %id, pid = report.pid, exit = %report.description, restart_count = slot.lifecycle.restarts, "plugin exited; its restart policy does not restart it");
                 slot.lifecycle.state = PluginState::Stopped;
                 slot.want = Want::Stopped;
             }

@@ -325,3 +325,83 @@ impl Tree {
         child::kill_all_groups();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process_host::Transport;
+
+    fn args(dir: &std::path::Path) -> TreeArgs {
+        TreeArgs {
+            plugins_dir: dir.join("plugins"),
+            host_settings: Arc::new(HostSettings {
+                runtime_dir: dir.to_path_buf(),
+                transport: Transport::Ipc,
+                handshake_timeout: Duration::from_secs(5),
+                heartbeat_interval: Duration::from_millis(100),
+                heartbeat_timeout: Duration::from_secs(1),
+                stop_grace: Duration::from_secs(1),
+                term_grace: Duration::from_secs(1),
+                default_call_timeout: Duration::from_secs(5),
+                max_frame_bytes: 1 << 20,
+            }),
+            restart_defaults: RestartSettings::default(),
+            run_token_signer: RunTokenSigner::new("k"),
+            run_token_ttl: Duration::from_secs(60),
+            autostart: true,
+        }
+    }
+
+    /// A killed tree actor is replaced, together with every actor started after it, and the new
+    /// references are published; the ones before it are kept.
+    #[tokio::test]
+    async fn killed_actor_is_restarted_rest_for_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = spawn_tree(args(dir.path())).await.unwrap();
+        let mut rx = tree.refs.clone();
+        let before = rx.borrow_and_update().clone().unwrap();
+        before.registry.kill();
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .expect("new references published")
+            .unwrap();
+        let after = rx.borrow().clone().unwrap();
+        assert_eq!(after.status.get_id(), before.status.get_id());
+        assert_ne!(after.registry.get_id(), before.registry.get_id());
+        assert_ne!(after.plugins.get_id(), before.plugins.get_id());
+        assert_ne!(after.runs.get_id(), before.runs.get_id());
+        let snap = after
+            .registry
+            .call(RegistryMsg::List, Some(Duration::from_secs(5)))
+            .await
+            .unwrap()
+            .success_or(())
+            .unwrap();
+        assert!(snap.plugins.is_empty());
+        tree.shutdown(Duration::from_secs(5)).await;
+    }
+
+    /// An actor that keeps failing makes the root give up instead of looping forever.
+    #[tokio::test]
+    async fn root_gives_up_after_too_many_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = spawn_tree(args(dir.path())).await.unwrap();
+        let mut rx = tree.refs.clone();
+        for _ in 0..=MAX_RESTARTS {
+            let Some(refs) = rx.borrow_and_update().clone() else {
+                break;
+            };
+            refs.runs.kill();
+            if tokio::time::timeout(Duration::from_secs(5), rx.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(5), tree.join)
+            .await
+            .expect("root stopped")
+            .unwrap();
+    }
+}

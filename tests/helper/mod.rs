@@ -91,12 +91,43 @@ args = ["-c", {script:?}]
     }
 }
 
+/// The test settings: fast supervision, then `overrides` merged section by section.
+fn settings_file(overrides: &str) -> String {
+    let mut table: toml::Table = toml::from_str(
+        r#"
+[supervision]
+handshake_timeout_ms = 5000
+heartbeat_interval_ms = 100
+heartbeat_timeout_ms = 1000
+stop_grace_ms = 1000
+term_grace_ms = 500
+
+[restart_policy]
+backoff_initial_ms = 50
+backoff_max_ms = 400
+start_window_ms = 500
+"#,
+    )
+    .expect("base settings parse");
+    let extra: toml::Table = toml::from_str(overrides).expect("overrides parse");
+    for (section, values) in extra {
+        let target = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        if let (Some(t), toml::Value::Table(v)) = (target.as_table_mut(), values) {
+            t.extend(v);
+        }
+    }
+    toml::to_string(&table).expect("settings serialise")
+}
+
 /// A running neko, stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Neko {
     pub child: Child,
     pub base: String,
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
+    pub plugins_dir: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
     _tmp: tempfile::TempDir,
 }
@@ -107,8 +138,9 @@ impl Neko {
         Self::start_with(plugins, "")
     }
 
-    /// Like [`Neko::start`], with extra lines appended to the settings file.
-    pub fn start_with(plugins: &[PluginDir], extra_config: &str) -> Self {
+    /// Like [`Neko::start`], with settings overrides (TOML, merged per section over the fast
+    /// test defaults).
+    pub fn start_with(plugins: &[PluginDir], overrides: &str) -> Self {
         ensure_echo_built();
         let tmp = tempfile::Builder::new()
             .prefix("neko-t")
@@ -122,25 +154,7 @@ impl Neko {
             std::fs::write(d.join("plugin.toml"), &p.toml).unwrap();
         }
         let config = tmp.path().join("neko.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"[supervision]
-handshake_timeout_ms = 5000
-heartbeat_interval_ms = 100
-heartbeat_timeout_ms = 1000
-stop_grace_ms = 1000
-term_grace_ms = 500
-
-[restart_policy]
-backoff_initial_ms = 50
-backoff_max_ms = 400
-start_window_ms = 500
-{extra_config}
-"#
-            ),
-        )
-        .unwrap();
+        std::fs::write(&config, settings_file(overrides)).unwrap();
         let data_dir = tmp.path().join("data");
         let mut child = Command::new(env!("CARGO_BIN_EXE_neko"))
             .arg("serve")
@@ -190,7 +204,7 @@ start_window_ms = 500
             base,
             client: reqwest::Client::new(),
             data_dir,
-
+            plugins_dir,
             logs,
             _tmp: tmp,
         }

@@ -67,6 +67,8 @@ pub struct ProcessHostArgs {
     pub manifest: Arc<PluginManifest>,
     /// Sequence number of this launch (unique within the supervisor's life).
     pub launch: u64,
+    /// Automatic restarts so far (for the log lines of this launch).
+    pub restart_count: u32,
     pub settings: Arc<HostSettings>,
     pub supervisor: ActorRef<PluginSupervisorMsg>,
     pub status: ActorRef<StatusManagerMsg>,
@@ -148,6 +150,7 @@ pub struct ProcessHostState {
     manifest: Arc<PluginManifest>,
     settings: Arc<HostSettings>,
     launch: u64,
+    restart_count: u32,
     supervisor: ActorRef<PluginSupervisorMsg>,
     status: ActorRef<StatusManagerMsg>,
     link: Link,
@@ -198,6 +201,7 @@ impl Actor for ProcessHost {
             manifest: args.manifest,
             settings: args.settings,
             launch: args.launch,
+            restart_count: args.restart_count,
             supervisor: args.supervisor,
             status: args.status,
             link,
@@ -377,7 +381,7 @@ impl ProcessHostState {
         self.pid = Some(pid);
         self.phase = Phase::Handshaking;
         self.last_seen = Instant::now();
-        tracing::info!(plugin_id = %self.plugin_id, pid, launch = self.launch, program = %spec.program.display(), "plugin process spawned");
+        tracing::info!(plugin_id = %self.plugin_id, pid, launch = self.launch, restart_count = self.restart_count, program = %spec.program.display(), "plugin process spawned");
         let host = myself.clone();
         // The reaper owns the child handle, so the process is reaped even if this actor dies.
         child::reap(process, move |status| {
@@ -467,7 +471,7 @@ impl ProcessHostState {
                 .send_interval(interval, || ProcessHostMsg::HeartbeatCheck)
                 .abort_handle(),
         );
-        tracing::info!(plugin_id = %self.plugin_id, pid = self.pid, sdk = %hello.sdk, sdk_version = %hello.sdk_version, entries = entries.len(), "plugin ready");
+        tracing::info!(plugin_id = %self.plugin_id, pid = self.pid, restart_count = self.restart_count, sdk = %hello.sdk, sdk_version = %hello.sdk_version, entries = entries.len(), "plugin ready");
         let _ = self.supervisor.cast(PluginSupervisorMsg::HostReady {
             plugin_id: self.plugin_id.clone(),
             launch: self.launch,
@@ -684,6 +688,7 @@ impl ProcessHostState {
             plugin_id = %self.plugin_id,
             pid = self.pid,
             launch = self.launch,
+            restart_count = self.restart_count,
             exit = %report.description,
             abnormal = report.abnormal,
             kill_reason = report.kill_reason.as_deref(),
