@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use neko_actors::python_env::PythonSettings;
 use neko_actors::run_token::RunTokenSigner;
 use neko_actors::{TreeArgs, spawn_tree};
 use tokio::net::TcpListener;
@@ -48,6 +49,11 @@ pub async fn run(
         plugins_dir,
         host_settings: settings.host_settings(runtime_dir),
         restart_defaults: settings.restart_policy.clone(),
+        python: PythonSettings {
+            interpreter: settings.python.interpreter.clone(),
+            root: data_dir.join("python"),
+            pip_args: settings.python.pip_args.clone(),
+        },
         run_token_signer: signer,
         run_token_ttl: Duration::from_secs(settings.runs.token_ttl_seconds),
         autostart: settings.plugins.autostart,

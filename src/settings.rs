@@ -28,6 +28,7 @@ pub struct Settings {
     pub supervision: SupervisionSettings,
     pub restart_policy: RestartSettings,
     pub runs: RunsSettings,
+    pub python: PythonSection,
     pub log: LogSettings,
 }
 
@@ -132,6 +133,16 @@ impl Default for RunsSettings {
     }
 }
 
+/// `[python]`: the managed environment Python plugins run in.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PythonSection {
+    /// Interpreter (>= 3.11) the venv is built from; `python3` on PATH when unset (NEKO_PYTHON).
+    pub interpreter: Option<String>,
+    /// Extra arguments for every `pip install`, e.g. `["--index-url", "http://mirror/simple"]`.
+    pub pip_args: Vec<String>,
+}
+
 /// `[log]`: what goes to stderr.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -233,6 +244,9 @@ impl Settings {
                 .trim()
                 .parse()
                 .context("NEKO_RUN_TOKEN_TTL_SECONDS must be a whole number")?;
+        }
+        if let Some(python) = get("NEKO_PYTHON") {
+            self.python.interpreter = Some(python);
         }
         if let Some(level) = get("NEKO_LOGURU_LEVEL") {
             self.log.level = level.to_lowercase();

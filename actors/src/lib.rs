@@ -7,6 +7,8 @@
 //! - [`plugin_supervisor`]: restart policy per plugin ([`restart_policy`]); one
 //!   [`process_host`] per launch, which owns the OS process ([`process_host::child`]) and the
 //!   ZeroMQ link ([`process_host::link`]).
+//! - [`plugin_config`]: answers plugins' config requests from their plugin.toml.
+//! - [`python_env`]: the managed Python environment (venv, SDK, plugin requirements).
 //! - [`run_tracker`]: run records and their state machine; [`run_token`] signs run tokens.
 //! - [`error`]: the one error type requests answer with.
 //!
@@ -15,8 +17,10 @@
 pub mod clock;
 pub mod error;
 pub mod manifest;
+pub mod plugin_config;
 pub mod plugin_supervisor;
 pub mod process_host;
+pub mod python_env;
 pub mod registry;
 pub mod restart_policy;
 pub mod root;

@@ -25,6 +25,7 @@ use crate::process_host::{
     ExitReport, HostSettings, ProcessHost, ProcessHostArgs, ProcessHostMsg, TriggerReply,
     TriggerRequest, child,
 };
+use crate::python_env::PythonEnvMsg;
 use crate::registry::RegistryMsg;
 use crate::restart_policy::{Decision, ExitInfo, RestartPolicy, RestartSettings, RestartTracker};
 use crate::status_manager::{Lifecycle, StatusManagerMsg};
@@ -36,6 +37,7 @@ pub struct PluginSupervisor;
 pub struct PluginSupervisorArgs {
     pub registry: ActorRef<RegistryMsg>,
     pub status: ActorRef<StatusManagerMsg>,
+    pub python: ActorRef<PythonEnvMsg>,
     pub host_settings: Arc<HostSettings>,
     pub restart_defaults: RestartSettings,
     /// Start `auto_start` plugins when the supervisor starts.
@@ -121,6 +123,7 @@ struct Slot {
 pub struct PluginSupervisorState {
     registry: ActorRef<RegistryMsg>,
     status: ActorRef<StatusManagerMsg>,
+    python: ActorRef<PythonEnvMsg>,
     host_settings: Arc<HostSettings>,
     restart_defaults: RestartSettings,
     slots: HashMap<PluginId, Slot>,
@@ -142,6 +145,7 @@ impl Actor for PluginSupervisor {
         let mut state = PluginSupervisorState {
             registry: args.registry,
             status: args.status,
+            python: args.python,
             host_settings: args.host_settings,
             restart_defaults: args.restart_defaults,
             slots: HashMap::new(),
@@ -231,6 +235,7 @@ impl Actor for PluginSupervisor {
                 ready_for: None,
                 pid,
                 kill_reason: Some("host actor failed".into()),
+                setup_failed: false,
             };
             state.host_exited(&myself, plugin_id, launch, report).await;
         }
@@ -547,6 +552,7 @@ impl PluginSupervisorState {
             settings: self.host_settings.clone(),
             supervisor: myself.clone(),
             status: self.status.clone(),
+            python: self.python.clone(),
         };
         let name = format!("neko.host.{id}.{launch}");
         match Actor::spawn_linked(Some(name), ProcessHost, args, myself.get_cell()).await {
@@ -569,6 +575,7 @@ impl PluginSupervisorState {
                     ready_for: None,
                     pid: None,
                     kill_reason: None,
+                    setup_failed: true,
                 };
                 // Same path as any failed start, so the restart policy applies.
                 Box::pin(self.exit_decision(myself, id, launch, report)).await;
@@ -680,18 +687,29 @@ impl PluginSupervisorState {
             abnormal: report.abnormal,
             ready_for: report.ready_for,
         };
-        let decision =
+        let decision = if report.setup_failed {
+            Decision::GiveUp {
+                restarts_in_window: 0,
+                reason: "the plugin cannot be started".into(),
+            }
+        } else {
             slot.tracker
-                .on_exit(&slot.policy, Instant::now(), &info, rand::random::<f64>());
+                .on_exit(&slot.policy, Instant::now(), &info, rand::random::<f64>())
+        };
         // A manual start waits for readiness; a launch that died first fails that start.
         if report.ready_for.is_none() {
+            let reason = if report.setup_failed {
+                report.description.clone()
+            } else {
+                format!(
+                    "process died immediately after startup ({})",
+                    report.description
+                )
+            };
             for w in slot.start_waiters.drain(..) {
                 let _ = w.send(Err(Error::StartFailed {
                     plugin: id.clone(),
-                    reason: format!(
-                        "process died immediately after startup ({})",
-                        report.description
-                    ),
+                    reason: reason.clone(),
                 }));
             }
         }

@@ -1,5 +1,5 @@
-//! RootSupervisor: the top of the tree. Starts StatusManager, Registry, PluginSupervisor and
-//! RunTracker in that order and restarts them `rest_for_one`: when a child fails, it and every
+//! RootSupervisor: the top of the tree. Starts StatusManager, Registry, PythonEnv,
+//! PluginSupervisor and RunTracker in that order and restarts them `rest_for_one`: when a child fails, it and every
 //! child started after it are restarted (they hold references to it), so no actor ever talks to a
 //! dead peer. The current references are published on a `watch` channel that the gateway reads.
 //!
@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::plugin_supervisor::{PluginSupervisor, PluginSupervisorArgs, PluginSupervisorMsg};
 use crate::process_host::{HostSettings, child};
+use crate::python_env::{PythonEnv, PythonEnvMsg, PythonSettings};
 use crate::registry::{Registry, RegistryMsg};
 use crate::restart_policy::RestartSettings;
 use crate::run_token::RunTokenSigner;
@@ -31,6 +32,7 @@ pub struct TreeArgs {
     pub plugins_dir: PathBuf,
     pub host_settings: Arc<HostSettings>,
     pub restart_defaults: RestartSettings,
+    pub python: PythonSettings,
     pub run_token_signer: RunTokenSigner,
     pub run_token_ttl: Duration,
     /// Start `auto_start` plugins (off in tests that want to start them by hand).
@@ -42,6 +44,7 @@ pub struct TreeArgs {
 pub struct TreeRefs {
     pub status: ActorRef<StatusManagerMsg>,
     pub registry: ActorRef<RegistryMsg>,
+    pub python: ActorRef<PythonEnvMsg>,
     pub plugins: ActorRef<PluginSupervisorMsg>,
     pub runs: ActorRef<RunTrackerMsg>,
 }
@@ -62,6 +65,7 @@ pub struct RootState {
 enum Child {
     Status,
     Registry,
+    Python,
     Plugins,
     Runs,
 }
@@ -82,11 +86,13 @@ impl Actor for RootSupervisor {
         let cell = myself.get_cell();
         let status = spawn_status(&cell).await?;
         let registry = spawn_registry(&cell, &args).await?;
-        let plugins = spawn_plugins(&cell, &args, &registry, &status).await?;
+        let python = spawn_python(&cell, &args).await?;
+        let plugins = spawn_plugins(&cell, &args, &registry, &status, &python).await?;
         let runs = spawn_runs(&cell, &args, &plugins).await?;
         let refs = TreeRefs {
             status,
             registry,
+            python,
             plugins,
             runs,
         };
@@ -166,6 +172,7 @@ impl RootState {
         [
             (Child::Status, self.refs.status.get_id()),
             (Child::Registry, self.refs.registry.get_id()),
+            (Child::Python, self.refs.python.get_id()),
             (Child::Plugins, self.refs.plugins.get_id()),
             (Child::Runs, self.refs.runs.get_id()),
         ]
@@ -192,6 +199,9 @@ impl RootState {
                 .await;
             child::kill_all_groups();
         }
+        if from <= Child::Python {
+            self.refs.python.stop(None);
+        }
         if from <= Child::Registry {
             self.refs.registry.stop(None);
         }
@@ -204,9 +214,18 @@ impl RootState {
         if from <= Child::Registry {
             self.refs.registry = spawn_registry(me, &self.args).await?;
         }
+        if from <= Child::Python {
+            self.refs.python = spawn_python(me, &self.args).await?;
+        }
         if from <= Child::Plugins {
-            self.refs.plugins =
-                spawn_plugins(me, &self.args, &self.refs.registry, &self.refs.status).await?;
+            self.refs.plugins = spawn_plugins(
+                me,
+                &self.args,
+                &self.refs.registry,
+                &self.refs.status,
+                &self.refs.python,
+            )
+            .await?;
         }
         self.refs.runs = spawn_runs(me, &self.args, &self.refs.plugins).await?;
         self.publish.send_replace(Some(self.refs.clone()));
@@ -239,11 +258,26 @@ async fn spawn_registry(
     Ok(a)
 }
 
+async fn spawn_python(
+    sup: &ActorCell,
+    args: &TreeArgs,
+) -> Result<ActorRef<PythonEnvMsg>, ActorProcessingErr> {
+    let (a, _) = Actor::spawn_linked(
+        Some(unique_name("python_env")),
+        PythonEnv,
+        args.python.clone(),
+        sup.clone(),
+    )
+    .await?;
+    Ok(a)
+}
+
 async fn spawn_plugins(
     sup: &ActorCell,
     args: &TreeArgs,
     registry: &ActorRef<RegistryMsg>,
     status: &ActorRef<StatusManagerMsg>,
+    python: &ActorRef<PythonEnvMsg>,
 ) -> Result<ActorRef<PluginSupervisorMsg>, ActorProcessingErr> {
     let (a, _) = Actor::spawn_linked(
         Some(unique_name("plugin_supervisor")),
@@ -251,6 +285,7 @@ async fn spawn_plugins(
         PluginSupervisorArgs {
             registry: registry.clone(),
             status: status.clone(),
+            python: python.clone(),
             host_settings: args.host_settings.clone(),
             restart_defaults: args.restart_defaults.clone(),
             autostart: args.autostart,
@@ -346,6 +381,11 @@ mod tests {
                 max_frame_bytes: 1 << 20,
             }),
             restart_defaults: RestartSettings::default(),
+            python: PythonSettings {
+                interpreter: None,
+                root: dir.join("python"),
+                pip_args: Vec::new(),
+            },
             run_token_signer: RunTokenSigner::new("k"),
             run_token_ttl: Duration::from_secs(60),
             autostart: true,

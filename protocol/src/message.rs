@@ -38,6 +38,10 @@ pub enum Message {
     Heartbeat(Heartbeat),
     /// supervisor → plugin: run your shutdown hook and exit within `grace_ms`.
     Stop(Stop),
+    /// plugin → supervisor: ask the supervisor for something (config, later runs, bus, calls).
+    Request(Request),
+    /// supervisor → plugin: the answer to a REQUEST with the same `request_id`.
+    Response(Response),
 }
 
 impl Message {
@@ -52,6 +56,8 @@ impl Message {
             Self::Status(_) => "status",
             Self::Heartbeat(_) => "heartbeat",
             Self::Stop(_) => "stop",
+            Self::Request(_) => "request",
+            Self::Response(_) => "response",
         }
     }
 }
@@ -196,4 +202,49 @@ pub struct Heartbeat {}
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stop {
     pub grace_ms: u64,
+}
+
+/// REQUEST: a plugin asks the supervisor to do `op` with `args` (see PROTOCOL.md for the ops).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the plugin, unique among its open requests.
+    pub request_id: String,
+    /// What to do, e.g. `config.get`.
+    pub op: String,
+    /// The op's arguments (a JSON object).
+    #[serde(default)]
+    pub args: Value,
+}
+
+/// RESPONSE: the outcome of a REQUEST.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub request_id: String,
+    pub ok: bool,
+    #[serde(default)]
+    pub result: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<WireError>,
+}
+
+impl Response {
+    /// A successful answer.
+    pub fn success(request_id: impl Into<String>, result: Value) -> Self {
+        Self {
+            request_id: request_id.into(),
+            ok: true,
+            result,
+            error: None,
+        }
+    }
+
+    /// A refusal.
+    pub fn failure(request_id: impl Into<String>, error: WireError) -> Self {
+        Self {
+            request_id: request_id.into(),
+            ok: false,
+            result: Value::Null,
+            error: Some(error),
+        }
+    }
 }

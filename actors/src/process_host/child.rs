@@ -95,32 +95,76 @@ fn is_executable(p: &Path) -> bool {
 
 /// Runs a plugin's `build` command in its folder, its output going to the log.
 pub async fn run_build(plugin_id: &PluginId, build: &[String], cwd: &Path) -> Result<(), String> {
-    let Some((program, args)) = build.split_first() else {
-        return Err("empty build command".into());
-    };
     tracing::info!(plugin_id = %plugin_id, command = ?build, "building plugin (first start)");
+    run_tool(plugin_id, "build", build, cwd, &[]).await?;
+    tracing::info!(plugin_id = %plugin_id, "plugin build finished");
+    Ok(())
+}
+
+/// Runs a helper command (a build, pip) to completion, its output going to the log tagged with
+/// `source`. On failure the error carries the command's last output lines.
+pub async fn run_tool(
+    plugin_id: &PluginId,
+    source: &'static str,
+    argv: &[String],
+    cwd: &Path,
+    env: &[(String, String)],
+) -> Result<(), String> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err(format!("empty {source} command"));
+    };
     let mut child = Command::new(program)
         .args(args)
         .current_dir(cwd)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("could not run build command {build:?}: {e}"))?;
-    forward_output(plugin_id, &mut child, "build");
+        .map_err(|e| format!("could not run {argv:?}: {e}"))?;
+    let tail = Tail::default();
+    let readers = forward_output(plugin_id, &mut child, source, Some(tail.clone()));
     let status = child
         .wait()
         .await
-        .map_err(|e| format!("build command failed: {e}"))?;
+        .map_err(|e| format!("{argv:?} failed: {e}"))?;
+    // The output is complete only once both pipes reached EOF.
+    for r in readers {
+        let _ = r.await;
+    }
     if status.success() {
-        tracing::info!(plugin_id = %plugin_id, "plugin build finished");
         Ok(())
     } else {
         Err(format!(
-            "build command {build:?} failed ({})",
-            describe_exit(&status)
+            "{argv:?} failed ({}): {}",
+            describe_exit(&status),
+            tail.text()
         ))
+    }
+}
+
+/// The last lines a command printed, for error messages.
+#[derive(Clone, Default)]
+struct Tail(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>);
+
+impl Tail {
+    const LINES: usize = 12;
+
+    fn push(&self, line: &str) {
+        if let Ok(mut q) = self.0.lock() {
+            if q.len() == Self::LINES {
+                q.pop_front();
+            }
+            q.push_back(line.to_string());
+        }
+    }
+
+    fn text(&self) -> String {
+        self.0
+            .lock()
+            .map(|q| q.iter().cloned().collect::<Vec<_>>().join(" | "))
+            .unwrap_or_default()
     }
 }
 
@@ -156,7 +200,7 @@ pub fn spawn(plugin_id: &PluginId, spec: &LaunchSpec) -> std::io::Result<tokio::
     if let Some(pid) = child.id() {
         LIVE_GROUPS.insert(pid, plugin_id.clone());
     }
-    forward_output(plugin_id, &mut child, "plugin");
+    forward_output(plugin_id, &mut child, "plugin", None);
     Ok(child)
 }
 
@@ -196,14 +240,34 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-/// Forwards each line of the child's stdout and stderr to `tracing`, tagged with the plugin id.
-fn forward_output(plugin_id: &PluginId, child: &mut tokio::process::Child, what: &'static str) {
+/// Forwards each line of the child's stdout and stderr to `tracing`, tagged with the plugin id
+/// (and into `tail` when given). Returns the two reader tasks.
+fn forward_output(
+    plugin_id: &PluginId,
+    child: &mut tokio::process::Child,
+    what: &'static str,
+    tail: Option<Tail>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(forward_lines(plugin_id.clone(), out, what, "stdout"));
+        tasks.push(tokio::spawn(forward_lines(
+            plugin_id.clone(),
+            out,
+            what,
+            "stdout",
+            tail.clone(),
+        )));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(forward_lines(plugin_id.clone(), err, what, "stderr"));
+        tasks.push(tokio::spawn(forward_lines(
+            plugin_id.clone(),
+            err,
+            what,
+            "stderr",
+            tail,
+        )));
     }
+    tasks
 }
 
 async fn forward_lines(
@@ -211,10 +275,19 @@ async fn forward_lines(
     mut stream: impl AsyncRead + Unpin,
     what: &'static str,
     stream_name: &'static str,
+    tail: Option<Tail>,
 ) {
     // Read raw bytes, not `lines()`: a plugin that prints invalid UTF-8 or one endless line must
     // neither stop the forwarding (its pipe would fill and block it) nor grow memory without bound.
     const MAX_LINE: usize = 16 * 1024;
+    let emit = |line: &[u8]| {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches('\r');
+        if let Some(t) = &tail {
+            t.push(text);
+        }
+        tracing::info!(target: "neko::plugin_output", plugin_id = %plugin_id, source = what, stream = stream_name, "{text}");
+    };
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = [0u8; 8192];
     loop {
@@ -225,20 +298,14 @@ async fn forward_lines(
         buf.extend_from_slice(&chunk[..n]);
         while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();
-            emit_line(&plugin_id, &line[..line.len() - 1], what, stream_name);
+            emit(&line[..line.len() - 1]);
         }
         if buf.len() > MAX_LINE {
-            emit_line(&plugin_id, &buf, what, stream_name);
+            emit(&buf);
             buf.clear();
         }
     }
     if !buf.is_empty() {
-        emit_line(&plugin_id, &buf, what, stream_name);
+        emit(&buf);
     }
-}
-
-fn emit_line(plugin_id: &PluginId, line: &[u8], what: &'static str, stream_name: &'static str) {
-    let text = String::from_utf8_lossy(line);
-    let text = text.trim_end_matches('\r');
-    tracing::info!(target: "neko::plugin_output", plugin_id = %plugin_id, source = what, stream = stream_name, "{text}");
 }

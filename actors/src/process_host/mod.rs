@@ -24,14 +24,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use neko_protocol::{
     Cancel, EntrySpec, Envelope, ErrorCode, FrameKey, Hello, Message, PROTOCOL_VERSION, PluginId,
-    Stop, Trigger, Welcome, WireError, env,
+    Request, Response, Stop, Trigger, Welcome, WireError, env,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::Value;
 use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::manifest::{PluginManifest, Runtime};
+use crate::plugin_config;
 use crate::plugin_supervisor::PluginSupervisorMsg;
+use crate::python_env::{PythonEnvMsg, PythonLaunch};
 use crate::status_manager::StatusManagerMsg;
 use child::LaunchSpec;
 use link::Link;
@@ -72,6 +74,8 @@ pub struct ProcessHostArgs {
     pub settings: Arc<HostSettings>,
     pub supervisor: ActorRef<PluginSupervisorMsg>,
     pub status: ActorRef<StatusManagerMsg>,
+    /// Prepares the Python environment for Python plugins.
+    pub python: ActorRef<PythonEnvMsg>,
 }
 
 /// The reply to a TRIGGER: the entry's data, or why there is none.
@@ -128,6 +132,9 @@ pub struct ExitReport {
     pub pid: Option<u32>,
     /// Why the host killed the process, if it did.
     pub kill_reason: Option<String>,
+    /// No process could be started (program missing, build or environment failed): restarting
+    /// would fail the same way, so the supervisor does not try.
+    pub setup_failed: bool,
 }
 
 enum Phase {
@@ -164,6 +171,7 @@ pub struct ProcessHostState {
     next_call: u64,
     stop_requested: bool,
     kill_reason: Option<String>,
+    setup_failed: bool,
     timers: Vec<AbortHandle>,
 }
 
@@ -194,6 +202,7 @@ impl Actor for ProcessHost {
             link.endpoint().to_string(),
             key.clone(),
             args.settings.clone(),
+            args.python.clone(),
             myself.clone(),
         ));
         Ok(ProcessHostState {
@@ -215,6 +224,7 @@ impl Actor for ProcessHost {
             next_call: 0,
             stop_requested: false,
             kill_reason: None,
+            setup_failed: false,
             timers: Vec::new(),
         })
     }
@@ -276,9 +286,10 @@ async fn prepare(
     endpoint: String,
     key: FrameKey,
     settings: Arc<HostSettings>,
+    python: ActorRef<PythonEnvMsg>,
     host: ActorRef<ProcessHostMsg>,
 ) {
-    let result = launch_spec(&manifest, endpoint, &key, &settings).await;
+    let result = launch_spec(&manifest, endpoint, &key, &settings, &python).await;
     let _ = host.cast(ProcessHostMsg::Prepared(result));
 }
 
@@ -287,7 +298,9 @@ async fn launch_spec(
     endpoint: String,
     key: &FrameKey,
     settings: &HostSettings,
+    python: &ActorRef<PythonEnvMsg>,
 ) -> Result<LaunchSpec, String> {
+    let mut env = Vec::new();
     let (program, args) = match &manifest.runtime {
         Runtime::Native {
             command,
@@ -314,12 +327,27 @@ async fn launch_spec(
             (program, args.clone())
         }
         Runtime::Python { entry } => {
-            return Err(format!(
-                "Python plugin entry '{entry}' needs the Python SDK runner, which this build does not include yet"
-            ));
+            let launch = prepare_python(manifest, python).await?;
+            env.push(("NEKO_PLUGIN_ENTRY".to_string(), entry.clone()));
+            let root = manifest.dir.parent().unwrap_or(&manifest.dir);
+            env.push(("NEKO_PLUGINS_ROOT".to_string(), root.display().to_string()));
+            env.push(("PYTHONUNBUFFERED".to_string(), "1".to_string()));
+            env.push(("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string()));
+            if !launch.python_path.is_empty() {
+                let joined = std::env::join_paths(&launch.python_path)
+                    .map_err(|e| format!("bad PYTHONPATH entry: {e}"))?;
+                env.push((
+                    "PYTHONPATH".to_string(),
+                    joined.to_string_lossy().into_owned(),
+                ));
+            }
+            (
+                launch.python,
+                vec!["-m".to_string(), "plugin.runner".to_string()],
+            )
         }
     };
-    let env = vec![
+    env.extend([
         (env::PLUGIN_ID.to_string(), manifest.id.to_string()),
         (env::ENDPOINT.to_string(), endpoint),
         (env::SECRET.to_string(), key.to_hex()),
@@ -344,13 +372,36 @@ async fn launch_spec(
             env::PLUGIN_CONFIG.to_string(),
             manifest.config_path.display().to_string(),
         ),
-    ];
+    ]);
     Ok(LaunchSpec {
         program,
         args,
         cwd: manifest.dir.clone(),
         env,
     })
+}
+
+/// Asks PythonEnv for the interpreter (creating the environment on first use).
+async fn prepare_python(
+    manifest: &PluginManifest,
+    python: &ActorRef<PythonEnvMsg>,
+) -> Result<PythonLaunch, String> {
+    // No timeout: a first install can take minutes, and a stop aborts this task anyway.
+    let reply = python
+        .call(
+            |reply| PythonEnvMsg::Prepare {
+                plugin_id: manifest.id.clone(),
+                plugin_dir: manifest.dir.clone(),
+                reply,
+            },
+            None,
+        )
+        .await
+        .map_err(|e| format!("the Python environment manager is unavailable: {e}"))?;
+    match reply {
+        ractor::rpc::CallResult::Success(r) => r,
+        _ => Err("the Python environment manager did not answer".into()),
+    }
 }
 
 impl ProcessHostState {
@@ -366,6 +417,7 @@ impl ProcessHostState {
             Ok(s) => s,
             Err(reason) => {
                 tracing::error!(plugin_id = %self.plugin_id, launch = self.launch, %reason, "plugin could not be launched");
+                self.setup_failed = true;
                 return self.finish(myself, reason, true);
             }
         };
@@ -374,6 +426,7 @@ impl ProcessHostState {
             Err(e) => {
                 let reason = format!("could not spawn {}: {e}", spec.program.display());
                 tracing::error!(plugin_id = %self.plugin_id, launch = self.launch, %reason, "plugin could not be launched");
+                self.setup_failed = true;
                 return self.finish(myself, reason, true);
             }
         };
@@ -416,6 +469,7 @@ impl ProcessHostState {
                         });
                     }
                     Message::Heartbeat(_) => {}
+                    Message::Request(req) => self.request(req),
                     other => {
                         tracing::warn!(plugin_id = %self.plugin_id, kind = other.kind(), "plugin sent a message only the supervisor may send; dropped");
                     }
@@ -478,6 +532,28 @@ impl ProcessHostState {
             entries,
             sdk: format!("{} {}", hello.sdk, hello.sdk_version),
         });
+    }
+
+    /// Answers a plugin's REQUEST. Ops this supervisor does not serve get NOT_FOUND, so SDKs can
+    /// tell "not here yet" from a failure.
+    fn request(&mut self, req: Request) {
+        let outcome = match req.op.as_str() {
+            "config.get" => {
+                plugin_config::config_get(self.plugin_id.as_str(), &self.manifest.config_path)
+                    .map_err(|e| WireError::new(ErrorCode::Internal, e))
+            }
+            other => Err(WireError::new(
+                ErrorCode::NotFound,
+                format!("unknown request op '{other}'"),
+            )),
+        };
+        let response = match outcome {
+            Ok(result) => Response::success(req.request_id, result),
+            Err(error) => Response::failure(req.request_id, error),
+        };
+        if let Err(e) = self.link.send(Message::Response(response)) {
+            tracing::warn!(plugin_id = %self.plugin_id, error = %e, "could not answer a plugin request");
+        }
     }
 
     fn trigger(
@@ -683,6 +759,7 @@ impl ProcessHostState {
             ready_for: self.ready_at.map(|t| t.elapsed()),
             pid: self.pid,
             kill_reason: self.kill_reason.clone(),
+            setup_failed: self.setup_failed,
         };
         tracing::info!(
             plugin_id = %self.plugin_id,

@@ -127,6 +127,29 @@ fn samples() -> Vec<(&'static str, Direction, Envelope)> {
             Direction::SupervisorToPlugin,
             env(4, Message::Stop(Stop { grace_ms: 5000 })),
         ),
+        (
+            "request",
+            Direction::PluginToSupervisor,
+            env(
+                6,
+                Message::Request(Request {
+                    request_id: "q-1".into(),
+                    op: "config.get".into(),
+                    args: json!({}),
+                }),
+            ),
+        ),
+        (
+            "response",
+            Direction::SupervisorToPlugin,
+            env(
+                5,
+                Message::Response(Response::success(
+                    "q-1",
+                    json!({"config": {"plugin": {"id": "echo"}, "debug": {"level": 2}}}),
+                )),
+            ),
+        ),
     ]
 }
 
