@@ -1,1 +1,585 @@
-fn main() {}
+//! `neko-bench`: drives a real neko (or any server with the reference REST API) and prints a table
+//! of figures, each with the machine's core count and the command that reproduces it.
+//!
+//! ```text
+//! cargo build --release --workspace && target/release/neko-bench            # every figure
+//! target/release/neko-bench --json                                           # the same, as JSON
+//! target/release/neko-bench --only seq --seq-runs 500                        # one figure
+//! target/release/neko-bench --url http://127.0.0.1:48916 --plugin echo --entry echo
+//! ```
+//!
+//! By default it starts `neko serve --port 0` itself (the `neko` next to this executable, or
+//! `--neko PATH`; build both with the same profile) in a temporary folder with copies of the echo
+//! plugin, and stops it at the end. With `--url` it drives a server that is already running and
+//! skips the figures that spawn or kill processes (`cold`, `scale`, `restart`).
+//!
+//! Figures (`--only` picks some):
+//! - `cold`: spawn → `/health` answers 200, and → the echo plugin is `running` in `/plugins`.
+//! - `scale`: spawn → all `--scale` copies of the echo plugin are `running`.
+//! - `restart`: `kill -9` of the echo plugin's pid → a run of its `echo` entry succeeds again. Kills
+//!   are spaced by neko's default `start_window_ms` so each one is a crash after running, which
+//!   restarts after the default `backoff_initial_ms` (200 ms ± 20 % jitter).
+//! - `seq`: POST /runs → first GET /runs/{id} showing a terminal state, one run at a time.
+//! - `concurrent`: the same with `--clients` clients (one HTTP client each) for `--duration` s.
+//!
+//! Latencies are in ms, percentiles nearest-rank over sorted samples. Runs are polled back to back
+//! (neko has no server-side wait), so the bench competes with neko for the same cores. Failed
+//! requests are counted and shown; the exit status is non-zero if the server died.
+
+mod neko;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+use serde_json::{Value, json};
+
+use neko::{Api, Neko, plugin_ids, send_signal, wait_for};
+
+/// neko's default `start_window_ms`: a plugin killed sooner after it became ready counts as a
+/// failed start, and the restart backoff doubles.
+const START_WINDOW: Duration = Duration::from_millis(2_000);
+
+/// Benchmarks neko: cold start, restart after a crash, run latency and throughput.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Drive the server at this URL instead of starting neko (skips cold, scale and restart).
+    #[arg(long)]
+    url: Option<String>,
+    /// The neko binary to start [default: `neko` next to this executable].
+    #[arg(long, conflicts_with = "url")]
+    neko: Option<PathBuf>,
+    /// Plugin whose entry the run figures call (with --url).
+    #[arg(long, default_value = "echo", requires = "url")]
+    plugin: String,
+    /// Entry the run figures call (with --url).
+    #[arg(long, default_value = "echo", requires = "url")]
+    entry: String,
+    /// Figures to measure (comma-separated) [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Figure>,
+    /// Cold starts per cold-start figure.
+    #[arg(long, default_value_t = 5)]
+    cold_runs: usize,
+    /// Copies of the echo plugin for the scale figure.
+    #[arg(long, default_value_t = 16)]
+    scale: usize,
+    /// Kills for the restart figure.
+    #[arg(long, default_value_t = 20)]
+    kills: usize,
+    /// Runs measured one at a time.
+    #[arg(long, default_value_t = 2000)]
+    seq_runs: usize,
+    /// Unmeasured runs before the run figures.
+    #[arg(long, default_value_t = 100)]
+    warmup: usize,
+    /// Concurrent clients, one figure per value.
+    #[arg(long, value_delimiter = ',', default_values_t = [8, 32])]
+    clients: Vec<usize>,
+    /// Seconds each concurrent figure lasts.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Print a JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Figure {
+    Cold,
+    Scale,
+    Restart,
+    Seq,
+    Concurrent,
+}
+
+impl Args {
+    fn wants(&self, figure: Figure) -> bool {
+        self.only.is_empty() || self.only.contains(&figure)
+    }
+
+    /// The command line that measures `figure` alone with the same settings (`clients`: the one
+    /// client count of a concurrent figure).
+    fn command(&self, figure: Figure, clients: Option<usize>) -> String {
+        let program = std::env::args()
+            .next()
+            .unwrap_or_else(|| "neko-bench".into());
+        let mut words = vec![program];
+        match &self.url {
+            Some(url) => words.extend([
+                format!("--url {url}"),
+                format!("--plugin {}", self.plugin),
+                format!("--entry {}", self.entry),
+            ]),
+            None => words.extend(self.neko.iter().map(|p| format!("--neko {}", p.display()))),
+        }
+        let name = figure.to_possible_value().expect("no skipped variants");
+        words.push(format!("--only {}", name.get_name()));
+        words.push(match figure {
+            Figure::Cold => format!("--cold-runs {}", self.cold_runs),
+            Figure::Scale => format!("--scale {} --cold-runs {}", self.scale, self.cold_runs),
+            Figure::Restart => format!("--kills {}", self.kills),
+            Figure::Seq => format!("--seq-runs {} --warmup {}", self.seq_runs, self.warmup),
+            Figure::Concurrent => format!(
+                "--clients {} --duration {} --warmup {}",
+                clients.unwrap_or_default(),
+                self.duration,
+                self.warmup
+            ),
+        });
+        words.join(" ")
+    }
+}
+
+/// Nearest-rank summary of latency samples, in ms.
+struct Stats {
+    n: usize,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Stats {
+    fn new(mut samples: Vec<Duration>) -> Option<Stats> {
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort_unstable();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        // Nearest rank: the smallest sample with at least p % of the samples at or below it.
+        let rank = |p: f64| {
+            let r = (p / 100.0 * samples.len() as f64).ceil() as usize;
+            ms(samples[r.clamp(1, samples.len()) - 1])
+        };
+        Some(Stats {
+            n: samples.len(),
+            p50: rank(50.0),
+            p90: rank(90.0),
+            p99: rank(99.0),
+            max: ms(samples[samples.len() - 1]),
+        })
+    }
+}
+
+/// Failed attempts: how many, and the first error.
+#[derive(Default)]
+struct Failures {
+    count: usize,
+    first: Option<String>,
+}
+
+impl Failures {
+    fn record(&mut self, error: &anyhow::Error) {
+        self.count += 1;
+        self.first.get_or_insert_with(|| format!("{error:#}"));
+    }
+
+    fn merge(&mut self, other: Failures) {
+        self.count += other.count;
+        if self.first.is_none() {
+            self.first = other.first;
+        }
+    }
+}
+
+/// Latencies and failures of one figure.
+#[derive(Default)]
+struct Samples {
+    latencies: Vec<Duration>,
+    failures: Failures,
+}
+
+impl Samples {
+    fn add(&mut self, outcome: Result<Duration>) {
+        match outcome {
+            Ok(latency) => self.latencies.push(latency),
+            Err(e) => self.failures.record(&e),
+        }
+    }
+
+    fn merge(&mut self, other: Samples) {
+        self.latencies.extend(other.latencies);
+        self.failures.merge(other.failures);
+    }
+}
+
+/// One line of the report.
+struct Row {
+    name: String,
+    stats: Option<Stats>,
+    /// Successful runs per second, for the run figures.
+    per_s: Option<f64>,
+    failures: Failures,
+    command: String,
+}
+
+/// The figures measured so far, printed even when a later one fails.
+struct Report {
+    cores: usize,
+    rows: Vec<Row>,
+}
+
+impl Report {
+    fn add(&mut self, name: String, samples: Samples, elapsed: Option<Duration>, command: String) {
+        let per_s = elapsed.map(|e| samples.latencies.len() as f64 / e.as_secs_f64());
+        let row = Row {
+            name,
+            stats: Stats::new(samples.latencies),
+            per_s,
+            failures: samples.failures,
+            command,
+        };
+        eprintln!("neko-bench: done: {}", row.name);
+        self.rows.push(row);
+    }
+
+    fn to_json(&self, target: &str) -> Value {
+        let figures: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let s = r.stats.as_ref();
+                json!({
+                    "figure": r.name,
+                    "unit": "ms",
+                    "n": s.map_or(0, |s| s.n),
+                    "p50": s.map(|s| round2(s.p50)),
+                    "p90": s.map(|s| round2(s.p90)),
+                    "p99": s.map(|s| round2(s.p99)),
+                    "max": s.map(|s| round2(s.max)),
+                    "runs_per_s": r.per_s.map(round2),
+                    "failures": r.failures.count,
+                    "first_failure": r.failures.first,
+                    "cores": self.cores,
+                    "command": r.command,
+                })
+            })
+            .collect();
+        json!({"target": target, "cores": self.cores, "figures": figures})
+    }
+
+    fn print_table(&self, target: &str) {
+        let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+        println!(
+            "neko-bench against {target} ({} cores); latencies in ms",
+            self.cores
+        );
+        println!(
+            "{:<46} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5} {:>5}",
+            "figure", "n", "p50", "p90", "p99", "max", "runs/s", "fail", "cores"
+        );
+        for r in &self.rows {
+            let s = r.stats.as_ref();
+            println!(
+                "{:<46} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5} {:>5}",
+                r.name,
+                s.map_or(0, |s| s.n),
+                cell(s.map(|s| s.p50)),
+                cell(s.map(|s| s.p90)),
+                cell(s.map(|s| s.p99)),
+                cell(s.map(|s| s.max)),
+                cell(r.per_s),
+                r.failures.count,
+                self.cores
+            );
+        }
+        if self.rows.is_empty() {
+            return;
+        }
+        println!("\nto reproduce:");
+        for r in &self.rows {
+            println!("  {:<46} {}", r.name, r.command);
+        }
+        for r in self.rows.iter().filter(|r| r.failures.count > 0) {
+            let first = r.failures.first.as_deref().unwrap_or_default();
+            println!(
+                "failures in {}: {} (first: {first})",
+                r.name, r.failures.count
+            );
+        }
+    }
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut report = Report {
+        cores,
+        rows: Vec::new(),
+    };
+    let target = match &args.url {
+        Some(url) => url.clone(),
+        None => "a neko it started".to_string(),
+    };
+    let outcome = measure(&args, &mut report).await;
+    if args.json {
+        println!("{:#}", report.to_json(&target));
+    } else {
+        report.print_table(&target);
+    }
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("neko-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Measures the figures `args` asks for, in order, adding them to `report`.
+async fn measure(args: &Args, report: &mut Report) -> Result<()> {
+    let neko_bin = match &args.url {
+        Some(_) => {
+            let skipped = [Figure::Cold, Figure::Scale, Figure::Restart];
+            if skipped.iter().any(|f| args.only.contains(f)) {
+                eprintln!("neko-bench: with --url, cold, scale and restart are skipped");
+            }
+            None
+        }
+        None => Some(neko_binary(args)?),
+    };
+    if let Some(bin) = &neko_bin {
+        if args.wants(Figure::Cold) {
+            cold_start(args, report, bin, Figure::Cold, 1).await?;
+        }
+        if args.wants(Figure::Scale) {
+            cold_start(args, report, bin, Figure::Scale, args.scale).await?;
+        }
+    }
+    let runs = args.wants(Figure::Seq) || args.wants(Figure::Concurrent);
+    let restart = neko_bin.is_some() && args.wants(Figure::Restart);
+    if !runs && !restart {
+        return Ok(());
+    }
+    // The server the remaining figures drive.
+    let mut server = match &neko_bin {
+        Some(bin) => Some(Neko::spawn(bin, 1, u32::MAX).await?),
+        None => None,
+    };
+    let base = match (&server, &args.url) {
+        (Some(s), _) => s.base.clone(),
+        (None, Some(url)) => url.clone(),
+        (None, None) => unreachable!("either spawned or --url"),
+    };
+    let api = Api::new(&base)?;
+    check_alive(&api, server.as_mut()).await?;
+    let plugin = [args.plugin.clone()];
+    wait_for(server.as_mut(), "the plugin to run", || async {
+        api.all_running(&plugin).await.then_some(())
+    })
+    .await?;
+
+    if runs {
+        let warmup = drive(&api, &args.plugin, &args.entry, Until::Count(args.warmup)).await;
+        check_alive(&api, server.as_mut()).await?;
+        if warmup.failures.count > 0 {
+            eprintln!(
+                "neko-bench: {} of {} warm-up runs failed (first: {})",
+                warmup.failures.count,
+                args.warmup,
+                warmup.failures.first.unwrap_or_default()
+            );
+        }
+    }
+    if args.wants(Figure::Seq) {
+        let started = Instant::now();
+        let samples = drive(&api, &args.plugin, &args.entry, Until::Count(args.seq_runs)).await;
+        let name = format!("run {}/{}, sequential", args.plugin, args.entry);
+        let command = args.command(Figure::Seq, None);
+        report.add(name, samples, Some(started.elapsed()), command);
+        check_alive(&api, server.as_mut()).await?;
+    }
+    if args.wants(Figure::Concurrent) {
+        for &clients in &args.clients {
+            concurrent(args, report, &base, clients).await?;
+            check_alive(&api, server.as_mut()).await?;
+        }
+    }
+    if let (true, Some(server)) = (restart, server.as_mut()) {
+        restart_after_kill(args, report, &api, server).await?;
+        check_alive(&api, Some(server)).await?;
+    }
+    Ok(())
+}
+
+/// `--neko`, or the `neko` next to this executable; checks that the echo plugin's binary is there.
+fn neko_binary(args: &Args) -> Result<PathBuf> {
+    let bin = match &args.neko {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("neko"),
+    };
+    let plugin = bin.with_file_name("neko-plugin-echo");
+    if !bin.is_file() || !plugin.is_file() {
+        bail!(
+            "{} or {} is missing: build with `cargo build --release --workspace` and run \
+             target/release/neko-bench (or pass --neko PATH)",
+            bin.display(),
+            plugin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// An error if the server stopped answering `/health` or the neko we started has exited.
+async fn check_alive(api: &Api, server: Option<&mut Neko>) -> Result<()> {
+    if let Some(server) = server {
+        server.ensure_running()?;
+    }
+    if !api.healthy().await {
+        bail!("the server no longer answers GET /health");
+    }
+    Ok(())
+}
+
+/// `--cold-runs` times: spawn neko with `plugins` echo plugins, time `/health` 200 (for the
+/// single-plugin figure) and every plugin `running`, stop neko.
+async fn cold_start(
+    args: &Args,
+    report: &mut Report,
+    bin: &std::path::Path,
+    figure: Figure,
+    plugins: usize,
+) -> Result<()> {
+    let ids = plugin_ids(plugins);
+    let (mut health, mut running) = (Samples::default(), Samples::default());
+    for _ in 0..args.cold_runs {
+        let mut neko = Neko::spawn(bin, plugins, 5).await?;
+        let api = Api::new(&neko.base)?;
+        let healthy = wait_for(Some(&mut neko), "GET /health to answer 200", || async {
+            api.healthy().await.then(Instant::now)
+        })
+        .await;
+        health.add(healthy.map(|at| at - neko.spawned_at));
+        let all_running = wait_for(Some(&mut neko), "the plugins to run", || async {
+            api.all_running(&ids).await.then(Instant::now)
+        })
+        .await;
+        running.add(all_running.map(|at| at - neko.spawned_at));
+        // A dead neko is an error, not a sample.
+        neko.ensure_running()?;
+    }
+    let command = args.command(figure, None);
+    if plugins == 1 {
+        report.add(
+            "cold start: spawn → /health 200".into(),
+            health,
+            None,
+            command.clone(),
+        );
+        report.add(
+            "cold start: spawn → echo running".into(),
+            running,
+            None,
+            command,
+        );
+    } else {
+        let name = format!("cold start: spawn → {plugins} plugins running");
+        report.add(name, running, None, command);
+    }
+    Ok(())
+}
+
+/// When a client stops issuing runs.
+#[derive(Clone, Copy)]
+enum Until {
+    Count(usize),
+    Time(Instant),
+}
+
+/// A client gives up after this many failed runs in a row (the server is likely gone; the caller
+/// then checks).
+const MAX_FAILURES_IN_A_ROW: usize = 50;
+
+/// One client issuing runs of `plugin`/`entry` one after the other.
+async fn drive(api: &Api, plugin: &str, entry: &str, until: Until) -> Samples {
+    let mut samples = Samples::default();
+    let (mut done, mut failed_in_a_row) = (0, 0);
+    while failed_in_a_row < MAX_FAILURES_IN_A_ROW
+        && match until {
+            Until::Count(n) => done < n,
+            Until::Time(end) => Instant::now() < end,
+        }
+    {
+        let outcome = api.run(plugin, entry).await;
+        failed_in_a_row = if outcome.is_ok() {
+            0
+        } else {
+            failed_in_a_row + 1
+        };
+        samples.add(outcome);
+        done += 1;
+    }
+    samples
+}
+
+/// `clients` clients, each with its own HTTP client, issuing runs for `--duration` seconds.
+async fn concurrent(args: &Args, report: &mut Report, base: &str, clients: usize) -> Result<()> {
+    let apis = (0..clients)
+        .map(|_| Api::new(base))
+        .collect::<Result<Vec<_>>>()?;
+    let target: Arc<(String, String)> = Arc::new((args.plugin.clone(), args.entry.clone()));
+    let started = Instant::now();
+    let end = started + Duration::from_secs_f64(args.duration);
+    let tasks: Vec<_> = apis
+        .into_iter()
+        .map(|api| {
+            let target = target.clone();
+            tokio::spawn(async move { drive(&api, &target.0, &target.1, Until::Time(end)).await })
+        })
+        .collect();
+    let mut samples = Samples::default();
+    for task in tasks {
+        samples.merge(task.await.context("a client task panicked")?);
+    }
+    let name = format!("run {}/{}, {clients} clients", args.plugin, args.entry);
+    let command = args.command(Figure::Concurrent, Some(clients));
+    report.add(name, samples, Some(started.elapsed()), command);
+    Ok(())
+}
+
+/// `--kills` times: wait out the start window, `kill -9` the plugin, time until a run succeeds.
+async fn restart_after_kill(
+    args: &Args,
+    report: &mut Report,
+    api: &Api,
+    server: &mut Neko,
+) -> Result<()> {
+    let (plugin, entry) = (args.plugin.as_str(), args.entry.as_str());
+    let mut samples = Samples::default();
+    let mut last_pid = None;
+    for i in 0..args.kills {
+        eprintln!("neko-bench: restart: kill {}/{}", i + 1, args.kills);
+        let pid = wait_for(Some(&mut *server), "the plugin to run again", || async {
+            api.running_pid(plugin)
+                .await
+                .filter(|pid| Some(*pid) != last_pid)
+        })
+        .await?;
+        // Kill only after the start window, so this is a crash after running (initial backoff).
+        tokio::time::sleep(START_WINDOW + Duration::from_millis(250)).await;
+        send_signal(pid, libc::SIGKILL)?;
+        let killed = Instant::now();
+        let recovered = wait_for(
+            Some(&mut *server),
+            "a run to succeed after the kill",
+            || async { api.run(plugin, entry).await.ok() },
+        )
+        .await;
+        samples.add(recovered.map(|_| killed.elapsed()));
+        server.ensure_running()?;
+        last_pid = Some(pid);
+    }
+    let name = format!("restart: kill -9 → {plugin}/{entry} succeeds");
+    report.add(name, samples, None, args.command(Figure::Restart, None));
+    Ok(())
+}
