@@ -51,7 +51,10 @@ pub async fn run(
         restart_defaults: settings.restart_policy.clone(),
         python: PythonSettings {
             interpreter: settings.python.interpreter.clone(),
-            root: data_dir.join("python"),
+            root: match &settings.python.env_dir {
+                Some(dir) => absolute(dir)?,
+                None => data_dir.join("python"),
+            },
             pip_args: settings.python.pip_args.clone(),
         },
         run_token_signer: signer,

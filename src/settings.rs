@@ -139,6 +139,9 @@ impl Default for RunsSettings {
 pub struct PythonSection {
     /// Interpreter (>= 3.11) the venv is built from; `python3` on PATH when unset (NEKO_PYTHON).
     pub interpreter: Option<String>,
+    /// Where the environment lives; `<data_dir>/python` when unset. Several neko processes may
+    /// share one (changes are serialised by a lock file).
+    pub env_dir: Option<PathBuf>,
     /// Extra arguments for every `pip install`, e.g. `["--index-url", "http://mirror/simple"]`.
     pub pip_args: Vec<String>,
 }

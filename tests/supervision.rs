@@ -50,7 +50,14 @@ async fn plugin_failing_at_startup_is_restarted_then_crashed() {
     .await;
     let p = neko.plugin("crashy").await;
     assert_eq!(p["restarts"], 3, "{p}");
-    assert!(p["error"].as_str().unwrap().contains("exit code 3"), "{p}");
+    // The error quotes what the process said before dying.
+    assert!(
+        p["error"]
+            .as_str()
+            .unwrap()
+            .contains("exit code 3: starting"),
+        "{p}"
+    );
     neko.wait_logged(&["giving up", "crashy"]).await;
     neko.wait_logged(&["crashy", "starting"]).await;
     // Down means down: no new launch happens on its own.
@@ -203,4 +210,23 @@ async fn reported_status_shows_in_plugin_status() {
     assert_eq!(rec["status"]["mood"], "happy", "{rec}");
     assert_eq!(rec["source"], "child_process");
     assert_eq!(rec["state"], "running");
+}
+
+/// A plugin that exits with 78 (EX_CONFIG) before its HELLO cannot start as configured: it is not
+/// restarted, and its error says why.
+#[tokio::test]
+async fn plugin_that_cannot_start_is_not_restarted() {
+    let neko = Neko::start(&[shell_plugin(
+        "misconfigured",
+        "echo 'SyntaxError: invalid syntax (__init__.py, line 3)' >&2; exit 78",
+        "",
+    )]);
+    wait_for_async(
+        || async { neko.plugin("misconfigured").await["status"] == "crashed" },
+        "misconfigured plugin given up",
+    )
+    .await;
+    let p = neko.plugin("misconfigured").await;
+    assert_eq!(p["restarts"], 0, "{p}");
+    assert!(p["error"].as_str().unwrap().contains("SyntaxError"), "{p}");
 }

@@ -109,6 +109,8 @@ impl PythonEnvState {
         plugin_id: &PluginId,
         plugin_dir: &Path,
     ) -> Result<PythonLaunch, String> {
+        // Several neko processes may share one environment: one of them changes it at a time.
+        let _lock = self.lock().await?;
         let python = match &self.base {
             Some(p) => p.clone(),
             None => {
@@ -126,6 +128,32 @@ impl PythonEnvState {
             python,
             python_path,
         })
+    }
+
+    /// Takes the environment's lock file (released when the returned file is dropped).
+    async fn lock(&self) -> Result<std::fs::File, String> {
+        let root = self.settings.root.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsRawFd;
+            std::fs::create_dir_all(&root)
+                .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(root.join(".lock"))
+                .map_err(|e| format!("cannot open the environment lock: {e}"))?;
+            // SAFETY: flock(2) on a file descriptor we own for the duration of the call.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(format!(
+                    "cannot lock the environment: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            Ok(file)
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     /// The venv with the SDK and its dependencies; returns the venv's interpreter.

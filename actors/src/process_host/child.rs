@@ -27,14 +27,29 @@ pub fn kill_all_groups() -> usize {
     pgids.len()
 }
 
-/// Spawns the task that reaps `child`, forgets its group, and hands the status to `on_exit`.
-pub fn reap(
-    mut child: tokio::process::Child,
-    on_exit: impl FnOnce(std::io::Result<ExitStatus>) + Send + 'static,
-) {
+/// A spawned plugin process with the tasks reading its output.
+pub struct Spawned {
+    pub child: tokio::process::Child,
+    /// Its last output lines.
+    pub tail: Tail,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Spawns the task that reaps the process, forgets its group, and hands the status to `on_exit`
+/// once the process's output is read to the end (so `tail` is complete).
+pub fn reap(spawned: Spawned, on_exit: impl FnOnce(std::io::Result<ExitStatus>) + Send + 'static) {
+    let Spawned {
+        mut child, readers, ..
+    } = spawned;
     let pgid = child.id();
     tokio::spawn(async move {
         let status = child.wait().await;
+        // A grandchild may hold the pipes open: wait for EOF only briefly.
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            futures::future::join_all(readers),
+        )
+        .await;
         if let Some(pgid) = pgid {
             // Take down anything the plugin left in its group, then forget the group.
             signal_group(pgid, libc::SIGKILL);
@@ -144,9 +159,9 @@ pub async fn run_tool(
     }
 }
 
-/// The last lines a command printed, for error messages.
+/// The last lines a process printed, for error messages (why a start failed).
 #[derive(Clone, Default)]
-struct Tail(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>);
+pub struct Tail(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>);
 
 impl Tail {
     const LINES: usize = 12;
@@ -161,16 +176,24 @@ impl Tail {
     }
 
     fn text(&self) -> String {
+        self.last(Self::LINES)
+    }
+
+    /// The last `n` lines, joined with ` | `.
+    pub fn last(&self, n: usize) -> String {
         self.0
             .lock()
-            .map(|q| q.iter().cloned().collect::<Vec<_>>().join(" | "))
+            .map(|q| {
+                let skip = q.len().saturating_sub(n);
+                q.iter().skip(skip).cloned().collect::<Vec<_>>().join(" | ")
+            })
             .unwrap_or_default()
     }
 }
 
 /// Spawns the plugin process in its own process group, with stdin closed and stdout/stderr
 /// forwarded into the log. The caller must hand the child to [`reap`].
-pub fn spawn(plugin_id: &PluginId, spec: &LaunchSpec) -> std::io::Result<tokio::process::Child> {
+pub fn spawn(plugin_id: &PluginId, spec: &LaunchSpec) -> std::io::Result<Spawned> {
     let supervisor_pid = std::process::id() as libc::pid_t;
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
@@ -200,8 +223,13 @@ pub fn spawn(plugin_id: &PluginId, spec: &LaunchSpec) -> std::io::Result<tokio::
     if let Some(pid) = child.id() {
         LIVE_GROUPS.insert(pid, plugin_id.clone());
     }
-    forward_output(plugin_id, &mut child, "plugin", None);
-    Ok(child)
+    let tail = Tail::default();
+    let readers = forward_output(plugin_id, &mut child, "plugin", Some(tail.clone()));
+    Ok(Spawned {
+        child,
+        tail,
+        readers,
+    })
 }
 
 /// Sends `signal` to the whole process group `pgid`. A group that is already gone is not an error.
@@ -215,6 +243,10 @@ pub fn signal_group(pgid: u32, signal: libc::c_int) {
         }
     }
 }
+
+/// Exit code (EX_CONFIG) with which a plugin says before its HELLO that it cannot start as
+/// configured (import error, syntax error, bad entry): restarting would fail the same way.
+pub const EXIT_CANNOT_START: i32 = 78;
 
 /// A short text for an exit status: `exit code 3`, `killed by signal 9 (SIGKILL)`.
 pub fn describe_exit(status: &ExitStatus) -> String {

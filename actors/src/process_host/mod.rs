@@ -172,6 +172,8 @@ pub struct ProcessHostState {
     stop_requested: bool,
     kill_reason: Option<String>,
     setup_failed: bool,
+    /// The process's last output lines, quoted when it dies before it is ready.
+    output: Option<child::Tail>,
     timers: Vec<AbortHandle>,
 }
 
@@ -225,6 +227,7 @@ impl Actor for ProcessHost {
             stop_requested: false,
             kill_reason: None,
             setup_failed: false,
+            output: None,
             timers: Vec::new(),
         })
     }
@@ -422,7 +425,10 @@ impl ProcessHostState {
             }
         };
         let process = match child::spawn(&self.plugin_id, &spec) {
-            Ok(c) => c,
+            Ok(spawned) => {
+                self.output = Some(spawned.tail.clone());
+                spawned
+            }
             Err(e) => {
                 let reason = format!("could not spawn {}: {e}", spec.program.display());
                 tracing::error!(plugin_id = %self.plugin_id, launch = self.launch, %reason, "plugin could not be launched");
@@ -430,7 +436,7 @@ impl ProcessHostState {
                 return self.finish(myself, reason, true);
             }
         };
-        let pid = process.id().unwrap_or(0);
+        let pid = process.child.id().unwrap_or(0);
         self.pid = Some(pid);
         self.phase = Phase::Handshaking;
         self.last_seen = Instant::now();
@@ -724,10 +730,22 @@ impl ProcessHostState {
     }
 
     fn exited(&mut self, myself: &ActorRef<ProcessHostMsg>, status: std::io::Result<ExitStatus>) {
-        let (description, abnormal) = match status {
-            Ok(s) => (child::describe_exit(&s), !s.success()),
+        let (mut description, abnormal) = match &status {
+            Ok(s) => (child::describe_exit(s), !s.success()),
             Err(e) => (format!("wait failed: {e}"), true),
         };
+        if self.ready_at.is_none() {
+            if let Ok(s) = &status
+                && s.code() == Some(child::EXIT_CANNOT_START)
+            {
+                self.setup_failed = true;
+            }
+            // Why a start failed is usually in the last lines the process printed.
+            let said = self.output.as_ref().map(|t| t.last(3)).unwrap_or_default();
+            if !said.is_empty() {
+                description = format!("{description}: {said}");
+            }
+        }
         self.finish(myself, description, abnormal);
     }
 
