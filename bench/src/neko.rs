@@ -1,0 +1,306 @@
+//! The two things the figures talk to: a `neko` process the bench owns ([`Neko`], stopped when
+//! dropped, also on error or panic), and a client for the reference REST API ([`Api`]), which works
+//! against any server that has it.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+/// Upper bound of one HTTP request (connect included).
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound of anything the bench waits for: neko's address line, a plugin to run, a run to end.
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Ids of the `n` copies of the echo plugin: `echo`, `echo-2`, ..., `echo-n`.
+pub fn plugin_ids(n: usize) -> Vec<String> {
+    (1..=n)
+        .map(|i| match i {
+            1 => "echo".to_string(),
+            _ => format!("echo-{i}"),
+        })
+        .collect()
+}
+
+/// A `neko serve --port 0` in a temporary folder of its own (plugins, settings, data, log).
+/// Dropping it stops neko: SIGTERM, then SIGKILL after [`STOP_GRACE`].
+pub struct Neko {
+    child: Child,
+    /// `http://127.0.0.1:PORT`, from neko's first stdout line.
+    pub base: String,
+    /// Taken just before the process was spawned.
+    pub spawned_at: Instant,
+    /// neko's stderr (its log), shown when it dies.
+    log: PathBuf,
+    // Dropped after `Drop::drop` has stopped the process.
+    _dir: tempfile::TempDir,
+}
+
+/// How long a SIGTERM'd neko gets to stop its plugins before it is SIGKILL'd.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+impl Neko {
+    /// Spawns `neko_bin` with `plugins` copies of the echo plugin (whose `neko-plugin-echo` binary
+    /// neko finds next to itself) and built-in settings except `max_restarts`, and returns once
+    /// neko has printed the address it listens on.
+    pub async fn spawn(neko_bin: &Path, plugins: usize, max_restarts: u32) -> Result<Neko> {
+        let dir = tempfile::Builder::new().prefix("neko-bench").tempdir()?;
+        let plugins_dir = dir.path().join("plugins");
+        for id in plugin_ids(plugins) {
+            let folder = plugins_dir.join(&id);
+            std::fs::create_dir_all(&folder)?;
+            let manifest = format!(
+                "[plugin]\nid = \"{id}\"\nruntime = \"native\"\ncommand = \"neko-plugin-echo\"\n"
+            );
+            std::fs::write(folder.join("plugin.toml"), manifest)?;
+        }
+        let config = dir.path().join("neko.toml");
+        let settings = format!(
+            "# neko-bench: the built-in defaults (config/neko.toml), except that the restart figure\n\
+             # kills the plugin more often than the default max_restarts = 5 per minute allows.\n\
+             [restart_policy]\nmax_restarts = {max_restarts}\n"
+        );
+        std::fs::write(&config, settings)?;
+        let log = dir.path().join("neko.log");
+        let mut cmd = Command::new(neko_bin);
+        cmd.args(["serve", "--port", "0", "--config"])
+            .arg(&config)
+            .arg("--plugins-dir")
+            .arg(&plugins_dir)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?);
+        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
+        // is async-signal-safe. PDEATHSIG stops neko should the bench be SIGKILL'd (then no Drop
+        // runs); it fires when the spawning thread exits, and neko is spawned from the main future,
+        // which runs on the main thread for the bench's whole life.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let spawned_at = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run {}", neko_bin.display()))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        // From here on the guard owns the process.
+        let mut neko = Neko {
+            child,
+            base: String::new(),
+            spawned_at,
+            log,
+            _dir: dir,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(first)) = lines.next() {
+                let _ = tx.send(first);
+            }
+            // Keep draining so neko never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let first = match tokio::time::timeout(WAIT_TIMEOUT, rx).await {
+            Ok(Ok(line)) => line,
+            Ok(Err(_)) => bail!(
+                "neko closed stdout before printing its address{}",
+                neko.log_tail()
+            ),
+            Err(_) => bail!("neko printed no address within {WAIT_TIMEOUT:?}"),
+        };
+        neko.base = first
+            .strip_prefix("neko listening on ")
+            .with_context(|| format!("unexpected first line from neko: {first:?}"))?
+            .to_string();
+        Ok(neko)
+    }
+
+    /// An error (with the end of neko's log) if the process has exited.
+    pub fn ensure_running(&mut self) -> Result<()> {
+        match self.child.try_wait()? {
+            None => Ok(()),
+            Some(status) => bail!("neko died ({status}){}", self.log_tail()),
+        }
+    }
+
+    /// The last lines of neko's log, ready to append to an error message.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        format!("\n--- end of neko's log ---\n{tail}")
+    }
+}
+
+impl Drop for Neko {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = send_signal(self.child.id(), libc::SIGTERM);
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// kill(2).
+pub fn send_signal(pid: u32, signal: i32) -> Result<()> {
+    let pid = i32::try_from(pid).context("pid out of range")?;
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("kill({pid}, {signal})"));
+    }
+    Ok(())
+}
+
+/// Calls `probe` until it yields a value, with a `yield_now` between tries (tight polling, as
+/// neko has no server-side wait). Fails after [`WAIT_TIMEOUT`], or at once when `neko` has died.
+pub async fn wait_for<T, F, Fut>(mut neko: Option<&mut Neko>, what: &str, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT_TIMEOUT;
+    loop {
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        if let Some(neko) = neko.as_deref_mut() {
+            neko.ensure_running()?;
+        }
+        if Instant::now() > deadline {
+            bail!("waited {WAIT_TIMEOUT:?} for {what} in vain");
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A client of the reference REST API. Each instance has its own connection pool, so concurrent
+/// clients each keep their own keep-alive connection.
+pub struct Api {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    /// A client for the server at `base` (`http://host:port`).
+    pub fn new(base: &str) -> Result<Api> {
+        let client = reqwest::Client::builder()
+            .timeout(HTTP_TIMEOUT)
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Api {
+            client,
+            base: base.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// Sends a request; a non-2xx answer is an error carrying the status and body.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value> {
+        let resp = req.send().await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            bail!(
+                "HTTP {status}: {}",
+                body.chars().take(200).collect::<String>()
+            );
+        }
+        Ok(resp.json().await?)
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        self.send(self.client.get(format!("{}{path}", self.base)))
+            .await
+            .with_context(|| format!("GET {path}"))
+    }
+
+    /// Whether `GET /health` answers 200.
+    pub async fn healthy(&self) -> bool {
+        self.get("/health").await.is_ok()
+    }
+
+    /// `GET /plugins` → the `plugins` list.
+    pub async fn plugins(&self) -> Result<Vec<Value>> {
+        match self.get("/plugins").await? {
+            Value::Object(mut body) => match body.remove("plugins") {
+                Some(Value::Array(list)) => Ok(list),
+                _ => bail!("GET /plugins: no `plugins` list"),
+            },
+            _ => bail!("GET /plugins: not a JSON object"),
+        }
+    }
+
+    /// Whether every plugin in `ids` is `running`.
+    pub async fn all_running(&self, ids: &[String]) -> bool {
+        let Ok(list) = self.plugins().await else {
+            return false;
+        };
+        ids.iter().all(|id| {
+            list.iter()
+                .any(|p| p["id"] == **id && p["status"] == "running")
+        })
+    }
+
+    /// The pid of plugin `id` if it is `running`.
+    pub async fn running_pid(&self, id: &str) -> Option<u32> {
+        let list = self.plugins().await.ok()?;
+        let p = list.iter().find(|p| p["id"] == id)?;
+        if p["status"] != "running" {
+            return None;
+        }
+        p["pid"].as_u64().and_then(|pid| u32::try_from(pid).ok())
+    }
+
+    /// `POST /runs`, then `GET /runs/{id}` back to back until the run is terminal. Returns the
+    /// time from sending the POST to receiving the first terminal record; a run that ends in any
+    /// state but `succeeded` is an error.
+    pub async fn run(&self, plugin: &str, entry: &str) -> Result<Duration> {
+        let started = Instant::now();
+        let body = json!({"plugin_id": plugin, "entry_id": entry, "args": {"bench": true}});
+        let created = self
+            .send(self.client.post(format!("{}/runs", self.base)).json(&body))
+            .await
+            .context("POST /runs")?;
+        let run_id = created["run_id"]
+            .as_str()
+            .with_context(|| format!("POST /runs answered no run_id: {created}"))?;
+        let url = format!("{}/runs/{run_id}", self.base);
+        loop {
+            let record = self
+                .send(self.client.get(&url))
+                .await
+                .with_context(|| format!("GET /runs/{run_id}"))?;
+            match record["status"].as_str() {
+                Some("succeeded") => return Ok(started.elapsed()),
+                Some("queued" | "running") => {}
+                Some(status @ ("failed" | "timeout" | "canceled")) => {
+                    bail!("run ended {status}: {}", record["error"])
+                }
+                _ => bail!("GET /runs/{run_id}: unexpected record {record}"),
+            }
+            if started.elapsed() > WAIT_TIMEOUT {
+                bail!("run {run_id} still not finished after {WAIT_TIMEOUT:?}");
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
