@@ -59,6 +59,7 @@ pub async fn run(
         },
         run_token_signer: signer,
         run_token_ttl: Duration::from_secs(settings.runs.token_ttl_seconds),
+        max_run_records: settings.runs.max_records,
         autostart: settings.plugins.autostart,
     })
     .await

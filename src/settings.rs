@@ -121,6 +121,8 @@ pub struct RunsSettings {
     pub token_ttl_seconds: u64,
     /// Key of run tokens; random per start when unset (NEKO_RUN_TOKEN_SECRET).
     pub token_secret: Option<String>,
+    /// Finished runs kept in memory; beyond it the oldest finished ones are forgotten.
+    pub max_records: usize,
 }
 
 impl Default for RunsSettings {
@@ -129,6 +131,7 @@ impl Default for RunsSettings {
             default_timeout_ms: 30_000,
             token_ttl_seconds: 3_600,
             token_secret: None,
+            max_records: 10_000,
         }
     }
 }

@@ -299,13 +299,15 @@ fn plugin_requirements(dir: &Path) -> Result<Option<(&'static str, Requirements)
             .lines()
             .map(str::trim)
             .any(|l| !l.is_empty() && !l.starts_with('#'));
-        return Ok(has_any.then_some((
-            "requirements.txt",
-            Requirements::File {
-                path: req,
-                content: text,
-            },
-        )));
+        if has_any {
+            return Ok(Some((
+                "requirements.txt",
+                Requirements::File {
+                    path: req,
+                    content: text,
+                },
+            )));
+        }
     }
     let pyproject = dir.join("pyproject.toml");
     if pyproject.is_file() {

@@ -356,16 +356,18 @@ impl RestartTracker {
         }
         self.restarts.push_back(now);
 
-        let base = if policy.is_quick_exit(exit) {
+        // A plugin that ran well and then crashed comes back at once: downtime is what the user
+        // sees, and the window limit still bounds a crash loop. Failed starts back off.
+        let delay = if policy.is_quick_exit(exit) {
             self.failed_start_streak = self.failed_start_streak.saturating_add(1);
-            policy.base_delay(self.failed_start_streak)
+            policy.jittered(policy.base_delay(self.failed_start_streak), unit_random)
         } else {
             self.failed_start_streak = 0;
-            policy.backoff_initial
+            Duration::ZERO
         };
         Decision::Restart {
             attempt: self.count(),
-            delay: policy.jittered(base, unit_random),
+            delay,
             class,
         }
     }
@@ -687,7 +689,7 @@ mod tests {
         );
     }
 
-    /// Permanent restarts even after a clean exit.
+    /// Permanent restarts even after a clean exit (at once, since the plugin had been running).
     #[test]
     fn permanent_restarts_after_a_clean_exit() {
         let p = default_policy();
@@ -701,7 +703,7 @@ mod tests {
             d,
             Decision::Restart {
                 attempt: 1,
-                delay: p.backoff_initial,
+                delay: Duration::ZERO,
                 class: ExitClass::Clean,
             }
         );
@@ -785,8 +787,8 @@ mod tests {
         assert_eq!(p.classify(&clean_after(MS)), ExitClass::Clean);
     }
 
-    /// A crash after running resets the failed-start streak: its delay is the initial one, and
-    /// the next failed start starts growing from the initial delay again.
+    /// A crash after running resets the failed-start streak and restarts at once; the next failed
+    /// start starts growing from the initial delay again.
     #[test]
     fn crash_after_running_resets_the_backoff_streak() {
         let p = policy(RestartOverrides {
@@ -804,7 +806,7 @@ mod tests {
             d,
             Decision::Restart {
                 attempt: 4,
-                delay: 200 * MS,
+                delay: Duration::ZERO,
                 class: ExitClass::CrashedAfterRunning,
             }
         );

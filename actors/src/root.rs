@@ -35,6 +35,8 @@ pub struct TreeArgs {
     pub python: PythonSettings,
     pub run_token_signer: RunTokenSigner,
     pub run_token_ttl: Duration,
+    /// Finished runs kept in memory.
+    pub max_run_records: usize,
     /// Start `auto_start` plugins (off in tests that want to start them by hand).
     pub autostart: bool,
 }
@@ -308,6 +310,7 @@ async fn spawn_runs(
             plugins: plugins.clone(),
             signer: args.run_token_signer.clone(),
             token_ttl: args.run_token_ttl,
+            max_records: args.max_run_records,
         },
         sup.clone(),
     )
@@ -388,6 +391,7 @@ mod tests {
             },
             run_token_signer: RunTokenSigner::new("k"),
             run_token_ttl: Duration::from_secs(60),
+            max_run_records: 100,
             autostart: true,
         }
     }

@@ -4,9 +4,10 @@
 //! Parent: the root supervisor. Children: none; each run's wait for its plugin is a task that
 //! reports back with `RunStarted` / `RunFinished`. Senders: the gateway (Create, Get). If it dies,
 //! the root restarts it empty (persistence of runs comes with the runs issue); in-flight run tasks
-//! then report to a dead actor and are dropped.
+//! then report to a dead actor and are dropped. At most `max_records` runs are kept: beyond that
+//! the oldest finished ones are forgotten, so memory stays bounded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use neko_protocol::{ErrorCode, PluginId, RunRecord, RunStatus, WireError};
@@ -26,6 +27,8 @@ pub struct RunTrackerArgs {
     pub plugins: ActorRef<PluginSupervisorMsg>,
     pub signer: RunTokenSigner,
     pub token_ttl: Duration,
+    /// Finished runs kept in memory; the oldest finished ones are forgotten beyond it.
+    pub max_records: usize,
 }
 
 /// `POST /runs` as the tracker needs it.
@@ -64,7 +67,15 @@ pub struct RunTrackerState {
     plugins: ActorRef<PluginSupervisorMsg>,
     signer: RunTokenSigner,
     token_ttl: Duration,
+    runs: RunStore,
+}
+
+/// The records, with their idempotency keys and a bound on how many are kept.
+struct RunStore {
+    max_records: usize,
     runs: HashMap<String, RunRecord>,
+    /// Run ids, oldest first, for retention.
+    order: VecDeque<String>,
     by_idempotency_key: HashMap<String, String>,
 }
 
@@ -82,8 +93,7 @@ impl Actor for RunTracker {
             plugins: args.plugins,
             signer: args.signer,
             token_ttl: args.token_ttl,
-            runs: HashMap::new(),
-            by_idempotency_key: HashMap::new(),
+            runs: RunStore::new(args.max_records),
         })
     }
 
@@ -98,7 +108,7 @@ impl Actor for RunTracker {
                 let _ = reply.send(state.create(&myself, req));
             }
             RunTrackerMsg::Get(id, reply) => {
-                let _ = reply.send(state.runs.get(&id).cloned());
+                let _ = reply.send(state.runs.runs.get(&id).cloned());
             }
             RunTrackerMsg::RunStarted(id) => state.started(&id),
             RunTrackerMsg::RunFinished(id, outcome) => state.finished(&id, outcome),
@@ -114,8 +124,7 @@ impl RunTrackerState {
         if let Some(existing) = req
             .idempotency_key
             .as_ref()
-            .and_then(|k| self.by_idempotency_key.get(k))
-            .and_then(|id| self.runs.get(id))
+            .and_then(|k| self.runs.by_key(k))
         {
             return RunCreated {
                 run_token: self.signer.issue(&existing.run_id, expires_at),
@@ -151,10 +160,7 @@ impl RunTrackerState {
             result_refs: Vec::new(),
             result: None,
         };
-        if let Some(k) = &req.idempotency_key {
-            self.by_idempotency_key.insert(k.clone(), run_id.clone());
-        }
-        self.runs.insert(run_id.clone(), record.clone());
+        self.runs.insert(record.clone());
         tokio::spawn(drive_run(
             myself.clone(),
             self.plugins.clone(),
@@ -171,6 +177,7 @@ impl RunTrackerState {
     fn started(&mut self, id: &str) {
         if let Some(run) = self
             .runs
+            .runs
             .get_mut(id)
             .filter(|r| r.status == RunStatus::Queued)
         {
@@ -182,7 +189,7 @@ impl RunTrackerState {
     }
 
     fn finished(&mut self, id: &str, outcome: Result<Value, WireError>) {
-        let Some(run) = self.runs.get_mut(id) else {
+        let Some(run) = self.runs.runs.get_mut(id) else {
             return;
         };
         if run.status.is_terminal() {
@@ -209,6 +216,57 @@ impl RunTrackerState {
             }
         }
         tracing::debug!(run_id = %id, plugin_id = %run.plugin_id, entry_id = %run.entry_id, status = ?run.status, "run finished");
+    }
+}
+
+impl RunStore {
+    fn new(max_records: usize) -> Self {
+        Self {
+            max_records: max_records.max(1),
+            runs: HashMap::new(),
+            order: VecDeque::new(),
+            by_idempotency_key: HashMap::new(),
+        }
+    }
+
+    fn by_key(&self, key: &str) -> Option<&RunRecord> {
+        self.by_idempotency_key
+            .get(key)
+            .and_then(|id| self.runs.get(id))
+    }
+
+    fn insert(&mut self, record: RunRecord) {
+        if let Some(k) = &record.idempotency_key {
+            self.by_idempotency_key
+                .insert(k.clone(), record.run_id.clone());
+        }
+        self.order.push_back(record.run_id.clone());
+        self.runs.insert(record.run_id.clone(), record);
+        self.evict();
+    }
+
+    /// Forgets the oldest finished runs beyond `max_records` (unfinished runs are never dropped).
+    fn evict(&mut self) {
+        let mut scanned = 0;
+        while self.runs.len() > self.max_records && scanned < self.order.len() {
+            let Some(id) = self.order.pop_front() else {
+                break;
+            };
+            match self.runs.get(&id) {
+                Some(r) if !r.status.is_terminal() => {
+                    // Still in flight: keep it, look further.
+                    self.order.push_back(id);
+                    scanned += 1;
+                }
+                Some(r) => {
+                    if let Some(k) = &r.idempotency_key {
+                        self.by_idempotency_key.remove(k);
+                    }
+                    self.runs.remove(&id);
+                }
+                None => {}
+            }
+        }
     }
 }
 
@@ -275,6 +333,49 @@ fn with_run_context(mut args: Map<String, Value>, run_id: &str) -> (Value, Optio
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn record(id: &str, status: RunStatus) -> RunRecord {
+        RunRecord {
+            run_id: id.into(),
+            plugin_id: "p".into(),
+            entry_id: "e".into(),
+            status,
+            created_at: 0.0,
+            updated_at: 0.0,
+            task_id: None,
+            trace_id: None,
+            idempotency_key: Some(format!("k-{id}")),
+            started_at: None,
+            finished_at: None,
+            progress: None,
+            stage: None,
+            message: None,
+            step: None,
+            step_total: None,
+            eta_seconds: None,
+            metrics: Map::new(),
+            cancel_requested: false,
+            cancel_reason: None,
+            cancel_requested_at: None,
+            error: None,
+            result_refs: Vec::new(),
+            result: None,
+        }
+    }
+
+    /// Retention drops the oldest finished runs and never a run in flight.
+    #[test]
+    fn retention_keeps_unfinished_runs_and_drops_the_oldest_finished() {
+        let mut store = RunStore::new(2);
+        store.insert(record("a", RunStatus::Running));
+        store.insert(record("b", RunStatus::Succeeded));
+        store.insert(record("c", RunStatus::Failed));
+        assert!(store.runs.contains_key("a"), "unfinished run kept");
+        assert!(!store.runs.contains_key("b"), "oldest finished run dropped");
+        assert!(store.runs.contains_key("c"));
+        assert!(store.by_key("k-b").is_none());
+        assert_eq!(store.by_key("k-c").unwrap().run_id, "c");
+    }
 
     #[test]
     fn run_context_is_injected_and_entry_timeout_read() {
