@@ -5,5 +5,6 @@ mod helper;
 
 mod gateway;
 mod plugins;
+mod python;
 mod runs;
 mod supervision;

@@ -44,10 +44,37 @@ pub fn ensure_echo_built() {
     });
 }
 
+/// The Python environment shared by the test servers (under the target dir).
+pub fn python_env_dir() -> PathBuf {
+    bin_dir()
+        .parent()
+        .expect("target dir")
+        .join("neko-test-python")
+}
+
 /// A plugin folder to write into the temporary plugins dir.
 pub struct PluginDir {
     pub dir: &'static str,
     pub toml: String,
+}
+
+/// A Python plugin: its plugin.toml and its `__init__.py`.
+pub struct PythonPlugin {
+    pub dir: &'static str,
+    pub toml: String,
+    pub init_py: String,
+}
+
+/// A copy of a bundled plugin folder from the repository's `plugins/`.
+pub fn bundled_plugin(dir: &'static str) -> PythonPlugin {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("plugins")
+        .join(dir);
+    PythonPlugin {
+        dir,
+        toml: std::fs::read_to_string(src.join("plugin.toml")).expect("bundled plugin.toml"),
+        init_py: std::fs::read_to_string(src.join("__init__.py")).expect("bundled __init__.py"),
+    }
 }
 
 /// The echo plugin's plugin.toml with extra `[plugin_runtime]` lines.
@@ -109,6 +136,13 @@ start_window_ms = 500
 "#,
     )
     .expect("base settings parse");
+    // Every test server shares one Python environment (created once, under a lock).
+    let mut python = toml::Table::new();
+    python.insert(
+        "env_dir".into(),
+        toml::Value::String(python_env_dir().display().to_string()),
+    );
+    table.insert("python".into(), toml::Value::Table(python));
     let extra: toml::Table = toml::from_str(overrides).expect("overrides parse");
     for (section, values) in extra {
         let target = table
@@ -141,6 +175,11 @@ impl Neko {
     /// Like [`Neko::start`], with settings overrides (TOML, merged per section over the fast
     /// test defaults).
     pub fn start_with(plugins: &[PluginDir], overrides: &str) -> Self {
+        Self::start_mixed(plugins, &[], overrides)
+    }
+
+    /// Starts neko with native and Python plugins.
+    pub fn start_mixed(plugins: &[PluginDir], python: &[PythonPlugin], overrides: &str) -> Self {
         ensure_echo_built();
         let tmp = tempfile::Builder::new()
             .prefix("neko-t")
@@ -152,6 +191,12 @@ impl Neko {
             let d = plugins_dir.join(p.dir);
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("plugin.toml"), &p.toml).unwrap();
+        }
+        for p in python {
+            let d = plugins_dir.join(p.dir);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("plugin.toml"), &p.toml).unwrap();
+            std::fs::write(d.join("__init__.py"), &p.init_py).unwrap();
         }
         let config = tmp.path().join("neko.toml");
         std::fs::write(&config, settings_file(overrides)).unwrap();

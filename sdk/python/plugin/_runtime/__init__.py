@@ -1,0 +1,1 @@
+"""The plugin process runtime: codec, link, dispatch. Private: plugins never import it."""

@@ -1,0 +1,161 @@
+"""How one call's arguments and return value are handled (pure functions, unit-tested).
+
+- `prepare_kwargs`: the TRIGGER's `args` become keyword arguments, `_ctx` included; `_ctx` is left
+  out for handlers that accept neither `_ctx` nor `**kwargs`. Arguments that do not fit the
+  signature are refused up front (VALIDATION_ERROR "Invalid call: ...").
+- `convert_return`: ok/fail envelopes, Ok/Err-style results and plain JSON values → an `Outcome`.
+- `outcome_from_exception`: an exception → INTERNAL "<Type>: <message>".
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from ..sdk.errors import code_name
+from ..sdk.responses import is_envelope
+
+CTX_KEY = "_ctx"
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    data: Any = None
+    code: str = ""
+    message: str = ""
+    details: Any = None
+
+    @classmethod
+    def success(cls, data: Any) -> "Outcome":
+        return cls(ok=True, data=data)
+
+    @classmethod
+    def failure(cls, code: str, message: str, details: Any = None) -> "Outcome":
+        return cls(ok=False, code=code, message=message, details=details)
+
+    def body(self, call_id: str) -> dict:
+        if self.ok:
+            return {"call_id": call_id, "ok": True, "data": self.data}
+        error = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            error["details"] = self.details
+        return {"call_id": call_id, "ok": False, "data": None, "error": error}
+
+
+class InvalidCall(Exception):
+    """The arguments do not fit the handler's signature."""
+
+
+def prepare_kwargs(handler: Callable[..., Any], args: Any, run_id: Optional[str] = None) -> dict:
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise InvalidCall(f"Invalid call: args must be a JSON object, not {type(args).__name__}")
+    kwargs = dict(args)
+    if run_id and CTX_KEY not in kwargs:
+        kwargs[CTX_KEY] = {"run_id": run_id}
+    try:
+        sig = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return kwargs  # no signature to check (some builtins): pass everything
+    params = sig.parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    ctx_param = params.get(CTX_KEY)
+    if not takes_any and (ctx_param is None or ctx_param.kind is inspect.Parameter.POSITIONAL_ONLY):
+        kwargs.pop(CTX_KEY, None)
+    try:
+        sig.bind(**kwargs)
+    except TypeError as exc:
+        raise InvalidCall(f"Invalid call: {exc}") from None
+    return kwargs
+
+
+def run_id_of(trigger_run_id: Optional[str], args: Any) -> Optional[str]:
+    """The call's run id: the TRIGGER's, else `_ctx.run_id` in its args."""
+    if trigger_run_id:
+        return trigger_run_id
+    if isinstance(args, dict) and isinstance(args.get(CTX_KEY), dict):
+        value = args[CTX_KEY].get("run_id")
+        return value if isinstance(value, str) and value else None
+    return None
+
+
+def to_json_data(value: Any) -> Any:
+    """`value` as JSON data (json.dumps without `default=`), or TypeError/ValueError saying why."""
+    return json.loads(json.dumps(value))
+
+
+def not_serialisable(entry_id: str, exc: Exception) -> Outcome:
+    return Outcome.failure(
+        "INVALID_RESPONSE",
+        f"Entry '{entry_id}' returned a value that is not JSON-serialisable: {exc}",
+    )
+
+
+def _details(value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        return to_json_data(value)
+    except (TypeError, ValueError, RecursionError):
+        return {"repr": repr(value)}
+
+
+def _failure_from_envelope(entry_id: str, envelope: dict) -> Outcome:
+    error = envelope.get("error")
+    if isinstance(error, dict):
+        code = code_name(error.get("code")) if error.get("code") else "PLUGIN_ERROR"
+        message = error.get("message") or envelope.get("message") or ""
+        details = error.get("details")
+    else:
+        code = "PLUGIN_ERROR"
+        message = str(error) if error else envelope.get("message") or ""
+        details = None
+    if not message:
+        message = f"Entry '{entry_id}' failed"
+    return Outcome.failure(code, str(message), _details(details))
+
+
+def _is_result_object(value: Any) -> bool:
+    return not isinstance(value, (dict, list, str, bytes)) and callable(getattr(value, "is_ok", None))
+
+
+def convert_return(entry_id: str, value: Any) -> Outcome:
+    """What an entry returned → the call's outcome."""
+    if is_envelope(value):
+        if not value["success"]:
+            return _failure_from_envelope(entry_id, value)
+        value = value.get("data")
+    elif _is_result_object(value):
+        # Ok(...)/Err(...) of the newer SDK, by duck typing.
+        if value.is_ok():
+            value = getattr(value, "value", None)
+        else:
+            err = getattr(value, "error", None)
+            raw_code = getattr(err, "code", None)
+            code = code_name(raw_code) if isinstance(raw_code, str) and raw_code else "PLUGIN_ERROR"
+            message = str(err) if err is not None else "Unknown error"
+            return Outcome.failure(code, message or "Unknown error", _details(getattr(err, "details", None)))
+    try:
+        return Outcome.success(to_json_data(value))
+    except (TypeError, ValueError, RecursionError) as exc:
+        return not_serialisable(entry_id, exc)
+
+
+def outcome_from_exception(exc: BaseException) -> Outcome:
+    name = type(exc).__name__
+    text = str(exc)
+    return Outcome.failure("INTERNAL", f"{name}: {text}" if text else name, {"exception_type": name})
+
+
+def compute_deadline(trigger_timeout_ms: int, entry_timeout_ms: Optional[int], worker_timeout_s: Optional[float] = None) -> Optional[float]:
+    """Seconds until the call's deadline: the TRIGGER's `timeout_ms`, else (when it is 0) the
+    entry's own; a `@worker` timeout bounds it further. None = no deadline."""
+    ms = trigger_timeout_ms if trigger_timeout_ms and trigger_timeout_ms > 0 else (entry_timeout_ms or 0)
+    seconds = ms / 1000.0 if ms and ms > 0 else None
+    if worker_timeout_s and worker_timeout_s > 0:
+        seconds = worker_timeout_s if seconds is None else min(seconds, worker_timeout_s)
+    return seconds

@@ -1,0 +1,503 @@
+"""`PluginContext`: the `ctx` a plugin class is constructed with.
+
+Everything that talks to the supervisor goes through one generic request helper
+(`_request` / `_request_sync` / `_request_async`). Ops the supervisor does not serve yet are listed
+in `PENDING_FEATURES`: calling them raises `NotImplementedError` naming the feature. Wiring one
+later means moving its op to `SERVED_OPS`.
+
+Call styles, as in the reference:
+- "smart" methods return a coroutine when called in a thread whose event loop is running (await
+  it) and otherwise run synchronously;
+- `*_async` methods always return a coroutine;
+- `*_sync` methods always block, and refuse to run inside a running event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol
+
+from ..sdk.errors import RequestError
+from ..sdk.logger import PluginLogger, enable_plugin_file_logging
+from . import scope
+
+#: Request ops this SDK sends because the supervisor serves them.
+SERVED_OPS = frozenset({"config.get"})
+
+#: Ops whose features arrive later, with the words used in the NotImplementedError.
+PENDING_FEATURES = {
+    "run.update": "run progress updates (ctx.run_update / ctx.run_progress)",
+    "export.push": "run exports (ctx.export_push_*)",
+    "plugin.call": "calling other plugins (ctx.trigger_plugin_event, self.plugins.call*)",
+    "plugins.query": "querying plugins (ctx.query_plugins, self.plugins.list/require)",
+    "memory.query": "memory queries (ctx.query_memory)",
+    "config.update": "config writes (self.config.update/set, ctx.update_own_config)",
+    "config.profiles": "config profiles (self.config.get_profiles_state)",
+    "config.profile": "config profiles (self.config.get_profile)",
+    "config.effective": "config profiles (self.config.dump_effective with a profile name)",
+    "system.config": "the system config (ctx.get_system_config)",
+    "message.push": "ctx.push_message",
+    "bus.events.get": "ctx.bus.events.get",
+    "bus.events.delete": "ctx.bus.events.delete",
+    "bus.lifecycle.get": "ctx.bus.lifecycle.get",
+    "bus.lifecycle.delete": "ctx.bus.lifecycle.delete",
+    "bus.memory.get": "ctx.bus.memory.get",
+    "bus.subscribe": "bus watchers",
+    "bus.unsubscribe": "bus watchers",
+}
+
+#: The reference's limit for `export_push_binary`.
+EXPORT_INLINE_BINARY_MAX_BYTES = 256 * 1024
+
+
+class Transport(Protocol):
+    """What the context needs from the runtime's link to the supervisor (all thread-safe)."""
+
+    def post(self, kind: str, body: dict) -> bool:
+        """Queues a message for the supervisor; False when it was dropped (the link is closed)."""
+
+    def start_request(self, op: str, args: dict) -> tuple[str, concurrent.futures.Future]:
+        """Sends a REQUEST; the future receives the RESPONSE body."""
+
+    def forget(self, request_id: str) -> None:
+        """Stops waiting for a request's response."""
+
+
+def running_loop() -> Optional[asyncio.AbstractEventLoop]:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def not_available(op: str) -> NotImplementedError:
+    feature = PENDING_FEATURES.get(op, f"the '{op}' request")
+    return NotImplementedError(
+        f"{feature} is not available in neko yet (the supervisor does not serve the '{op}' request op)"
+    )
+
+
+def message_plane_feature(name: str) -> NotImplementedError:
+    return NotImplementedError(f"{name} arrives with the message plane (not available in neko yet)")
+
+
+def sync_in_loop_error(name: str) -> RuntimeError:
+    return RuntimeError(
+        f"Sync call '{name}' cannot be used inside a running event loop. "
+        f"Use 'await {name}_async(...)' (or the smart form with await) instead."
+    )
+
+
+def unwrap_response(op: str, body: dict, *, wrap_result: bool = True) -> Any:
+    """A RESPONSE body → its result, or RequestError (a RuntimeError) with the supervisor's message."""
+    if not body.get("ok"):
+        error = body.get("error") or {}
+        message = error.get("message") or f"{op} failed"
+        raise RequestError(message, code=error.get("code") or "INTERNAL", details=error.get("details"))
+    result = body.get("result")
+    if wrap_result and not isinstance(result, dict):
+        return {"result": result}
+    return result
+
+
+class PluginContext:
+    """The host context handed to `PluginClass(ctx)` (reference: plugin/core/context.py)."""
+
+    def __init__(
+        self,
+        plugin_id: str,
+        config_path: Path | str | None,
+        logger: PluginLogger,
+        transport: Transport,
+        plugin_dir: Path | str | None = None,
+    ):
+        self.plugin_id = plugin_id
+        self.config_path = Path(config_path) if config_path else None
+        self.plugin_dir = Path(plugin_dir) if plugin_dir else (self.config_path.parent if self.config_path else Path.cwd())
+        self.logger = logger
+        self.app = None
+        self._transport = transport
+        self._bus = None
+        self._file_loggers: list[PluginLogger] = []
+        self._policy_cache: tuple[float, str] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"PluginContext(plugin_id={self.plugin_id!r})"
+
+    # -- the current call -------------------------------------------------------------------
+
+    @property
+    def run_id(self) -> Optional[str]:
+        """The run of the current entry call (None outside a run, and in @worker threads)."""
+        return scope.current_run_id.get()
+
+    def require_run_id(self) -> str:
+        run_id = self.run_id
+        if not run_id:
+            raise RuntimeError("run_id is required (this entry may not be triggered via /runs)")
+        return run_id
+
+    @property
+    def call_id(self) -> Optional[str]:
+        call = scope.current_call.get()
+        return call.call_id if call else None
+
+    @property
+    def current_entry_id(self) -> Optional[str]:
+        call = scope.current_call.get()
+        return call.entry_id if call else None
+
+    @property
+    def handler_ctx(self) -> Optional[str]:
+        """What plugin code is running for: `plugin_entry.<id>`, `lifecycle.startup`, `timer.<id>`..."""
+        return scope.handler_label.get()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the current call was canceled or passed its deadline (check it in long sync loops)."""
+        call = scope.current_call.get()
+        return bool(call and call.cancelled)
+
+    def is_cancelled(self) -> bool:
+        return self.cancelled
+
+    # -- status -----------------------------------------------------------------------------
+
+    def update_status(self, status: dict) -> None:
+        """Sends the plugin's own status dict to neko (a STATUS message). Non-blocking, never raises:
+        a value that is not a dict is sent as `{"status": value}`, and objects JSON cannot hold are
+        sent as their text."""
+        if not isinstance(status, dict):
+            status = {"status": status}
+        try:
+            status = json.loads(json.dumps(status, default=str))
+        except (ValueError, RecursionError) as exc:  # e.g. a circular structure
+            self.logger.warning("status not sent: {}", exc)
+            return
+        if not self._transport.post("status", {"status": status}):
+            self.logger.debug("status dropped: the plugin is stopping")
+
+    # -- the generic request helper -----------------------------------------------------------
+
+    def _require_served(self, op: str) -> None:
+        if op not in SERVED_OPS:
+            raise not_available(op)
+
+    async def _request_async(self, op: str, args: dict, timeout: float = 5.0, *, wrap_result: bool = True) -> Any:
+        self._require_served(op)
+        request_id, future = self._transport.start_request(op, args)
+        try:
+            body = await asyncio.wait_for(asyncio.wrap_future(future), timeout if timeout and timeout > 0 else None)
+        except TimeoutError:
+            raise TimeoutError(f"{op} timed out after {timeout}s") from None
+        finally:
+            self._transport.forget(request_id)
+        return unwrap_response(op, body, wrap_result=wrap_result)
+
+    def _request_sync(
+        self,
+        op: str,
+        args: dict,
+        timeout: float = 5.0,
+        *,
+        name: Optional[str] = None,
+        check_policy: bool = False,
+        wrap_result: bool = True,
+    ) -> Any:
+        self._require_served(op)
+        if running_loop() is not None:
+            raise sync_in_loop_error(name or op)
+        if check_policy:
+            self._enforce_sync_call_policy(name or op)
+        request_id, future = self._transport.start_request(op, args)
+        try:
+            body = future.result(timeout if timeout and timeout > 0 else None)
+        except TimeoutError:
+            raise TimeoutError(f"{op} timed out after {timeout}s") from None
+        finally:
+            self._transport.forget(request_id)
+        return unwrap_response(op, body, wrap_result=wrap_result)
+
+    def _request(
+        self,
+        op: str,
+        args: dict,
+        timeout: float = 5.0,
+        *,
+        name: Optional[str] = None,
+        check_policy: bool = False,
+        wrap_result: bool = True,
+    ) -> Any:
+        """Smart: a coroutine inside a running event loop, else the result."""
+        self._require_served(op)
+        if running_loop() is not None:
+            return self._request_async(op, args, timeout, wrap_result=wrap_result)
+        return self._request_sync(op, args, timeout, name=name, check_policy=check_policy, wrap_result=wrap_result)
+
+    def _call(self, mode: str, op: str, build: Callable[[], dict], timeout: float, name: str, check_policy: bool = False) -> Any:
+        """Runs `op` in `mode` ("smart" | "sync" | "async"); `build` makes the args after the op check."""
+        self._require_served(op)
+        args = build()
+        if mode == "async":
+            return self._request_async(op, args, timeout)
+        if mode == "sync":
+            return self._request_sync(op, args, timeout, name=name, check_policy=check_policy)
+        return self._request(op, args, timeout, name=name, check_policy=check_policy)
+
+    # -- A1: sync calls inside handlers -------------------------------------------------------
+
+    def _sync_call_policy(self) -> str:
+        policy = None
+        path = self.config_path
+        if path is not None:
+            try:
+                mtime = path.stat().st_mtime
+                if self._policy_cache and self._policy_cache[0] == mtime:
+                    policy = self._policy_cache[1]
+                else:
+                    with open(path, "rb") as fh:
+                        data = tomllib.load(fh)
+                    safety = (data.get("plugin") or {}).get("safety") or {}
+                    value = safety.get("sync_call_in_handler") if isinstance(safety, dict) else None
+                    policy = str(value).strip().lower() if value else ""
+                    self._policy_cache = (mtime, policy)
+            except (OSError, tomllib.TOMLDecodeError):
+                policy = None
+        if not policy:
+            policy = os.environ.get("NEKO_PLUGIN_SYNC_CALL_POLICY", "warn").strip().lower()
+        return "reject" if policy == "reject" else "warn"
+
+    def _enforce_sync_call_policy(self, name: str) -> None:
+        label = scope.handler_label.get()
+        if not label:
+            return
+        message = (
+            f"Sync call '{name}' invoked inside handler ({label}). "
+            f"This may block the command loop and cause deadlocks/timeouts."
+        )
+        if self._sync_call_policy() == "reject":
+            raise RuntimeError(message)
+        if os.environ.get("NEKO_PLUGIN_LOG_SYNC_CALL_WARNINGS", "true").strip().lower() not in ("0", "false", "no", "off"):
+            self.logger.warning(message)
+
+    # -- config (served today) ----------------------------------------------------------------
+
+    async def get_own_config(self, timeout: float = 5.0) -> dict:
+        """`{"plugin_id", "config", "config_path", "last_modified"}` of this plugin."""
+        return await self._request_async("config.get", {}, timeout)
+
+    async def get_own_base_config(self, timeout: float = 5.0) -> dict:
+        # Without profiles (not served yet) the base config is the whole plugin.toml.
+        return await self._request_async("config.get", {}, timeout)
+
+    async def get_own_effective_config(self, profile_name: Optional[str] = None, timeout: float = 5.0) -> dict:
+        if profile_name is None:
+            return await self._request_async("config.get", {}, timeout)
+        return await self._request_async("config.effective", {"profile_name": profile_name}, timeout)
+
+    async def get_own_profiles_state(self, timeout: float = 5.0) -> dict:
+        return await self._request_async("config.profiles", {}, timeout)
+
+    async def get_own_profile_config(self, profile_name: str, timeout: float = 5.0) -> dict:
+        return await self._request_async("config.profile", {"profile_name": profile_name}, timeout)
+
+    async def update_own_config(self, updates: dict, timeout: float = 10.0) -> dict:
+        self._require_served("config.update")
+        if not isinstance(updates, dict):
+            raise ValueError("Invalid updates: must be a dict")
+        return await self._request_async("config.update", {"updates": updates}, timeout)
+
+    async def get_system_config(self, timeout: float = 5.0) -> dict:
+        return await self._request_async("system.config", {}, timeout)
+
+    # -- runs and exports (later) ---------------------------------------------------------------
+
+    def _run_update_args(self, run_id, progress, stage, message, step, step_total, eta_seconds, metrics) -> Callable[[], dict]:
+        def build() -> dict:
+            rid = run_id or self.require_run_id()
+            args: dict[str, Any] = {"run_id": rid}
+            for key, value in (
+                ("progress", progress),
+                ("stage", stage),
+                ("message", message),
+                ("step", step),
+                ("step_total", step_total),
+                ("eta_seconds", eta_seconds),
+                ("metrics", metrics),
+            ):
+                if value is not None:
+                    args[key] = value
+            return args
+
+        return build
+
+    def run_update(self, *, run_id=None, progress=None, stage=None, message=None, step=None, step_total=None, eta_seconds=None, metrics=None, timeout: float = 5.0) -> Any:
+        return self._call("smart", "run.update", self._run_update_args(run_id, progress, stage, message, step, step_total, eta_seconds, metrics), timeout, "run_update", True)
+
+    def run_update_sync(self, *, run_id=None, progress=None, stage=None, message=None, step=None, step_total=None, eta_seconds=None, metrics=None, timeout: float = 5.0) -> Any:
+        return self._call("sync", "run.update", self._run_update_args(run_id, progress, stage, message, step, step_total, eta_seconds, metrics), timeout, "run_update", True)
+
+    def run_update_async(self, *, run_id=None, progress=None, stage=None, message=None, step=None, step_total=None, eta_seconds=None, metrics=None, timeout: float = 5.0) -> Any:
+        return self._call("async", "run.update", self._run_update_args(run_id, progress, stage, message, step, step_total, eta_seconds, metrics), timeout, "run_update")
+
+    def run_progress(self, *, run_id=None, progress, stage=None, message=None, timeout: float = 5.0) -> Any:
+        return self._call("smart", "run.update", self._run_update_args(run_id, progress, stage, message, None, None, None, None), timeout, "run_progress", True)
+
+    def run_progress_sync(self, *, run_id=None, progress=0.0, stage=None, message=None, timeout: float = 5.0) -> Any:
+        return self._call("sync", "run.update", self._run_update_args(run_id, progress, stage, message, None, None, None, None), timeout, "run_progress", True)
+
+    def run_progress_async(self, *, run_id=None, progress=0.0, stage=None, message=None, timeout: float = 5.0) -> Any:
+        return self._call("async", "run.update", self._run_update_args(run_id, progress, stage, message, None, None, None, None), timeout, "run_progress")
+
+    def _export_args(self, run_id, export_type: str, fields: dict, description, metadata) -> Callable[[], dict]:
+        def build() -> dict:
+            args = {"run_id": run_id or self.require_run_id(), "export_type": export_type, **fields}
+            if description is not None:
+                args["description"] = description
+            if metadata is not None:
+                args["metadata"] = metadata
+            return args
+
+        return build
+
+    def _binary_fields(self, binary_data: Any, mime: Optional[str]) -> dict:
+        if not isinstance(binary_data, (bytes, bytearray, memoryview)):
+            raise TypeError("binary_data must be bytes")
+        data = bytes(binary_data)
+        if len(data) > EXPORT_INLINE_BINARY_MAX_BYTES:
+            raise ValueError("binary_data too large")
+        fields = {"binary_base64": base64.b64encode(data).decode("ascii")}
+        if mime is not None:
+            fields["mime"] = mime
+        return fields
+
+    def export_push_text(self, *, run_id=None, text: str, description=None, metadata=None, timeout: float = 5.0) -> Any:
+        return self._call("smart", "export.push", self._export_args(run_id, "text", {"text": text}, description, metadata), timeout, "export_push_text", True)
+
+    def export_push_text_sync(self, *, run_id=None, text: str, description=None, metadata=None, timeout: float = 5.0) -> Any:
+        return self._call("sync", "export.push", self._export_args(run_id, "text", {"text": text}, description, metadata), timeout, "export_push_text", True)
+
+    def export_push_text_async(self, *, run_id=None, text: str, description=None, metadata=None, timeout: float = 5.0) -> Any:
+        return self._call("async", "export.push", self._export_args(run_id, "text", {"text": text}, description, metadata), timeout, "export_push_text")
+
+    def export_push_url(self, *, run_id=None, url: str, description=None, metadata=None, timeout: float = 5.0) -> Any:
+        return self._call("smart", "export.push", self._export_args(run_id, "url", {"url": url}, description, metadata), timeout, "export_push_url", True)
+
+    def export_push_url_sync(self, *, run_id=None, url: str, description=None, metadata=None, timeout: float = 5.0) -> Any:
+        return self._call("sync", "export.push", self._export_args(run_id, "url", {"url": url}, description, metadata), timeout, "export_push_url", True)
+
+    def export_push_url_async(self, *, run_id=None, url: str, description=None, metadata=None, timeout: float = 5.0) -> Any:
+        return self._call("async", "export.push", self._export_args(run_id, "url", {"url": url}, description, metadata), timeout, "export_push_url")
+
+    def export_push_binary_url(self, *, run_id=None, binary_url: str, mime=None, description=None, metadata=None, timeout: float = 5.0) -> Any:
+        fields = {"binary_url": binary_url, **({"mime": mime} if mime is not None else {})}
+        return self._call("smart", "export.push", self._export_args(run_id, "binary_url", fields, description, metadata), timeout, "export_push_binary_url", True)
+
+    def export_push_binary_url_sync(self, *, run_id=None, binary_url: str, mime=None, description=None, metadata=None, timeout: float = 5.0) -> Any:
+        fields = {"binary_url": binary_url, **({"mime": mime} if mime is not None else {})}
+        return self._call("sync", "export.push", self._export_args(run_id, "binary_url", fields, description, metadata), timeout, "export_push_binary_url", True)
+
+    def export_push_binary_url_async(self, *, run_id=None, binary_url: str, mime=None, description=None, metadata=None, timeout: float = 5.0) -> Any:
+        fields = {"binary_url": binary_url, **({"mime": mime} if mime is not None else {})}
+        return self._call("async", "export.push", self._export_args(run_id, "binary_url", fields, description, metadata), timeout, "export_push_binary_url")
+
+    def export_push_binary(self, *, run_id=None, binary_data: bytes, mime=None, description=None, metadata=None, timeout: float = 5.0) -> Any:
+        self._require_served("export.push")
+        fields = self._binary_fields(binary_data, mime)
+        return self._call("smart", "export.push", self._export_args(run_id, "binary", fields, description, metadata), timeout, "export_push_binary", True)
+
+    def export_push_binary_sync(self, *, run_id=None, binary_data: bytes, mime=None, description=None, metadata=None, timeout: float = 5.0) -> Any:
+        self._require_served("export.push")
+        fields = self._binary_fields(binary_data, mime)
+        return self._call("sync", "export.push", self._export_args(run_id, "binary", fields, description, metadata), timeout, "export_push_binary", True)
+
+    def export_push_binary_async(self, *, run_id=None, binary_data: bytes, mime=None, description=None, metadata=None, timeout: float = 5.0) -> Any:
+        self._require_served("export.push")
+        fields = self._binary_fields(binary_data, mime)
+        return self._call("async", "export.push", self._export_args(run_id, "binary", fields, description, metadata), timeout, "export_push_binary")
+
+    # -- other plugins, memory (later) ----------------------------------------------------------
+
+    def _trigger_args(self, target_plugin_id: str, event_type: str, event_id: str, args: Any, timeout: float) -> Callable[[], dict]:
+        return lambda: {
+            "plugin_id": target_plugin_id,
+            "event_type": event_type,
+            "event_id": event_id,
+            "args": dict(args or {}),
+            "timeout": timeout,
+        }
+
+    def trigger_plugin_event(self, target_plugin_id: str, event_type: str, event_id: str, args: Any = None, timeout: float = 10.0) -> Any:
+        """Calls another plugin's entry/event and returns its raw result."""
+        return self._call("smart", "plugin.call", self._trigger_args(target_plugin_id, event_type, event_id, args, timeout), timeout, "trigger_plugin_event", True)
+
+    def trigger_plugin_event_sync(self, target_plugin_id: str, event_type: str, event_id: str, args: Any = None, timeout: float = 10.0) -> Any:
+        return self._call("sync", "plugin.call", self._trigger_args(target_plugin_id, event_type, event_id, args, timeout), timeout, "trigger_plugin_event", True)
+
+    def trigger_plugin_event_async(self, target_plugin_id: str, event_type: str, event_id: str, args: Any = None, timeout: float = 10.0) -> Any:
+        return self._call("async", "plugin.call", self._trigger_args(target_plugin_id, event_type, event_id, args, timeout), timeout, "trigger_plugin_event")
+
+    def query_plugins(self, filters: Optional[dict] = None, timeout: float = 5.0) -> Any:
+        return self._call("smart", "plugins.query", lambda: {"filters": dict(filters or {})}, timeout, "query_plugins", True)
+
+    def query_plugins_sync(self, filters: Optional[dict] = None, timeout: float = 5.0) -> Any:
+        return self._call("sync", "plugins.query", lambda: {"filters": dict(filters or {})}, timeout, "query_plugins", True)
+
+    def query_plugins_async(self, filters: Optional[dict] = None, timeout: float = 5.0) -> Any:
+        return self._call("async", "plugins.query", lambda: {"filters": dict(filters or {})}, timeout, "query_plugins")
+
+    def query_memory(self, lanlan_name: str, query: str, timeout: float = 5.0) -> Any:
+        return self._call("smart", "memory.query", lambda: {"lanlan_name": lanlan_name, "query": query}, timeout, "query_memory", True)
+
+    def query_memory_sync(self, lanlan_name: str, query: str, timeout: float = 5.0) -> Any:
+        return self._call("sync", "memory.query", lambda: {"lanlan_name": lanlan_name, "query": query}, timeout, "query_memory", True)
+
+    def query_memory_async(self, lanlan_name: str, query: str, timeout: float = 5.0) -> Any:
+        return self._call("async", "memory.query", lambda: {"lanlan_name": lanlan_name, "query": query}, timeout, "query_memory")
+
+    def get_user_context(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("get_user_context was removed; use ctx.bus.memory.get(bucket_id) instead")
+
+    # -- message plane (later) ------------------------------------------------------------------
+
+    def push_message(self, source: str, message_type: str, description: str = "", priority: int = 0, content: Any = None, binary_data: Any = None, binary_url: Optional[str] = None, metadata: Optional[dict] = None, unsafe: bool = False, fast_mode: bool = False) -> None:
+        raise message_plane_feature("ctx.push_message")
+
+    async def push_message_async(self, *args: Any, **kwargs: Any) -> None:
+        raise message_plane_feature("ctx.push_message_async")
+
+    @property
+    def bus(self) -> Any:
+        """The bus clients (`.messages`, `.events`, `.lifecycle`, `.memory`)."""
+        if self._bus is None:
+            from ..sdk.bus import BusHub
+
+            self._bus = BusHub(self)
+        return self._bus
+
+    # -- logging, shutdown ------------------------------------------------------------------------
+
+    def enable_file_logging(self, log_level: Any = None, max_bytes: Optional[int] = None, backup_count: Optional[int] = None, max_files: Optional[int] = None) -> PluginLogger:
+        """A logger writing to stderr and `<plugin dir>/logs/<id>_<YYYYmmdd_HHMMSS>.log`."""
+        logger = enable_plugin_file_logging(self.plugin_id, self.plugin_dir, log_level=log_level, max_bytes=max_bytes, backup_count=backup_count, max_files=max_files)
+        self._file_loggers.append(logger)
+        return logger
+
+    def close(self) -> None:
+        """Releases what the context holds (file loggers). The link itself belongs to the runner."""
+        if self._closed:
+            return
+        self._closed = True
+        for logger in self._file_loggers:
+            try:
+                logger.remove()
+            except Exception:
+                pass
+        self._file_loggers.clear()

@@ -1,0 +1,134 @@
+"""The plugin's handler tables, built once from the constructed instance.
+
+Only `@plugin_entry` members and plugin.toml `entries` that name an attribute are invocable.
+Lifecycle hooks, timers, message handlers and custom events are kept for the runtime's own use.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from ..sdk.logger import PluginLogger
+from ..sdk.shared.constants import DEFAULT_INPUT_SCHEMA
+from ..sdk.shared.core.events import EventMeta, WorkerConfig, scan_event_handlers, worker_config_of
+from .manifest import manifest_entries
+
+
+def is_async_callable(fn: Any) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    inner = getattr(fn, "__func__", None)
+    if inner is not None and inspect.iscoroutinefunction(inner):
+        return True
+    call = getattr(type(fn), "__call__", None)
+    return call is not None and not inspect.isfunction(fn) and not inspect.ismethod(fn) and inspect.iscoroutinefunction(call)
+
+
+@dataclass
+class RuntimeEntry:
+    meta: EventMeta
+    handler: Callable[..., Any]
+    attr: str
+    is_async: bool
+    worker: Optional[WorkerConfig] = None
+
+    @property
+    def id(self) -> str:
+        return self.meta.id
+
+    @property
+    def timeout_ms(self) -> Optional[int]:
+        """The entry's own deadline: its `timeout`, else its `@worker` timeout; None = none."""
+        if self.meta.timeout and self.meta.timeout > 0:
+            return int(round(self.meta.timeout * 1000))
+        if self.worker and self.worker.timeout and self.worker.timeout > 0:
+            return int(round(self.worker.timeout * 1000))
+        return None
+
+    def hello_spec(self) -> dict:
+        meta = self.meta
+        schema = meta.input_schema if isinstance(meta.input_schema, dict) and meta.input_schema else DEFAULT_INPUT_SCHEMA
+        try:
+            schema = json.loads(json.dumps(schema))
+        except (TypeError, ValueError):
+            schema = dict(DEFAULT_INPUT_SCHEMA)
+        spec = {
+            "id": meta.id,
+            "name": meta.name if isinstance(meta.name, str) and meta.name else meta.id,
+            "description": meta.description if isinstance(meta.description, str) else str(meta.description or ""),
+            "input_schema": schema,
+            "kind": str(meta.kind or "action"),
+        }
+        if self.timeout_ms is not None:
+            spec["timeout_ms"] = self.timeout_ms
+        return spec
+
+
+@dataclass
+class HandlerTables:
+    entries: dict[str, RuntimeEntry] = field(default_factory=dict)
+    lifecycle: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    timers: list[tuple[EventMeta, Callable[..., Any]]] = field(default_factory=list)
+    messages: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    custom: dict[tuple[str, str], tuple[EventMeta, Callable[..., Any]]] = field(default_factory=dict)
+
+    def hello_entries(self) -> list[dict]:
+        return [entry.hello_spec() for entry in self.entries.values()]
+
+    @property
+    def auto_events(self) -> list[tuple[EventMeta, Callable[..., Any]]]:
+        return [
+            (meta, fn)
+            for meta, fn in self.custom.values()
+            if meta.auto_start and (meta.extra or {}).get("trigger_method") == "auto"
+        ]
+
+
+def build_tables(instance: Any, manifest: dict, logger: PluginLogger) -> HandlerTables:
+    tables = HandlerTables()
+
+    def skipped(name: str, why: str) -> None:
+        logger.warning("member '{}' is decorated but {}; ignored", name, why)
+
+    for found in scan_event_handlers(instance, on_skip=skipped):
+        meta, fn = found.meta, found.handler
+        kind = meta.event_type
+        if kind == "plugin_entry":
+            if meta.id in tables.entries:
+                logger.warning("entry id '{}' is declared twice ('{}' and '{}'); '{}' is used", meta.id, tables.entries[meta.id].attr, found.attr, found.attr)
+            tables.entries[meta.id] = RuntimeEntry(meta, fn, found.attr, is_async_callable(fn), worker_config_of(fn))
+        elif kind == "lifecycle":
+            tables.lifecycle[meta.id] = fn
+        elif kind == "timer":
+            tables.timers.append((meta, fn))
+        elif kind == "message":
+            tables.messages[meta.id] = fn
+        else:
+            tables.custom[(kind, meta.id)] = (meta, fn)
+
+    for item in manifest_entries(manifest):
+        if isinstance(item, str):
+            item = {"id": item}
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"].strip():
+            logger.warning("plugin.toml entry {!r} has no id; ignored", item)
+            continue
+        entry_id = item["id"].strip()
+        if entry_id in tables.entries:
+            continue  # the decorator's declaration wins
+        fn = getattr(instance, entry_id, None)
+        if not callable(fn):
+            logger.warning("plugin.toml entry '{}' names no method of the plugin class; ignored", entry_id)
+            continue
+        meta = EventMeta(
+            event_type="plugin_entry",
+            id=entry_id,
+            name=str(item.get("name") or entry_id),
+            description=str(item.get("description") or ""),
+            input_schema=item.get("input_schema") if isinstance(item.get("input_schema"), dict) else {},
+            kind=str(item.get("kind") or "action"),
+        )
+        tables.entries[entry_id] = RuntimeEntry(meta, fn, entry_id, is_async_callable(fn), worker_config_of(fn))
+    return tables

@@ -1,0 +1,324 @@
+"""The wire codec of neko's plugin protocol v1 (protocol/PROTOCOL.md).
+
+One message = two ZeroMQ frames `[mac, payload]`: `payload` is a msgpack map
+`{"v": 1, "seq": n, "kind": "<kind>", "body": {...}}` and `mac` is HMAC-SHA256 keyed by the
+launch secret over the direction tag (`p2s` / `s2p`) followed by the payload.
+
+`Session.open` checks, in order: frame count, size (before decoding), MAC (constant time),
+decoding (including the body's field types, as the Rust side's serde types would), version, and
+that `seq` grows. Any failure raises `FrameError` with a `reason`; the frame is to be dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+MAC_LEN = 32
+DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024
+P2S = "p2s"
+S2P = "s2p"
+
+_U16 = (1 << 16) - 1
+_U32 = (1 << 32) - 1
+_U64 = (1 << 64) - 1
+
+
+class FrameError(Exception):
+    """A frame was refused. `reason` is one of: frame_count, too_large, bad_mac, decode, version,
+    replay, encode."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class Envelope:
+    v: int
+    seq: int
+    kind: str
+    body: dict
+
+
+def parse_key(secret_hex: str) -> bytes:
+    """The launch key from its hex form (at least 16 bytes). ValueError otherwise (without the key)."""
+    try:
+        key = bytes.fromhex(secret_hex.strip())
+    except ValueError:
+        raise ValueError("NEKO_PLUGIN_SECRET is not valid hex") from None
+    if len(key) < 16:
+        raise ValueError("NEKO_PLUGIN_SECRET must be at least 16 bytes of hex")
+    return key
+
+
+def compute_mac(key: bytes, direction: str, payload: bytes) -> bytes:
+    return hmac.new(key, direction.encode("ascii") + payload, hashlib.sha256).digest()
+
+
+# -- body schemas ----------------------------------------------------------------------------
+#
+# Each kind's body is checked field by field, mirroring the serde types in
+# protocol/src/message.rs: a required field must be present; a "default" field may be absent (the
+# default is filled in); an "optional" field may be absent or nil. Keys nobody knows are ignored.
+
+
+class _Bad(Exception):
+    pass
+
+
+def _json_value(value: Any, where: str) -> Any:
+    """Checks that `value` is a JSON value as msgpack carries it (no bin, no ext, str keys)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        if value < -(1 << 63) or value > _U64:
+            raise _Bad(f"{where}: integer out of range")
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, list):
+        return [_json_value(v, where) for v in value]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise _Bad(f"{where}: map key is not a string")
+            out[k] = _json_value(v, where)
+        return out
+    raise _Bad(f"{where}: {type(value).__name__} is not a JSON value")
+
+
+def _uint(limit: int) -> Callable[[Any, str], int]:
+    def check(value: Any, where: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > limit:
+            raise _Bad(f"{where}: expected an unsigned integer")
+        return value
+
+    return check
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"{where}: expected a string")
+    return value
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"{where}: expected a bool")
+    return value
+
+
+def _map(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise _Bad(f"{where}: expected a map")
+    return value
+
+
+REQUIRED = object()
+OPTIONAL = object()
+
+
+def _default_schema() -> dict:
+    return {"type": "object", "properties": {}}
+
+
+def _wire_error(value: Any, where: str) -> dict:
+    return _fields(_map(value, where), _ERROR_FIELDS, where)
+
+
+def _entry(value: Any, where: str) -> dict:
+    return _fields(_map(value, where), _ENTRY_FIELDS, where)
+
+
+def _entries(value: Any, where: str) -> list:
+    if not isinstance(value, list):
+        raise _Bad(f"{where}: expected an array")
+    return [_entry(v, f"{where}[{i}]") for i, v in enumerate(value)]
+
+
+# field name → (checker, presence) where presence is REQUIRED, OPTIONAL or a default factory.
+_ERROR_FIELDS = {
+    "code": (_str, REQUIRED),
+    "message": (_str, REQUIRED),
+    "details": (_json_value, OPTIONAL),
+}
+_ENTRY_FIELDS = {
+    "id": (_str, REQUIRED),
+    "name": (_str, lambda: ""),
+    "description": (_str, lambda: ""),
+    "input_schema": (_json_value, _default_schema),
+    "timeout_ms": (_uint(_U64), OPTIONAL),
+    "kind": (_str, lambda: "action"),
+}
+BODY_FIELDS: dict[str, dict] = {
+    "hello": {
+        "protocol": (_uint(_U16), REQUIRED),
+        "plugin_id": (_str, REQUIRED),
+        "sdk": (_str, REQUIRED),
+        "sdk_version": (_str, REQUIRED),
+        "pid": (_uint(_U32), REQUIRED),
+        "entries": (_entries, list),
+    },
+    "welcome": {
+        "plugin_id": (_str, REQUIRED),
+        "heartbeat_interval_ms": (_uint(_U64), REQUIRED),
+    },
+    "trigger": {
+        "call_id": (_str, REQUIRED),
+        "entry_id": (_str, REQUIRED),
+        "args": (_json_value, REQUIRED),
+        "timeout_ms": (_uint(_U64), REQUIRED),
+        "run_id": (_str, OPTIONAL),
+    },
+    "result": {
+        "call_id": (_str, REQUIRED),
+        "ok": (_bool, REQUIRED),
+        "data": (_json_value, lambda: None),
+        "error": (_wire_error, OPTIONAL),
+    },
+    "cancel": {"call_id": (_str, REQUIRED)},
+    "status": {"status": (_json_value, REQUIRED)},
+    "heartbeat": {},
+    "stop": {"grace_ms": (_uint(_U64), REQUIRED)},
+    "request": {
+        "request_id": (_str, REQUIRED),
+        "op": (_str, REQUIRED),
+        "args": (_json_value, lambda: None),
+    },
+    "response": {
+        "request_id": (_str, REQUIRED),
+        "ok": (_bool, REQUIRED),
+        "result": (_json_value, lambda: None),
+        "error": (_wire_error, OPTIONAL),
+    },
+}
+
+#: Which side sends which kind.
+P2S_KINDS = frozenset({"hello", "result", "status", "heartbeat", "request"})
+S2P_KINDS = frozenset({"welcome", "trigger", "cancel", "stop", "response"})
+
+
+def _fields(raw: dict, schema: dict, where: str) -> dict:
+    out: dict = {}
+    for name, (check, presence) in schema.items():
+        if name not in raw:
+            if presence is REQUIRED:
+                raise _Bad(f"{where}: missing field '{name}'")
+            out[name] = None if presence is OPTIONAL else presence()
+            continue
+        value = raw[name]
+        if value is None and presence is OPTIONAL:
+            out[name] = None
+            continue
+        out[name] = check(value, f"{where}.{name}")
+    return out
+
+
+def decode_payload(payload: bytes) -> Envelope:
+    """Decodes and type-checks an envelope (no MAC, version or sequence checks)."""
+    try:
+        raw = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise FrameError("decode", f"not msgpack: {type(exc).__name__}") from None
+    try:
+        top = _map(raw, "envelope")
+        for k in top:
+            if not isinstance(k, str):
+                raise _Bad("envelope: map key is not a string")
+        v = _uint(_U16)(top["v"] if "v" in top else _missing("v"), "v")
+        seq = _uint(_U64)(top["seq"] if "seq" in top else _missing("seq"), "seq")
+        kind = _str(top["kind"] if "kind" in top else _missing("kind"), "kind")
+        if kind not in BODY_FIELDS:
+            raise _Bad(f"unknown kind '{kind}'")
+        body_raw = top.get("body", _MISSING)
+        if body_raw is _MISSING:
+            raise _Bad("missing field 'body'")
+        body = _fields(_map(body_raw, "body"), BODY_FIELDS[kind], kind)
+    except _Bad as exc:
+        raise FrameError("decode", str(exc)) from None
+    return Envelope(v=v, seq=seq, kind=kind, body=body)
+
+
+_MISSING = object()
+
+
+def _missing(name: str) -> Any:
+    raise _Bad(f"missing field '{name}'")
+
+
+def encode_payload(v: int, seq: int, kind: str, body: dict) -> bytes:
+    try:
+        return msgpack.packb({"v": v, "seq": seq, "kind": kind, "body": body}, use_bin_type=True)
+    except Exception as exc:
+        raise FrameError("encode", f"{type(exc).__name__}: {exc}") from None
+
+
+def open_frames(key: bytes, direction: str, frames: list, max_frame_bytes: int) -> Envelope:
+    """Checks one received message (frames after any routing identity) sent in `direction`."""
+    if len(frames) != 2:
+        raise FrameError("frame_count", f"expected 2 frames [mac, payload], got {len(frames)}")
+    mac, payload = bytes(frames[0]), bytes(frames[1])
+    if len(payload) > max_frame_bytes:
+        raise FrameError("too_large", f"payload of {len(payload)} bytes exceeds the limit of {max_frame_bytes}")
+    if not hmac.compare_digest(compute_mac(key, direction, payload), mac):
+        raise FrameError("bad_mac", "bad signature (sender does not hold this plugin's secret)")
+    env = decode_payload(payload)
+    if env.v != PROTOCOL_VERSION:
+        raise FrameError("version", f"unsupported protocol version {env.v}")
+    return env
+
+
+class Session:
+    """One side of a link: signs what it sends (`outbound` direction), verifies what it receives,
+    and keeps both sequence numbers. Not thread-safe: one task owns it."""
+
+    def __init__(self, key: bytes, outbound: str = P2S, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES):
+        if outbound not in (P2S, S2P):
+            raise ValueError("outbound must be 'p2s' or 's2p'")
+        self._key = key
+        self.outbound = outbound
+        self.inbound = S2P if outbound == P2S else P2S
+        self.max_frame_bytes = max_frame_bytes
+        self.next_out = 1
+        self.last_in = 0
+
+    def seal(self, kind: str, body: dict) -> list[bytes]:
+        """Encodes and signs a message, consuming the next sequence number."""
+        payload = encode_payload(PROTOCOL_VERSION, self.next_out, kind, body)
+        self.next_out += 1
+        return [compute_mac(self._key, self.outbound, payload), payload]
+
+    def open(self, frames: list) -> Envelope:
+        env = open_frames(self._key, self.inbound, frames, self.max_frame_bytes)
+        if env.seq <= self.last_in:
+            raise FrameError("replay", f"replayed or reordered frame: seq {env.seq} after {self.last_in}")
+        self.last_in = env.seq
+        return env
+
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "MAC_LEN",
+    "DEFAULT_MAX_FRAME_BYTES",
+    "P2S",
+    "S2P",
+    "FrameError",
+    "Envelope",
+    "Session",
+    "parse_key",
+    "compute_mac",
+    "decode_payload",
+    "encode_payload",
+    "open_frames",
+    "BODY_FIELDS",
+    "P2S_KINDS",
+    "S2P_KINDS",
+]

@@ -1,0 +1,123 @@
+"""`python -m plugin.runner`: what neko starts for a Python plugin.
+
+Reads the environment, makes `plugins.<dir>` importable, imports `module:Class` from
+`NEKO_PLUGIN_ENTRY`, builds the context, constructs the plugin, then hands over to `PluginHost`
+(connect, HELLO, WELCOME, serve). Exit code 0 after STOP/SIGTERM or when neko is gone, 1 when the
+plugin could not start or the link broke.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import sys
+from typing import Any
+
+from ..sdk.logger import PluginLogger, StdlibBridge, get_plugin_logger
+from ..sdk.shared.constants import SDK_VERSION
+from . import namespace
+from .context import PluginContext
+from .entries import build_tables
+from .env import EnvError, RuntimeEnv
+from .host import PluginHost
+from .link import Link
+from .manifest import local_config_get, read_manifest
+
+
+def _tidy_sys_path() -> None:
+    # `python -m` puts the working directory (the plugin's folder) first on sys.path. The reference
+    # never had plugin folders on the path: their modules are reached as `plugins.<dir>.<module>`.
+    cwd = os.getcwd()
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != cwd]
+
+
+def _bridge_stdlib_logging(logger: PluginLogger) -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h, StdlibBridge) for h in root.handlers):
+        root.addHandler(StdlibBridge(logger))
+    if root.level == logging.WARNING:  # untouched default
+        root.setLevel(logging.INFO)
+
+
+def load_class(entry: str) -> Any:
+    module_name, _, attr_path = entry.partition(":")
+    obj: Any = importlib.import_module(module_name.strip())
+    for part in attr_path.strip().split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _local_answer(env: RuntimeEnv):
+    def answer(op: str, args: dict) -> Any:
+        if op == "config.get":
+            return local_config_get(env.plugin_id, env.config_path)
+        raise LookupError(op)
+
+    return answer
+
+
+def _exit(code: int, hard: bool) -> int:
+    if hard:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+    return code
+
+
+def main() -> int:
+    logger = get_plugin_logger(os.environ.get("NEKO_PLUGIN_ID") or "plugin")
+    try:
+        env = RuntimeEnv.from_environ()
+    except EnvError as exc:
+        logger.error("cannot start: {}", exc)
+        return 1
+    _tidy_sys_path()
+    _bridge_stdlib_logging(logger)
+    namespace.install(env.plugins_root)
+
+    try:
+        manifest = read_manifest(env.config_path)
+    except Exception as exc:
+        logger.warning("cannot read {}: {}: {}", env.config_path, type(exc).__name__, exc)
+        manifest = {}
+    entry = env.entry
+    if not entry:
+        section = manifest.get("plugin") if isinstance(manifest.get("plugin"), dict) else {}
+        entry = section.get("entry") if isinstance(section.get("entry"), str) else None
+    if not entry or ":" not in entry:
+        logger.error("cannot start: NEKO_PLUGIN_ENTRY must be 'module:Class', got {!r}", entry)
+        return 1
+    logger.info("starting {} (neko-sdk-python {}, Python {})", entry, SDK_VERSION, sys.version.split()[0])
+
+    try:
+        cls = load_class(entry)
+    except Exception:
+        logger.exception("cannot import the plugin class '{}'", entry)
+        return 1
+
+    link = Link(env.endpoint, env.key, env.max_frame_bytes, logger)
+    link.local_answer = _local_answer(env)
+    ctx = PluginContext(env.plugin_id, env.config_path, logger, link, env.plugin_dir)
+    try:
+        instance = cls(ctx)
+    except Exception:
+        logger.exception("the plugin class '{}' could not be constructed", entry)
+        return 1
+
+    tables = build_tables(instance, manifest, logger)
+    host = PluginHost(env, link, tables, logger)
+    try:
+        code = asyncio.run(host.run())
+    except Exception:
+        logger.exception("the plugin runtime failed")
+        code = 1
+    clean = host.shutdown_threads()
+    ctx.close()
+    if not clean:
+        logger.warning("exiting with handler threads still running")
+    return _exit(code, hard=host.hard_exit or not clean)

@@ -1,0 +1,60 @@
+"""Context variables describing what plugin code is running for.
+
+- `current_run_id`: the run of the current call (`ctx.run_id`), set in sync and async entry handlers
+  (not in `@worker` threads, as in the reference).
+- `current_call`: the current call's `CallScope` (its cancel flag), set for every entry call.
+- `handler_label`: the reference's "handler scope" label (`plugin_entry.<id>`, `lifecycle.startup`,
+  `timer.<id>`, ...), used by the sync-call policy.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+current_run_id: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("plugin_current_run_id", default=None)
+current_call: contextvars.ContextVar[Optional["CallScope"]] = contextvars.ContextVar("neko_current_call", default=None)
+handler_label: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("plugin_in_handler", default=None)
+
+
+@dataclass
+class CallScope:
+    """One call as its handler sees it: ids and the cancel flag (set on CANCEL or at the deadline)."""
+
+    call_id: str
+    entry_id: str
+    run_id: Optional[str] = None
+    flag: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.flag.is_set()
+
+
+def enter(label: Optional[str] = None, run_id: Optional[str] = None, call: Optional[CallScope] = None) -> None:
+    """Sets the scope variables in the current context (a task's or a thread's own copy)."""
+    if label is not None:
+        handler_label.set(label)
+    if run_id is not None:
+        current_run_id.set(run_id)
+    if call is not None:
+        current_call.set(call)
+
+
+def run_scoped(
+    fn: Callable[..., Any],
+    kwargs: dict | None = None,
+    *,
+    label: Optional[str] = None,
+    run_id: Optional[str] = None,
+    call: Optional[CallScope] = None,
+) -> Any:
+    """Calls `fn(**kwargs)` in a fresh copy of the current context with the scope set (for threads)."""
+
+    def inner() -> Any:
+        enter(label, run_id, call)
+        return fn(**(kwargs or {}))
+
+    return contextvars.copy_context().run(inner)

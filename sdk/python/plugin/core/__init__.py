@@ -1,0 +1,1 @@
+"""Reference-compatible location of host-side classes plugins may import for typing."""

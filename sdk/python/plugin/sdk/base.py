@@ -1,0 +1,107 @@
+"""`NekoPluginBase`: the class plugins derive from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .config import PluginConfig
+from .logger import PluginLogger, enable_plugin_file_logging, get_plugin_logger
+from .plugins import Plugins
+from .shared.constants import DEFAULT_INPUT_SCHEMA, NEKO_PLUGIN_META_ATTR, NEKO_PLUGIN_TAG, SDK_VERSION
+from .shared.core.events import EventHandler, scan_event_handlers
+from .state import StatePersistence
+from .system_info import SystemInfo
+
+
+@dataclass
+class PluginMeta:
+    """A plugin's registry record (what neko lists about it)."""
+
+    id: str
+    name: str = ""
+    description: str = ""
+    version: str = "0.1.0"
+    sdk_version: str = SDK_VERSION
+    input_schema: dict = field(default_factory=lambda: dict(DEFAULT_INPUT_SCHEMA))
+    author: Optional[dict] = None
+
+
+def _set(obj: Any, name: str, value: Any) -> None:
+    # A subclass may define the name as a read-only property; it then keeps its own.
+    try:
+        setattr(obj, name, value)
+    except AttributeError:
+        pass
+
+
+class NekoPluginBase:
+    """Base class of plugins: `self.ctx`, `self.config`, `self.plugins`, `self.logger`.
+
+    The constructor does no I/O: it never waits for the supervisor.
+    """
+
+    __freezable__: list = []
+    __persist_mode__: str = "off"
+
+    def __init__(self, ctx: Any):
+        self.ctx = ctx
+        self._plugin_id = str(getattr(ctx, "plugin_id", None) or "plugin")
+        _set(self, "config", PluginConfig(ctx))
+        _set(self, "plugins", Plugins(ctx))
+        _set(self, "logger", getattr(ctx, "logger", None) or get_plugin_logger(self._plugin_id))
+        self.file_logger: Optional[PluginLogger] = None
+        self._state_persistence = StatePersistence(self._plugin_id, freezable=getattr(self, "__freezable__", []))
+        self._freeze_checkpoint = self._state_persistence
+        self._system_info: Optional[SystemInfo] = None
+
+    @property
+    def plugin_id(self) -> str:
+        return self._plugin_id
+
+    @property
+    def config_dir(self) -> Path:
+        path = getattr(self.ctx, "config_path", None)
+        return Path(path).parent if path else Path.cwd()
+
+    @property
+    def bus(self) -> Any:
+        return self.ctx.bus
+
+    @property
+    def system_info(self) -> SystemInfo:
+        if self._system_info is None:
+            self._system_info = SystemInfo(self.ctx)
+        return self._system_info
+
+    def get_input_schema(self) -> dict:
+        """The plugin-level `input_schema` class attribute, or {}."""
+        schema = getattr(type(self), "input_schema", None)
+        return dict(schema) if isinstance(schema, dict) else {}
+
+    def collect_entries(self) -> dict[str, EventHandler]:
+        """`{entry_id: EventHandler}` for every `@plugin_entry` member."""
+        out: dict[str, EventHandler] = {}
+        for found in scan_event_handlers(self):
+            if found.meta.event_type == "plugin_entry":
+                out[found.meta.id] = EventHandler(meta=found.meta, handler=found.handler)
+        return out
+
+    def report_status(self, status: dict) -> None:
+        """Sends the plugin's own status dict to neko."""
+        self.ctx.update_status(status)
+
+    def enable_file_logging(self, log_level: Any = None, max_bytes: Optional[int] = None, backup_count: Optional[int] = None, max_files: Optional[int] = None) -> PluginLogger:
+        """A logger writing to stderr and `<plugin dir>/logs/<id>_<YYYYmmdd_HHMMSS>.log`, stored as
+        `self.file_logger`."""
+        enable = getattr(self.ctx, "enable_file_logging", None)
+        if callable(enable):
+            logger = enable(log_level=log_level, max_bytes=max_bytes, backup_count=backup_count, max_files=max_files)
+        else:
+            logger = enable_plugin_file_logging(self._plugin_id, self.config_dir, log_level, max_bytes, backup_count, max_files)
+        self.file_logger = logger
+        return logger
+
+
+__all__ = ["NekoPluginBase", "PluginMeta", "NEKO_PLUGIN_META_ATTR", "NEKO_PLUGIN_TAG"]

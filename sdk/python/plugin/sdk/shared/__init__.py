@@ -1,0 +1,1 @@
+"""Code shared by the SDK generations (v1 `plugin.sdk` today, v2 `plugin.sdk.plugin` later)."""

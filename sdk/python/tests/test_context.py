@@ -1,0 +1,201 @@
+"""The plugin context and `self.config` / `self.plugins` over a fake transport."""
+
+import asyncio
+import concurrent.futures
+import threading
+
+import pytest
+
+from plugin._runtime import scope
+from plugin._runtime.context import PluginContext
+from plugin.sdk import NekoPluginBase, PluginConfig, Plugins
+from plugin.sdk.bus import BusHub
+from plugin.sdk.errors import PluginCallError, PluginConfigError
+from plugin.sdk.logger import PluginLogger
+
+CONFIG = {"plugin": {"id": "demo"}, "demo": {"greeting": "Hi", "nested": {"level": 3}, "items": ["a", "b"]}}
+
+
+class FakeTransport:
+    """Answers config.get at once (or never, or with an error)."""
+
+    def __init__(self, mode="answer"):
+        self.mode = mode
+        self.posted = []
+        self.requests = []
+        self.forgotten = []
+
+    def post(self, kind, body):
+        self.posted.append((kind, body))
+        return True
+
+    def start_request(self, op, args):
+        self.requests.append((op, args))
+        future = concurrent.futures.Future()
+        request_id = f"q-{len(self.requests)}"
+        if self.mode == "answer":
+            future.set_result({"request_id": request_id, "ok": True, "result": {"plugin_id": "demo", "config": CONFIG}})
+        elif self.mode == "error":
+            future.set_result({"request_id": request_id, "ok": False, "error": {"code": "INTERNAL", "message": "cannot read plugin.toml"}})
+        return request_id, future
+
+    def forget(self, request_id):
+        self.forgotten.append(request_id)
+
+
+def make_ctx(mode="answer"):
+    transport = FakeTransport(mode)
+    logger = PluginLogger("test").bind(plugin_id="demo")
+    logger.remove()
+    return PluginContext("demo", None, logger, transport), transport
+
+
+def test_update_status_posts_a_status_message():
+    ctx, transport = make_ctx()
+    ctx.update_status({"phase": "up", "n": (1, 2)})
+    assert transport.posted == [("status", {"status": {"phase": "up", "n": [1, 2]}})]
+    # Lenient, as the reference was: never fails the caller.
+    ctx.update_status("busy")
+    ctx.update_status({"when": complex(1, 2)})
+    assert transport.posted[1:] == [("status", {"status": {"status": "busy"}}), ("status", {"status": {"when": "(1+2j)"}})]
+
+
+def test_config_reads_synchronously_outside_a_loop():
+    ctx, transport = make_ctx()
+    cfg = PluginConfig(ctx)
+    assert cfg.dump() == CONFIG
+    assert cfg.get("demo.greeting") == "Hi"
+    assert cfg.get_sync("demo.nested.level") == 3
+    assert cfg.get("demo.items.1") == "b"
+    assert cfg.get("demo.missing", None) is None
+    assert cfg.get("demo.missing", "dflt") == "dflt"
+    assert cfg.require("demo.greeting") == "Hi"
+    assert cfg.get_section("demo.nested") == {"level": 3}
+    assert cfg.dump_base() == CONFIG
+    assert cfg.dump_effective() == CONFIG
+    with pytest.raises(PluginConfigError, match="Config key 'demo.missing' not found"):
+        cfg.get("demo.missing")
+    with pytest.raises(PluginConfigError):
+        cfg.get_section("demo.greeting")
+    assert {op for op, _ in transport.requests} == {"config.get"}
+    assert len(transport.forgotten) == len(transport.requests)
+
+
+def test_config_smart_methods_return_coroutines_inside_a_loop():
+    ctx, _ = make_ctx()
+    cfg = PluginConfig(ctx)
+
+    async def inside():
+        pending = cfg.get("demo.greeting")
+        assert asyncio.iscoroutine(pending)
+        assert await pending == "Hi"
+        assert await cfg.dump() == CONFIG
+        assert await cfg.get_async("demo.nested.level") == 3
+        with pytest.raises(PluginConfigError, match=r"get_sync cannot be used inside a running event loop; use 'await get\(\.\.\.\)' instead"):
+            cfg.get_sync("demo.greeting")
+        with pytest.raises(PluginConfigError, match="dump_sync cannot be used inside a running event loop"):
+            cfg.dump_sync()
+        assert (await ctx.get_own_config())["config"] == CONFIG
+
+    asyncio.run(inside())
+
+
+def test_request_errors_and_timeouts():
+    ctx, _ = make_ctx("error")
+    with pytest.raises(RuntimeError, match="cannot read plugin.toml"):
+        ctx._request_sync("config.get", {})
+    with pytest.raises(PluginConfigError, match="cannot read plugin.toml"):
+        PluginConfig(ctx).dump()
+
+    ctx, transport = make_ctx("never")
+    with pytest.raises(TimeoutError, match=r"config.get timed out after 0.05s"):
+        ctx._request_sync("config.get", {}, timeout=0.05)
+
+    async def inside():
+        with pytest.raises(TimeoutError, match=r"config.get timed out after 0.05s"):
+            await ctx._request_async("config.get", {}, timeout=0.05)
+
+    asyncio.run(inside())
+    assert transport.forgotten == ["q-1", "q-2"]
+
+
+def test_features_of_later_releases_name_themselves():
+    ctx, transport = make_ctx()
+    cases = [
+        (lambda: ctx.run_update(run_id="r", progress=0.5), "run progress updates"),
+        (lambda: ctx.run_progress_sync(run_id="r", progress=0.5), "run progress updates"),
+        (lambda: ctx.export_push_text(run_id="r", text="t"), "run exports"),
+        (lambda: ctx.export_push_binary(run_id="r", binary_data=b"x"), "run exports"),
+        (lambda: ctx.trigger_plugin_event("other", "plugin_entry", "x", {}), "calling other plugins"),
+        (lambda: ctx.query_plugins(), "querying plugins"),
+        (lambda: ctx.query_memory("lan", "q"), "memory queries"),
+        (lambda: Plugins(ctx).list(), "querying plugins"),
+        (lambda: Plugins(ctx).call_entry("other:x"), "calling other plugins"),
+        (lambda: PluginConfig(ctx).update({"a": 1}), "config writes"),
+        (lambda: PluginConfig(ctx).set("a.b", 1), "config writes"),
+        (lambda: PluginConfig(ctx).get_profiles_state(), "config profiles"),
+        (lambda: PluginConfig(ctx).dump_effective("dev"), "config profiles"),
+        (lambda: ctx.push_message("src", "text", content="hi"), "arrives with the message plane"),
+        (lambda: ctx.bus.messages.get(), "ctx.bus.messages.get arrives with the message plane"),
+        (lambda: ctx.bus.events.get(), "ctx.bus.events.get arrives with the message plane"),
+        (lambda: ctx.bus.lifecycle.delete("x"), "arrives with the message plane"),
+        (lambda: ctx.bus.memory.get("bucket"), "arrives with the message plane"),
+    ]
+    for call, words in cases:
+        with pytest.raises(NotImplementedError, match=words):
+            call()
+    assert transport.requests == []  # nothing was sent
+    assert isinstance(ctx.bus, BusHub)
+    with pytest.raises(PluginCallError, match="Invalid reference"):
+        Plugins(ctx).call_entry("no-colon")
+
+
+def test_run_id_and_cancel_flag_come_from_the_call_scope():
+    ctx, _ = make_ctx()
+    assert ctx.run_id is None and not ctx.cancelled
+    with pytest.raises(RuntimeError, match=r"run_id is required"):
+        ctx.require_run_id()
+    call = scope.CallScope("c-1", "entry", "r-7")
+    seen = {}
+
+    def handler():
+        seen["run_id"] = ctx.run_id
+        seen["require"] = ctx.require_run_id()
+        seen["label"] = ctx.handler_ctx
+        call.flag.set()
+        seen["cancelled"] = ctx.cancelled and ctx.is_cancelled()
+
+    thread = threading.Thread(target=scope.run_scoped, args=(handler,), kwargs={"label": "plugin_entry.entry", "run_id": "r-7", "call": call})
+    thread.start()
+    thread.join()
+    assert seen == {"run_id": "r-7", "require": "r-7", "label": "plugin_entry.entry", "cancelled": True}
+    assert ctx.run_id is None  # nothing leaked into this thread
+
+
+def test_sync_call_policy_message(monkeypatch):
+    ctx, _ = make_ctx()
+    token = scope.handler_label.set("plugin_entry.x")
+    try:
+        monkeypatch.setenv("NEKO_PLUGIN_SYNC_CALL_POLICY", "reject")
+        with pytest.raises(RuntimeError, match=r"Sync call 'query_plugins' invoked inside handler \(plugin_entry.x\)"):
+            ctx._enforce_sync_call_policy("query_plugins")
+        monkeypatch.setenv("NEKO_PLUGIN_SYNC_CALL_POLICY", "warn")
+        ctx._enforce_sync_call_policy("query_plugins")  # only logs
+    finally:
+        scope.handler_label.reset(token)
+
+
+def test_base_does_no_io_in_its_constructor():
+    ctx, transport = make_ctx()
+
+    class P(NekoPluginBase):
+        pass
+
+    p = P(ctx)
+    assert transport.requests == [] and transport.posted == []
+    assert p.logger is ctx.logger
+    assert isinstance(p.config, PluginConfig) and isinstance(p.plugins, Plugins)
+    assert p.get_input_schema() == {}
+    p.report_status({"x": 1})
+    assert transport.posted == [("status", {"status": {"x": 1}})]
+    assert p.system_info.get_python_env()["python_version"]

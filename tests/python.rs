@@ -1,0 +1,185 @@
+//! Python plugins, run by neko's Python SDK in the environment neko manages.
+
+use serde_json::{Value, json};
+
+use crate::helper::{Neko, PythonPlugin, bundled_plugin, echo_plugin, signal, wait_for_async};
+
+/// A plugin written the way reference plugins are, probing what the runtime does.
+fn probe_plugin() -> PythonPlugin {
+    PythonPlugin {
+        dir: "probe",
+        toml: r#"[plugin]
+id = "probe"
+name = "Probe"
+version = "0.1.0"
+entry = "plugins.probe:Probe"
+
+[plugin.sdk]
+supported = ">=0.1.0,<0.2.0"
+
+[probe]
+answer = 42
+"#
+        .into(),
+        init_py: r#"
+import asyncio
+import time
+
+from plugin.sdk import NekoPluginBase, neko_plugin, plugin_entry, ok
+
+
+@neko_plugin
+class Probe(NekoPluginBase):
+    @plugin_entry(id="window", input_schema={"type": "object", "properties": {"seconds": {"type": "number"}}})
+    async def window(self, seconds: float = 0.5, **_):
+        start = time.time()
+        await asyncio.sleep(seconds)
+        return {"start": start, "end": time.time()}
+
+    @plugin_entry(id="ctx")
+    def ctx_entry(self, _ctx=None, **kwargs):
+        return ok(data={"run_id": self.ctx.run_id, "ctx_run_id": (_ctx or {}).get("run_id"), "answer": self.config.get_sync("probe.answer")})
+
+    @plugin_entry(id="no_ctx")
+    def no_ctx(self, x):
+        return {"x": x}
+
+    @plugin_entry(id="unserialisable")
+    def unserialisable(self, **_):
+        return {"when": object()}
+"#
+        .into(),
+    }
+}
+
+/// The bundled example's entries return the right data; a raising entry fails with the
+/// exception's type and text.
+#[tokio::test]
+async fn bundled_python_example_serves_its_entries() {
+    let neko = Neko::start_mixed(&[], &[bundled_plugin("hello")], "");
+    neko.wait_running("hello").await;
+    let info = neko.plugin("hello").await;
+    let ids: Vec<&str> = info["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    for id in ["greet", "add", "sleep", "boom", "slow"] {
+        assert!(ids.contains(&id), "{id} in {ids:?}");
+    }
+    let run = neko.run("hello", "greet", json!({"name": "neko"})).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["result"]["message"], "Hello, neko!");
+    let run = neko.run("hello", "add", json!({"a": 2, "b": 3})).await;
+    assert_eq!(run["result"]["sum"], 5);
+    let run = neko.run("hello", "boom", json!({})).await;
+    assert_eq!(run["status"], "failed");
+    let message = run["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("ValueError") && message.contains("boom requested"),
+        "{run}"
+    );
+}
+
+/// An entry past its timeout ends `timeout`, and the plugin keeps serving.
+#[tokio::test]
+async fn python_entry_past_its_timeout_ends_in_timeout() {
+    let neko = Neko::start_mixed(&[], &[bundled_plugin("hello")], "");
+    neko.wait_running("hello").await;
+    let run = neko.run("hello", "slow", json!({})).await;
+    assert_eq!(run["status"], "timeout", "{run}");
+    let run = neko.run("hello", "greet", json!({"name": "again"})).await;
+    assert_eq!(run["status"], "succeeded");
+}
+
+/// 20 concurrent runs of a slow async entry overlap in time: every one started before any ended.
+#[tokio::test]
+async fn concurrent_async_runs_do_not_serialise() {
+    let neko = Neko::start_mixed(&[], &[probe_plugin()], "");
+    neko.wait_running("probe").await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let (_, created) = neko
+            .post(
+                "/runs",
+                &json!({"plugin_id": "probe", "entry_id": "window", "args": {"seconds": 1.0}}),
+            )
+            .await;
+        ids.push(created["run_id"].as_str().unwrap().to_string());
+    }
+    let mut windows = Vec::new();
+    for id in &ids {
+        let run = neko.wait_run(id).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+        windows.push((
+            run["result"]["start"].as_f64().unwrap(),
+            run["result"]["end"].as_f64().unwrap(),
+        ));
+    }
+    let last_start = windows.iter().map(|w| w.0).fold(f64::MIN, f64::max);
+    let first_end = windows.iter().map(|w| w.1).fold(f64::MAX, f64::min);
+    assert!(
+        last_start < first_end,
+        "runs were serialised: last start {last_start} after first end {first_end}"
+    );
+}
+
+/// `_ctx` reaches handlers that take it, `ctx.run_id` is set, handlers without `_ctx` still work,
+/// config is readable, and an unserialisable result fails clearly.
+#[tokio::test]
+async fn python_invocation_contract() {
+    let neko = Neko::start_mixed(&[], &[probe_plugin()], "");
+    neko.wait_running("probe").await;
+    let run = neko.run("probe", "ctx", json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["result"]["run_id"], run["run_id"]);
+    assert_eq!(run["result"]["ctx_run_id"], run["run_id"]);
+    assert_eq!(run["result"]["answer"], 42);
+    let run = neko.run("probe", "no_ctx", json!({"x": 7})).await;
+    assert_eq!(run["result"], json!({"x": 7}), "{run}");
+    let run = neko.run("probe", "unserialisable", json!({})).await;
+    assert_eq!(run["status"], "failed");
+    assert_eq!(run["error"]["code"], "INVALID_RESPONSE", "{run}");
+}
+
+/// `kill -9` of the Python process: restarted and serving.
+#[tokio::test]
+async fn killed_python_plugin_is_restarted() {
+    let neko = Neko::start_mixed(&[], &[bundled_plugin("hello")], "");
+    let pid = neko.wait_running("hello").await;
+    signal(pid, libc::SIGKILL);
+    wait_for_async(
+        || async {
+            let p = neko.plugin("hello").await;
+            p["status"] == "running" && p["pid"].as_u64().is_some_and(|n| n as u32 != pid)
+        },
+        "python plugin restarted",
+    )
+    .await;
+    let run = neko.run("hello", "greet", json!({"name": "back"})).await;
+    assert_eq!(run["status"], "succeeded");
+}
+
+/// A syntax error in a Python plugin is reported in its status; the other plugins run.
+#[tokio::test]
+async fn python_syntax_error_is_reported_and_others_run() {
+    let broken = PythonPlugin {
+        dir: "broken_py",
+        toml: "[plugin]\nid = \"broken_py\"\nentry = \"plugins.broken_py:Broken\"\n".into(),
+        init_py: "from plugin.sdk import NekoPluginBase\nclass Broken(NekoPluginBase)\n    pass\n"
+            .into(),
+    };
+    let neko = Neko::start_mixed(&[echo_plugin("echo", "")], &[broken, probe_plugin()], "");
+    neko.wait_running("echo").await;
+    neko.wait_running("probe").await;
+    wait_for_async(
+        || async { neko.plugin("broken_py").await["status"] == "crashed" },
+        "broken plugin reported",
+    )
+    .await;
+    let p: Value = neko.plugin("broken_py").await;
+    assert!(p["error"].as_str().unwrap().contains("SyntaxError"), "{p}");
+    let run = neko.run("echo", "echo", json!({"ok": 1})).await;
+    assert_eq!(run["status"], "succeeded");
+}
