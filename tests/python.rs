@@ -49,6 +49,7 @@ class Probe(NekoPluginBase):
         return {"when": object()}
 "#
         .into(),
+        files: Vec::new(),
     }
 }
 
@@ -169,6 +170,7 @@ async fn python_syntax_error_is_reported_and_others_run() {
         toml: "[plugin]\nid = \"broken_py\"\nentry = \"plugins.broken_py:Broken\"\n".into(),
         init_py: "from plugin.sdk import NekoPluginBase\nclass Broken(NekoPluginBase)\n    pass\n"
             .into(),
+        files: Vec::new(),
     };
     let neko = Neko::start_mixed(&[echo_plugin("echo", "")], &[broken, probe_plugin()], "");
     neko.wait_running("echo").await;
@@ -182,4 +184,78 @@ async fn python_syntax_error_is_reported_and_others_run() {
     assert!(p["error"].as_str().unwrap().contains("SyntaxError"), "{p}");
     let run = neko.run("echo", "echo", json!({"ok": 1})).await;
     assert_eq!(run["status"], "succeeded");
+}
+
+/// A wheel of a one-module package `nekotestdep` (`VALUE = 41`), made with Python's zipfile.
+fn test_wheel() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dep.whl");
+    let script = r#"
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1], "w") as z:
+    z.writestr("nekotestdep/__init__.py", "VALUE = 41\n")
+    info = "nekotestdep-0.1.dist-info/"
+    z.writestr(info + "METADATA", "Metadata-Version: 2.1\nName: nekotestdep\nVersion: 0.1\n")
+    z.writestr(info + "WHEEL", "Wheel-Version: 1.0\nGenerator: neko-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    z.writestr(info + "RECORD", "")
+"#;
+    let status = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .status()
+        .expect("python3 runs");
+    assert!(status.success());
+    std::fs::read(path).unwrap()
+}
+
+/// A plugin's requirements.txt is installed into its own site folder before it starts (here a
+/// local wheel, so no network is needed); a requirement pip cannot install marks only that
+/// plugin crashed, with pip's error, and is not retried.
+#[tokio::test]
+async fn plugin_requirements_are_installed_and_failures_stay_with_their_plugin() {
+    let plugin = |dir: &'static str, requirements: &str| PythonPlugin {
+        dir,
+        toml: format!("[plugin]\nid = \"{dir}\"\nentry = \"plugins.{dir}:Dep\"\n"),
+        init_py: r#"
+from plugin.sdk import NekoPluginBase, plugin_entry
+
+
+class Dep(NekoPluginBase):
+    @plugin_entry(id="value")
+    def value(self, **_):
+        import nekotestdep
+        return {"value": nekotestdep.VALUE + 1}
+"#
+        .into(),
+        files: vec![
+            ("requirements.txt", requirements.as_bytes().to_vec()),
+            ("nekotestdep-0.1-py3-none-any.whl", test_wheel()),
+        ],
+    };
+    let good = plugin(
+        "withdep",
+        "--no-index\n./nekotestdep-0.1-py3-none-any.whl\n",
+    );
+    let bad = plugin("baddep", "definitely not a requirement!!\n");
+    let neko = Neko::start_mixed(&[], &[good, bad], "");
+    neko.wait_running("withdep").await;
+    let run = neko.run("withdep", "value", json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["result"]["value"], 42);
+    wait_for_async(
+        || async { neko.plugin("baddep").await["status"] == "crashed" },
+        "plugin with a bad requirement reported",
+    )
+    .await;
+    let p = neko.plugin("baddep").await;
+    let error = p["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("requirements.txt") && error.contains("Invalid requirement"),
+        "{p}"
+    );
+    assert!(
+        !neko.logged(&["baddep", "restarting"]),
+        "a failed install is not retried"
+    );
 }

@@ -63,6 +63,8 @@ pub struct PythonPlugin {
     pub dir: &'static str,
     pub toml: String,
     pub init_py: String,
+    /// More files for the folder: (name, content).
+    pub files: Vec<(&'static str, Vec<u8>)>,
 }
 
 /// A copy of a bundled plugin folder from the repository's `plugins/`.
@@ -74,6 +76,7 @@ pub fn bundled_plugin(dir: &'static str) -> PythonPlugin {
         dir,
         toml: std::fs::read_to_string(src.join("plugin.toml")).expect("bundled plugin.toml"),
         init_py: std::fs::read_to_string(src.join("__init__.py")).expect("bundled __init__.py"),
+        files: Vec::new(),
     }
 }
 
@@ -197,6 +200,9 @@ impl Neko {
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("plugin.toml"), &p.toml).unwrap();
             std::fs::write(d.join("__init__.py"), &p.init_py).unwrap();
+            for (name, content) in &p.files {
+                std::fs::write(d.join(name), content).unwrap();
+            }
         }
         let config = tmp.path().join("neko.toml");
         std::fs::write(&config, settings_file(overrides)).unwrap();
