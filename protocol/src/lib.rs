@@ -21,7 +21,7 @@ pub mod status;
 pub use codec::{CodecError, Direction, FrameKey, Session};
 pub use ids::{InvalidId, PluginId};
 pub use message::*;
-pub use run::RunRecord;
+pub use run::{ExportItem, RunRecord};
 pub use status::{ErrorCode, PluginState, RunStatus};
 
 /// The protocol version spoken by this crate. A HELLO with another version is refused.

@@ -36,3 +36,24 @@ pub struct RunRecord {
     /// What the entry returned (neko addition: clients need not fetch the export to read it).
     pub result: Option<Value>,
 }
+
+/// Something a run produced (the reference's `ExportItem`): the entry's result, or what the
+/// plugin pushed with `export_push_*`. Exactly one of `text`, `url`, `binary_url`, `binary`
+/// (base64) is set, matching `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportItem {
+    pub export_item_id: String,
+    pub run_id: String,
+    /// `text`, `url`, `binary_url` or `binary`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Unix seconds (float), as the reference.
+    pub created_at: f64,
+    pub description: Option<String>,
+    pub text: Option<String>,
+    pub url: Option<String>,
+    pub binary_url: Option<String>,
+    pub binary: Option<String>,
+    pub mime: Option<String>,
+    pub metadata: serde_json::Map<String, Value>,
+}

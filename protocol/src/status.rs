@@ -88,11 +88,13 @@ pub enum ErrorCode {
     PluginError,
     PluginCrashed,
     Canceled,
+    /// The run was in flight when the supervisor stopped or died.
+    SupervisorRestarted,
     Other(String),
 }
 
 impl ErrorCode {
-    const NAMED: [(ErrorCode, &'static str); 11] = [
+    const NAMED: [(ErrorCode, &'static str); 12] = [
         (Self::ValidationError, "VALIDATION_ERROR"),
         (Self::DependencyMissing, "DEPENDENCY_MISSING"),
         (Self::NotReady, "NOT_READY"),
@@ -104,6 +106,7 @@ impl ErrorCode {
         (Self::PluginError, "PLUGIN_ERROR"),
         (Self::PluginCrashed, "PLUGIN_CRASHED"),
         (Self::Canceled, "CANCELED"),
+        (Self::SupervisorRestarted, "SUPERVISOR_RESTARTED"),
     ];
 
     /// The name used on the wire.
