@@ -24,10 +24,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use neko_actors::python_env::PythonSettings;
 use neko_actors::run_token::RunTokenSigner;
+use neko_actors::run_tracker::RunStoreSettings;
 use neko_actors::{TreeArgs, spawn_tree};
 use tokio::net::TcpListener;
 
 use settings::Settings;
+
+/// Run changes buffered for slow WebSocket clients; one that falls further behind re-reads.
+const RUN_EVENTS_BUFFER: usize = 4096;
 
 /// Starts the supervision tree, serves HTTP on `listener` until `shutdown` resolves (or the tree
 /// gives up), then stops every plugin and the tree.
@@ -59,7 +63,13 @@ pub async fn run(
         },
         run_token_signer: signer,
         run_token_ttl: Duration::from_secs(settings.runs.token_ttl_seconds),
-        max_run_records: settings.runs.max_records,
+        run_store: RunStoreSettings {
+            path: settings.runs.persist.then(|| data_dir.join("runs.sqlite3")),
+            max_records: settings.runs.max_records,
+            max_age: (settings.runs.max_age_seconds > 0)
+                .then(|| Duration::from_secs(settings.runs.max_age_seconds)),
+        },
+        run_events: tokio::sync::broadcast::channel(RUN_EVENTS_BUFFER).0,
         autostart: settings.plugins.autostart,
     })
     .await

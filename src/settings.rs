@@ -121,8 +121,14 @@ pub struct RunsSettings {
     pub token_ttl_seconds: u64,
     /// Key of run tokens; random per start when unset (NEKO_RUN_TOKEN_SECRET).
     pub token_secret: Option<String>,
-    /// Finished runs kept in memory; beyond it the oldest finished ones are forgotten.
+    /// Keep runs, export items and blob metadata in `<data_dir>/runs.sqlite3` across restarts.
+    pub persist: bool,
+    /// Finished runs kept; beyond it the oldest are deleted (with their exports and blobs).
     pub max_records: usize,
+    /// Finished runs older than this are deleted; 0 = no age limit.
+    pub max_age_seconds: u64,
+    /// Largest upload to `PUT /uploads/{id}` (BLOB_UPLOAD_MAX_BYTES).
+    pub blob_max_bytes: u64,
 }
 
 impl Default for RunsSettings {
@@ -131,7 +137,10 @@ impl Default for RunsSettings {
             default_timeout_ms: 30_000,
             token_ttl_seconds: 3_600,
             token_secret: None,
-            max_records: 10_000,
+            persist: true,
+            max_records: 100_000,
+            max_age_seconds: 7 * 24 * 3600,
+            blob_max_bytes: 200 * 1024 * 1024,
         }
     }
 }
@@ -250,6 +259,12 @@ impl Settings {
                 .trim()
                 .parse()
                 .context("NEKO_RUN_TOKEN_TTL_SECONDS must be a whole number")?;
+        }
+        if let Some(max) = get("NEKO_BLOB_UPLOAD_MAX_BYTES") {
+            self.runs.blob_max_bytes = max
+                .trim()
+                .parse()
+                .context("NEKO_BLOB_UPLOAD_MAX_BYTES must be a whole number")?;
         }
         if let Some(python) = get("NEKO_PYTHON") {
             self.python.interpreter = Some(python);

@@ -6,5 +6,6 @@ mod helper;
 mod gateway;
 mod plugins;
 mod python;
+mod run_features;
 mod runs;
 mod supervision;

@@ -24,6 +24,7 @@ pub mod python_env;
 pub mod registry;
 pub mod restart_policy;
 pub mod root;
+pub mod run_db;
 pub mod run_token;
 pub mod run_tracker;
 pub mod status_manager;

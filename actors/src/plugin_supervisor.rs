@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use neko_protocol::{EntrySpec, ErrorCode, PluginId, PluginState, WireError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::error::Error;
@@ -28,6 +29,7 @@ use crate::process_host::{
 use crate::python_env::PythonEnvMsg;
 use crate::registry::RegistryMsg;
 use crate::restart_policy::{Decision, ExitInfo, RestartPolicy, RestartSettings, RestartTracker};
+use crate::root::TreeRefs;
 use crate::status_manager::{Lifecycle, StatusManagerMsg};
 
 /// The PluginSupervisor actor.
@@ -42,6 +44,8 @@ pub struct PluginSupervisorArgs {
     pub restart_defaults: RestartSettings,
     /// Start `auto_start` plugins when the supervisor starts.
     pub autostart: bool,
+    /// The tree's current actors, handed to every host.
+    pub tree: watch::Receiver<Option<TreeRefs>>,
 }
 
 /// The answer to a manual start.
@@ -61,6 +65,8 @@ pub enum PluginSupervisorMsg {
     Reload(PluginId, RpcReplyPort<Result<StartOutcome, Error>>),
     /// Run an entry of a running plugin.
     Trigger(PluginId, TriggerRequest, TriggerReply),
+    /// A run's client canceled it: forward to the plugin's host, if it runs.
+    CancelRun { plugin_id: PluginId, run_id: String },
     /// Stop every plugin (supervisor shutdown); answers when all processes are gone.
     StopAll(RpcReplyPort<()>),
     /// A host spawned its process.
@@ -124,6 +130,7 @@ pub struct PluginSupervisorState {
     registry: ActorRef<RegistryMsg>,
     status: ActorRef<StatusManagerMsg>,
     python: ActorRef<PythonEnvMsg>,
+    tree: watch::Receiver<Option<TreeRefs>>,
     host_settings: Arc<HostSettings>,
     restart_defaults: RestartSettings,
     slots: HashMap<PluginId, Slot>,
@@ -146,6 +153,7 @@ impl Actor for PluginSupervisor {
             registry: args.registry,
             status: args.status,
             python: args.python,
+            tree: args.tree,
             host_settings: args.host_settings,
             restart_defaults: args.restart_defaults,
             slots: HashMap::new(),
@@ -180,6 +188,11 @@ impl Actor for PluginSupervisor {
             PluginSupervisorMsg::Stop(id, reply) => state.stop(id, reply),
             PluginSupervisorMsg::Reload(id, reply) => state.reload(&myself, id, reply).await,
             PluginSupervisorMsg::Trigger(id, req, reply) => state.trigger(id, req, reply),
+            PluginSupervisorMsg::CancelRun { plugin_id, run_id } => {
+                if let Some(host) = state.slots.get(&plugin_id).and_then(|s| s.host.as_ref()) {
+                    let _ = host.actor.cast(ProcessHostMsg::CancelRun(run_id));
+                }
+            }
             PluginSupervisorMsg::StopAll(reply) => state.stop_all(reply),
             PluginSupervisorMsg::HostSpawned {
                 plugin_id,
@@ -553,6 +566,7 @@ impl PluginSupervisorState {
             supervisor: myself.clone(),
             status: self.status.clone(),
             python: self.python.clone(),
+            tree: self.tree.clone(),
         };
         let name = format!("neko.host.{id}.{launch}");
         match Actor::spawn_linked(Some(name), ProcessHost, args, myself.get_cell()).await {

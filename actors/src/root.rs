@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::plugin_supervisor::{PluginSupervisor, PluginSupervisorArgs, PluginSupervisorMsg};
 use crate::process_host::{HostSettings, child};
@@ -20,7 +20,7 @@ use crate::python_env::{PythonEnv, PythonEnvMsg, PythonSettings};
 use crate::registry::{Registry, RegistryMsg};
 use crate::restart_policy::RestartSettings;
 use crate::run_token::RunTokenSigner;
-use crate::run_tracker::{RunTracker, RunTrackerArgs, RunTrackerMsg};
+use crate::run_tracker::{RunEvent, RunStoreSettings, RunTracker, RunTrackerArgs, RunTrackerMsg};
 use crate::status_manager::{StatusManager, StatusManagerMsg};
 
 const MAX_RESTARTS: usize = 10;
@@ -35,8 +35,10 @@ pub struct TreeArgs {
     pub python: PythonSettings,
     pub run_token_signer: RunTokenSigner,
     pub run_token_ttl: Duration,
-    /// Finished runs kept in memory.
-    pub max_run_records: usize,
+    /// Where runs are stored and for how long.
+    pub run_store: RunStoreSettings,
+    /// Run changes, for the WebSockets; outlives tracker restarts.
+    pub run_events: broadcast::Sender<RunEvent>,
     /// Start `auto_start` plugins (off in tests that want to start them by hand).
     pub autostart: bool,
 }
@@ -89,7 +91,15 @@ impl Actor for RootSupervisor {
         let status = spawn_status(&cell).await?;
         let registry = spawn_registry(&cell, &args).await?;
         let python = spawn_python(&cell, &args).await?;
-        let plugins = spawn_plugins(&cell, &args, &registry, &status, &python).await?;
+        let plugins = spawn_plugins(
+            &cell,
+            &args,
+            &registry,
+            &status,
+            &python,
+            publish.subscribe(),
+        )
+        .await?;
         let runs = spawn_runs(&cell, &args, &plugins).await?;
         let refs = TreeRefs {
             status,
@@ -226,6 +236,7 @@ impl RootState {
                 &self.refs.registry,
                 &self.refs.status,
                 &self.refs.python,
+                self.publish.subscribe(),
             )
             .await?;
         }
@@ -280,6 +291,7 @@ async fn spawn_plugins(
     registry: &ActorRef<RegistryMsg>,
     status: &ActorRef<StatusManagerMsg>,
     python: &ActorRef<PythonEnvMsg>,
+    tree: watch::Receiver<Option<TreeRefs>>,
 ) -> Result<ActorRef<PluginSupervisorMsg>, ActorProcessingErr> {
     let (a, _) = Actor::spawn_linked(
         Some(unique_name("plugin_supervisor")),
@@ -291,6 +303,7 @@ async fn spawn_plugins(
             host_settings: args.host_settings.clone(),
             restart_defaults: args.restart_defaults.clone(),
             autostart: args.autostart,
+            tree,
         },
         sup.clone(),
     )
@@ -310,7 +323,8 @@ async fn spawn_runs(
             plugins: plugins.clone(),
             signer: args.run_token_signer.clone(),
             token_ttl: args.run_token_ttl,
-            max_records: args.max_run_records,
+            store: args.run_store.clone(),
+            events: args.run_events.clone(),
         },
         sup.clone(),
     )
@@ -391,7 +405,12 @@ mod tests {
             },
             run_token_signer: RunTokenSigner::new("k"),
             run_token_ttl: Duration::from_secs(60),
-            max_run_records: 100,
+            run_store: RunStoreSettings {
+                path: None,
+                max_records: 100,
+                max_age: None,
+            },
+            run_events: broadcast::channel(16).0,
             autostart: true,
         }
     }

@@ -238,6 +238,14 @@ impl Response {
         }
     }
 
+    /// The answer for `outcome`.
+    pub fn from_outcome(request_id: impl Into<String>, outcome: Result<Value, WireError>) -> Self {
+        match outcome {
+            Ok(result) => Self::success(request_id, result),
+            Err(error) => Self::failure(request_id, error),
+        }
+    }
+
     /// A refusal.
     pub fn failure(request_id: impl Into<String>, error: WireError) -> Self {
         Self {

@@ -165,8 +165,10 @@ pub struct Neko {
     pub client: reqwest::Client,
     pub data_dir: PathBuf,
     pub plugins_dir: PathBuf,
+    config: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
-    _tmp: tempfile::TempDir,
+    /// Taken by [`Neko::kill_and_restart`], which hands the folder to the next neko.
+    tmp: Option<tempfile::TempDir>,
 }
 
 impl Neko {
@@ -207,6 +209,29 @@ impl Neko {
         let config = tmp.path().join("neko.toml");
         std::fs::write(&config, settings_file(overrides)).unwrap();
         let data_dir = tmp.path().join("data");
+        Self::launch(tmp, plugins_dir, data_dir, config)
+    }
+
+    /// SIGKILLs this neko and starts a new one on the same plugins, settings and data dir.
+    pub fn kill_and_restart(mut self) -> Self {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let tmp = self.tmp.take().expect("folder still owned");
+        let (plugins_dir, data_dir, config) = (
+            self.plugins_dir.clone(),
+            self.data_dir.clone(),
+            self.config.clone(),
+        );
+        drop(self);
+        Self::launch(tmp, plugins_dir, data_dir, config)
+    }
+
+    fn launch(
+        tmp: tempfile::TempDir,
+        plugins_dir: PathBuf,
+        data_dir: PathBuf,
+        config: PathBuf,
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_neko"))
             .arg("serve")
             .arg("--port")
@@ -256,8 +281,9 @@ impl Neko {
             client: reqwest::Client::new(),
             data_dir,
             plugins_dir,
+            config,
             logs,
-            _tmp: tmp,
+            tmp: Some(tmp),
         }
     }
 
@@ -338,22 +364,19 @@ impl Neko {
         self.wait_run(&run_id).await
     }
 
-    /// Waits for run `run_id` to reach a terminal state and returns its record.
+    /// Waits for run `run_id` to reach a terminal state and returns its record (the server
+    /// answers as soon as it is terminal: `?wait_ms`).
     pub async fn wait_run(&self, run_id: &str) -> Value {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            let (_, r) = self.get(&format!("/runs/{run_id}")).await;
-            if matches!(
-                r["status"].as_str(),
-                Some("succeeded" | "failed" | "timeout" | "canceled")
-            ) {
+            let (_, r) = self.get(&format!("/runs/{run_id}?wait_ms=5000")).await;
+            if is_terminal(&r) {
                 return r;
             }
             assert!(
                 Instant::now() < deadline,
                 "run {run_id} never finished: {r}"
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -383,6 +406,10 @@ impl Neko {
 
 impl Drop for Neko {
     fn drop(&mut self) {
+        // Already reaped: its pid may belong to someone else now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -395,6 +422,14 @@ impl Drop for Neko {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether a run record is in a terminal state.
+pub fn is_terminal(run: &Value) -> bool {
+    matches!(
+        run["status"].as_str(),
+        Some("succeeded" | "failed" | "timeout" | "canceled")
+    )
 }
 
 /// Polls `cond` every 20 ms until it holds, failing the test after [`TIMEOUT`].

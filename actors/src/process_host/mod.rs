@@ -28,12 +28,15 @@ use neko_protocol::{
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::manifest::{PluginManifest, Runtime};
 use crate::plugin_config;
 use crate::plugin_supervisor::PluginSupervisorMsg;
 use crate::python_env::{PythonEnvMsg, PythonLaunch};
+use crate::root::TreeRefs;
+use crate::run_tracker::RunTrackerMsg;
 use crate::status_manager::StatusManagerMsg;
 use child::LaunchSpec;
 use link::Link;
@@ -64,6 +67,9 @@ pub struct HostSettings {
 /// The ProcessHost actor.
 pub struct ProcessHost;
 
+/// How long a plugin's request may wait for the actor that answers it (the SDKs' own default).
+const PLUGIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What a host starts with.
 pub struct ProcessHostArgs {
     pub manifest: Arc<PluginManifest>,
@@ -76,6 +82,8 @@ pub struct ProcessHostArgs {
     pub status: ActorRef<StatusManagerMsg>,
     /// Prepares the Python environment for Python plugins.
     pub python: ActorRef<PythonEnvMsg>,
+    /// The tree's current actors: where run updates and exports from the plugin go.
+    pub tree: watch::Receiver<Option<TreeRefs>>,
 }
 
 /// The reply to a TRIGGER: the entry's data, or why there is none.
@@ -108,6 +116,10 @@ pub enum ProcessHostMsg {
     HeartbeatCheck,
     /// A call's deadline passed.
     CallExpired { call_id: String },
+    /// The run's client canceled it: tell the plugin (its RESULT, or the deadline, ends the call).
+    CancelRun(String),
+    /// An answer to one of the plugin's REQUESTs, computed elsewhere.
+    Respond(Response),
     /// The next step of a graceful stop.
     Escalate(StopStep),
 }
@@ -147,6 +159,7 @@ enum Phase {
 
 struct PendingCall {
     entry_id: String,
+    run_id: Option<String>,
     reply: TriggerReply,
     timer: AbortHandle,
 }
@@ -160,6 +173,7 @@ pub struct ProcessHostState {
     restart_count: u32,
     supervisor: ActorRef<PluginSupervisorMsg>,
     status: ActorRef<StatusManagerMsg>,
+    tree: watch::Receiver<Option<TreeRefs>>,
     link: Link,
     key: FrameKey,
     phase: Phase,
@@ -215,6 +229,7 @@ impl Actor for ProcessHost {
             restart_count: args.restart_count,
             supervisor: args.supervisor,
             status: args.status,
+            tree: args.tree,
             link,
             key,
             phase: Phase::Preparing(prepare),
@@ -257,6 +272,8 @@ impl Actor for ProcessHost {
             }
             ProcessHostMsg::HeartbeatCheck => state.check_heartbeat(),
             ProcessHostMsg::CallExpired { call_id } => state.call_expired(&call_id),
+            ProcessHostMsg::CancelRun(run_id) => state.cancel_run(&run_id),
+            ProcessHostMsg::Respond(response) => state.respond(response),
             ProcessHostMsg::Escalate(step) => state.escalate(&myself, step),
         }
         Ok(())
@@ -475,7 +492,7 @@ impl ProcessHostState {
                         });
                     }
                     Message::Heartbeat(_) => {}
-                    Message::Request(req) => self.request(req),
+                    Message::Request(req) => self.request(myself, req),
                     other => {
                         tracing::warn!(plugin_id = %self.plugin_id, kind = other.kind(), "plugin sent a message only the supervisor may send; dropped");
                     }
@@ -542,8 +559,9 @@ impl ProcessHostState {
 
     /// Answers a plugin's REQUEST. Ops this supervisor does not serve get NOT_FOUND, so SDKs can
     /// tell "not here yet" from a failure.
-    fn request(&mut self, req: Request) {
+    fn request(&mut self, myself: &ActorRef<ProcessHostMsg>, req: Request) {
         let outcome = match req.op.as_str() {
+            "run.update" | "export.push" => return self.forward_to_runs(myself, req),
             "config.get" => {
                 plugin_config::config_get(self.plugin_id.as_str(), &self.manifest.config_path)
                     .map_err(|e| WireError::new(ErrorCode::Internal, e))
@@ -553,12 +571,62 @@ impl ProcessHostState {
                 format!("unknown request op '{other}'"),
             )),
         };
-        let response = match outcome {
-            Ok(result) => Response::success(req.request_id, result),
-            Err(error) => Response::failure(req.request_id, error),
-        };
+        self.respond(Response::from_outcome(req.request_id, outcome));
+    }
+
+    fn respond(&mut self, response: Response) {
         if let Err(e) = self.link.send(Message::Response(response)) {
             tracing::warn!(plugin_id = %self.plugin_id, error = %e, "could not answer a plugin request");
+        }
+    }
+
+    /// Run progress and exports belong to the RunTracker: ask it without blocking this host (a
+    /// plugin's calls keep flowing), and answer the plugin when it replies.
+    fn forward_to_runs(&mut self, myself: &ActorRef<ProcessHostMsg>, req: Request) {
+        let runs = self.tree.borrow().as_ref().map(|t| t.runs.clone());
+        let plugin_id = self.plugin_id.to_string();
+        let host = myself.clone();
+        tokio::spawn(async move {
+            let outcome = match runs {
+                None => Err(WireError::new(
+                    ErrorCode::NotReady,
+                    "the run tracker is restarting",
+                )),
+                Some(runs) => {
+                    let call = runs.call(
+                        |reply| RunTrackerMsg::FromPlugin {
+                            plugin_id,
+                            op: req.op,
+                            args: req.args,
+                            reply,
+                        },
+                        Some(PLUGIN_REQUEST_TIMEOUT),
+                    );
+                    match call.await {
+                        Ok(ractor::rpc::CallResult::Success(outcome)) => outcome,
+                        _ => Err(WireError::new(
+                            ErrorCode::Internal,
+                            "the run tracker did not answer",
+                        )),
+                    }
+                }
+            };
+            let _ = host.cast(ProcessHostMsg::Respond(Response::from_outcome(
+                req.request_id,
+                outcome,
+            )));
+        });
+    }
+
+    /// Tells the plugin to stop working on the calls of `run_id`.
+    fn cancel_run(&mut self, run_id: &str) {
+        for (call_id, call) in &self.calls {
+            if call.run_id.as_deref() == Some(run_id) {
+                tracing::info!(plugin_id = %self.plugin_id, %run_id, %call_id, "run canceled by its client");
+                let _ = self.link.send(Message::Cancel(Cancel {
+                    call_id: call_id.clone(),
+                }));
+            }
         }
     }
 
@@ -596,7 +664,7 @@ impl ProcessHostState {
             entry_id: req.entry_id.clone(),
             args: req.args,
             timeout_ms: timeout.as_millis() as u64,
-            run_id: req.run_id,
+            run_id: req.run_id.clone(),
         }));
         if let Err(e) = sent {
             let _ = reply.send(Err(WireError::new(
@@ -615,6 +683,7 @@ impl ProcessHostState {
             call_id,
             PendingCall {
                 entry_id: req.entry_id,
+                run_id: req.run_id,
                 reply,
                 timer,
             },

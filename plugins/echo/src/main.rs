@@ -8,11 +8,13 @@
 //! - `status`: a STATUS message from inside a call.
 //! - `exit`: the process dying mid-run, for crash handling and restarts.
 //! - `freeze`: the process stopping (SIGSTOP) so heartbeats stop, for the heartbeat deadline.
+//! - `progress`: run progress (`run.update`) and an export (`export.push`) from inside a run.
+//! - `spin`: a synchronous handler that stops early when canceled, for CANCEL of blocking work.
 
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use neko_sdk::{Context, Entry, EntryError, ErrorCode, Plugin, args_without_ctx};
+use neko_sdk::{Context, Entry, EntryError, ErrorCode, Plugin, RunUpdate, args_without_ctx};
 use serde_json::{Value, json};
 
 #[tokio::main]
@@ -105,8 +107,87 @@ async fn main() -> ExitCode {
                 Ok(json!({"resumed": true}))
             },
         )
+        .entry(
+            Entry::new("progress")
+                .name("Progress")
+                .description(
+                    "Reports progress for `steps` steps (default 3), `delay_ms` apart, then \
+                     exports a text; returns {\"steps\", \"export_item_id\"} (run via /runs)",
+                )
+                .input_schema(json!({
+                    "type": "object",
+                    "properties": {
+                        "steps": {"type": "integer", "minimum": 0},
+                        "delay_ms": {"type": "integer", "minimum": 0},
+                    },
+                })),
+            |ctx: Context, args: Value| async move { progress(&ctx, &args).await },
+        )
+        .sync_entry(
+            Entry::new("spin")
+                .name("Spin")
+                .description(
+                    "Blocks its thread for `ms` milliseconds or until canceled; returns \
+                     {\"cancelled\": bool}",
+                )
+                .input_schema(json!({
+                    "type": "object",
+                    "properties": {"ms": {"type": "integer", "minimum": 0}},
+                    "required": ["ms"],
+                })),
+            |ctx: Context, args: Value| {
+                let ms = sleep_ms(&args)?;
+                Ok(json!({"cancelled": spin(&ctx, Duration::from_millis(ms))}))
+            },
+        )
         .run()
         .await
+}
+
+/// `progress`: one `run.update` per step, then one text export.
+async fn progress(ctx: &Context, args: &Value) -> Result<Value, EntryError> {
+    let steps = optional_u64(args, "steps", 3)?;
+    let delay = Duration::from_millis(optional_u64(args, "delay_ms", 0)?);
+    for step in 1..=steps {
+        if step > 1 && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        ctx.run_update(RunUpdate {
+            progress: Some(step as f64 / steps as f64),
+            stage: Some("step".into()),
+            step: Some(step),
+            step_total: Some(steps),
+            ..RunUpdate::default()
+        })
+        .await?;
+    }
+    let export_item_id = ctx.export_push_text("step log", None).await?;
+    Ok(json!({"steps": steps, "export_item_id": export_item_id}))
+}
+
+/// Busy-waits in 10 ms slices until `total` has passed or the call is canceled (or past its
+/// deadline); true when it stopped because of the cancel.
+fn spin(ctx: &Context, total: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < total {
+        if ctx.is_cancelled() {
+            tracing::info!(call_id = ctx.call_id(), "spin canceled");
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ctx.is_cancelled()
+}
+
+/// `field` from `args`: a non-negative integer, `default` when absent or null.
+fn optional_u64(args: &Value, field: &str, default: u64) -> Result<u64, EntryError> {
+    match args.get(field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v.as_u64().ok_or_else(|| {
+            EntryError::validation(format!("{field} must be a non-negative integer"))
+                .with_details(json!({"field": field}))
+        }),
+    }
 }
 
 /// `ms` from `{"ms": N}`: a non-negative integer.
@@ -190,6 +271,19 @@ mod tests {
         assert_eq!(e.code.as_str(), "MY_OWN");
         let bad = requested_failure(&json!({"code": 3})).unwrap_err();
         assert_eq!(bad.code, ErrorCode::ValidationError);
+    }
+
+    #[test]
+    fn progress_arguments_default_and_validate() {
+        assert_eq!(optional_u64(&json!({}), "steps", 3).unwrap(), 3);
+        assert_eq!(
+            optional_u64(&json!({"steps": null}), "steps", 3).unwrap(),
+            3
+        );
+        assert_eq!(optional_u64(&json!({"steps": 5}), "steps", 3).unwrap(), 5);
+        let err = optional_u64(&json!({"delay_ms": -1}), "delay_ms", 0).unwrap_err();
+        assert_eq!(err.code, ErrorCode::ValidationError);
+        assert_eq!(err.details, Some(json!({"field": "delay_ms"})));
     }
 
     #[test]

@@ -199,12 +199,12 @@ mod tests {
 
     fn ctx() -> Context {
         let (outbox, _rx) = tokio::sync::mpsc::unbounded_channel();
-        Context::for_plugin(Arc::new(PluginInfo {
-            plugin_id: "p".into(),
-            plugin_dir: PathBuf::from("."),
-            plugin_config: None,
+        Context::for_plugin(Arc::new(PluginInfo::new(
+            "p".into(),
+            PathBuf::from("."),
+            None,
             outbox,
-        }))
+        )))
     }
 
     #[test]

@@ -40,12 +40,15 @@
 //! Layout:
 //! - [`plugin`]: the [`Plugin`] builder and [`Plugin::run`]: environment, handshake, exit code.
 //! - [`entry`]: [`Entry`], an entry's declaration, and how a handler is called (panics caught).
-//! - [`context`]: [`Context`], what a handler knows about its call and can do (status, cancel).
+//! - [`context`]: [`Context`], what a handler knows about its call and can do (status, cancel,
+//!   requests to the supervisor: [`Context::request`], run progress, exports).
+//! - [`request`]: [`RunUpdate`] and the request limits; the I/O loop's table of open requests.
 //! - [`error`]: [`EntryError`] (a handler's failure, sent to the caller) and [`RunError`] (why a
 //!   plugin could not run).
 //! - [`mod@env`]: [`PluginEnv`], the settings neko passes in the environment.
 //! - `link`: the socket and the signed session over it.
-//! - `serve`: the I/O loop after the handshake: dispatch, heartbeats, STOP, parent watch.
+//! - `serve`: the I/O loop after the handshake: dispatch, responses, heartbeats, STOP, parent
+//!   watch.
 //! - `call`: one TRIGGER's task: deadline, cancel, the RESULT it produces.
 //!
 //! The wire format is `protocol/PROTOCOL.md`; the types come from `neko-protocol`.
@@ -55,6 +58,7 @@ pub mod entry;
 pub mod env;
 pub mod error;
 pub mod plugin;
+pub mod request;
 
 mod call;
 mod link;
@@ -68,6 +72,7 @@ pub use error::{EntryError, RunError};
 pub use link::LinkError;
 pub use neko_protocol::ErrorCode;
 pub use plugin::Plugin;
+pub use request::RunUpdate;
 /// Re-exported so plugins name the same `serde_json` the SDK speaks.
 pub use serde_json;
 

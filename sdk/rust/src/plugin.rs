@@ -212,12 +212,12 @@ impl Plugin {
         );
 
         let (outbox_tx, outbox) = mpsc::unbounded_channel();
-        let plugin = Arc::new(PluginInfo {
-            plugin_id: env.plugin_id,
-            plugin_dir: env.plugin_dir,
-            plugin_config: env.plugin_config,
-            outbox: outbox_tx,
-        });
+        let plugin = Arc::new(PluginInfo::new(
+            env.plugin_id,
+            env.plugin_dir,
+            env.plugin_config,
+            outbox_tx,
+        ));
         Serve::new(ServeArgs {
             link,
             plugin,

@@ -1,10 +1,12 @@
 //! The I/O loop after WELCOME. One task owns the [`Link`]; everything else reaches the socket
-//! through it: call tasks return their RESULT through a `JoinSet`, contexts send STATUS through
-//! an unbounded channel.
+//! through it: call tasks return their RESULT through a `JoinSet`, contexts send STATUS and
+//! REQUESTs through an unbounded channel (the outbox). A REQUEST's waiter is recorded in
+//! [`Pending`] and completed when the RESPONSE with its id arrives; when the loop ends the table
+//! drops, and every request still waiting fails with `NOT_READY`.
 //!
 //! Each turn of the loop waits for whichever comes first: a message from the supervisor, a STATUS
-//! to send, a finished call, the heartbeat tick, the parent-watch tick, the external shutdown
-//! signal (SIGTERM), the end of `on_startup`, or the end of the shutdown sequence.
+//! or REQUEST to send, a finished call, the heartbeat tick, the parent-watch tick, the external
+//! shutdown signal (SIGTERM), the end of `on_startup`, or the end of the shutdown sequence.
 //!
 //! Lifecycle: `on_startup` runs while the loop already turns (heartbeats flow, so a slow startup is
 //! not mistaken for a hang); TRIGGERs that arrive before it finishes wait in a queue. STOP (or the
@@ -17,8 +19,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use neko_protocol::{CallResult, ErrorCode, Heartbeat, Message, Trigger, WireError};
-use tokio::sync::mpsc;
+use neko_protocol::{
+    CallResult, ErrorCode, Heartbeat, Message, Request, Response, Trigger, WireError,
+};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior, interval, interval_at, timeout};
 
@@ -26,8 +30,9 @@ use crate::call::{self, Call};
 use crate::context::{CallInfo, CancelSignal, Context, PluginInfo};
 use crate::entry::{BoxFuture, Handler, catch_panic};
 use crate::error::{EntryError, RunError};
-use crate::link::Link;
+use crate::link::{Link, LinkError};
 use crate::plugin::{ShutdownHook, StartupHook};
+use crate::request::{Outgoing, Pending};
 
 /// How often the parent pid is compared with the supervisor's.
 const PARENT_POLL: Duration = Duration::from_millis(250);
@@ -51,8 +56,10 @@ pub(crate) struct Serve {
     calls: HashMap<String, Arc<CancelSignal>>,
     /// The call tasks; dropping the set aborts every async handler still running.
     tasks: JoinSet<(String, CallResult)>,
-    /// STATUS messages from contexts (the sending half lives in `plugin`).
-    outbox: mpsc::UnboundedReceiver<Message>,
+    /// STATUS messages and REQUESTs from contexts (the sending half lives in `plugin`).
+    outbox: mpsc::UnboundedReceiver<Outgoing>,
+    /// REQUESTs sent and not yet answered.
+    pending: Pending,
     heartbeat: Duration,
     supervisor_pid: Option<u32>,
     /// `on_startup`, while it runs.
@@ -69,7 +76,7 @@ pub(crate) struct Serve {
 pub(crate) struct ServeArgs {
     pub(crate) link: Link,
     pub(crate) plugin: Arc<PluginInfo>,
-    pub(crate) outbox: mpsc::UnboundedReceiver<Message>,
+    pub(crate) outbox: mpsc::UnboundedReceiver<Outgoing>,
     pub(crate) entries: HashMap<String, Registered>,
     pub(crate) heartbeat: Duration,
     pub(crate) supervisor_pid: Option<u32>,
@@ -97,6 +104,7 @@ impl Serve {
             calls: HashMap::new(),
             tasks: JoinSet::new(),
             outbox: args.outbox,
+            pending: Pending::default(),
             heartbeat: args.heartbeat,
             supervisor_pid: args.supervisor_pid,
             startup,
@@ -124,7 +132,7 @@ impl Serve {
                     Ok(msg) => self.on_message(msg).await,
                     Err(e) => return Err(RunError::Link(e)),
                 },
-                Some(msg) = self.outbox.recv() => self.send(msg).await,
+                Some(out) = self.outbox.recv() => self.send_outgoing(out).await,
                 Some(joined) = self.tasks.join_next() => self.on_call_finished(joined).await,
                 _ = heartbeat.tick() => self.send(Message::Heartbeat(Heartbeat {})).await,
                 _ = parent_check.tick(), if self.supervisor_pid.is_some() => {
@@ -174,6 +182,7 @@ impl Serve {
                 tracing::info!(grace_ms = stop.grace_ms, "STOP received; shutting down");
                 self.begin_stop(Duration::from_millis(stop.grace_ms)).await;
             }
+            Message::Response(response) => self.pending.resolve(response),
             Message::Welcome(_) => tracing::debug!("repeated WELCOME ignored"),
             other => tracing::warn!(
                 kind = other.kind(),
@@ -310,10 +319,40 @@ impl Serve {
         }
     }
 
-    /// Sends every STATUS queued so far.
+    /// Sends every STATUS and REQUEST queued so far.
     async fn flush_outbox(&mut self) {
-        while let Ok(msg) = self.outbox.try_recv() {
-            self.send(msg).await;
+        while let Ok(out) = self.outbox.try_recv() {
+            self.send_outgoing(out).await;
+        }
+    }
+
+    async fn send_outgoing(&mut self, out: Outgoing) {
+        match out {
+            Outgoing::Message(msg) => self.send(msg).await,
+            Outgoing::Request(request, reply) => self.send_request(request, reply).await,
+        }
+    }
+
+    /// Records the request's waiter, then sends it (so that even an immediate RESPONSE finds the
+    /// waiter). A request that cannot be sent is answered here, so its waiter learns why at once
+    /// instead of at its deadline.
+    async fn send_request(&mut self, request: Request, reply: oneshot::Sender<Response>) {
+        let request_id = request.request_id.clone();
+        let op = request.op.clone();
+        self.pending.insert(request_id.clone(), reply);
+        tracing::debug!(request_id, op, "REQUEST");
+        let Err(error) = self.link.send(Message::Request(request)).await else {
+            return;
+        };
+        tracing::warn!(request_id, op, %error, "could not send a request to the supervisor");
+        // Arguments too large for a frame are the caller's to fix; anything else is ours.
+        let code = match error {
+            LinkError::Codec(_) => ErrorCode::ValidationError,
+            LinkError::Socket(_) => ErrorCode::Internal,
+        };
+        if let Some(reply) = self.pending.remove(&request_id) {
+            let message = format!("could not send the {op} request: {error}");
+            let _ = reply.send(Response::failure(request_id, WireError::new(code, message)));
         }
     }
 

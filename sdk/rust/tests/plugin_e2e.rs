@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use neko_protocol::{
-    CallResult, Cancel, Direction, ErrorCode, FrameKey, Message, Session, Stop, Trigger, Welcome,
+    CallResult, Cancel, Direction, ErrorCode, FrameKey, Message, Request, Response, Session, Stop,
+    Trigger, Welcome, WireError,
 };
 use neko_sdk::serde_json::{Value, json};
 use neko_sdk::{
-    Context, Entry, EntryError, Plugin, PluginEnv, RunError, SDK_NAME, SDK_VERSION,
+    Context, Entry, EntryError, Plugin, PluginEnv, RunError, RunUpdate, SDK_NAME, SDK_VERSION,
     args_without_ctx,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -102,6 +103,13 @@ impl FakeSupervisor {
         self.router.send(msg).await.expect("router send");
     }
 
+    async fn request(&mut self) -> Request {
+        match self.recv().await {
+            Message::Request(r) => r,
+            other => panic!("expected REQUEST, got {other:?}"),
+        }
+    }
+
     async fn trigger(&mut self, call_id: &str, entry_id: &str, args: Value, timeout_ms: u64) {
         self.send(Message::Trigger(Trigger {
             call_id: call_id.into(),
@@ -109,6 +117,18 @@ impl FakeSupervisor {
             args,
             timeout_ms,
             run_id: None,
+        }))
+        .await;
+    }
+
+    /// A TRIGGER that belongs to run `run_id`, as `POST /runs` sends it.
+    async fn trigger_run(&mut self, call_id: &str, entry_id: &str, run_id: &str) {
+        self.send(Message::Trigger(Trigger {
+            call_id: call_id.into(),
+            entry_id: entry_id.into(),
+            args: json!({"_ctx": {"run_id": run_id}}),
+            timeout_ms: 5000,
+            run_id: Some(run_id.into()),
         }))
         .await;
     }
@@ -511,6 +531,149 @@ async fn exits_when_the_supervisor_is_not_the_parent() {
     let plugin = spawn_plugin(Plugin::new(), env, std::future::pending());
     sup.handshake().await;
     let outcome = within("run_with to notice the missing supervisor", plugin)
+        .await
+        .unwrap();
+    assert!(outcome.is_ok(), "{outcome:?}");
+}
+
+/// A handler's requests reach the supervisor as REQUESTs with the reference's op and args, and
+/// the RESPONSE with the same id is what the handler gets: `run.update`'s answer and
+/// `export.push`'s item id end up in the call's RESULT. A refusal surfaces as the call's error
+/// (code, message, details unchanged); an unanswered request times out; a late or unknown
+/// RESPONSE is dropped without disturbing later requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_answered_refused_and_timed_out() {
+    let (mut sup, endpoint) = FakeSupervisor::bind("tcp://127.0.0.1:0").await;
+    let plugin = Plugin::new()
+        .entry(
+            Entry::new("report"),
+            |ctx: Context, _args: Value| async move {
+                let mut metrics = neko_sdk::serde_json::Map::new();
+                metrics.insert("loss".into(), json!(0.5));
+                let update = ctx
+                    .run_update(RunUpdate {
+                        progress: Some(0.5),
+                        stage: Some("train".into()),
+                        step: Some(1),
+                        step_total: Some(2),
+                        metrics: Some(metrics),
+                        ..RunUpdate::default()
+                    })
+                    .await?;
+                let export_item_id = ctx.export_push_text("log line", Some("the log")).await?;
+                Ok(json!({"update": update, "export_item_id": export_item_id}))
+            },
+        )
+        .entry(
+            Entry::new("slow_export"),
+            |ctx: Context, _args: Value| async move {
+                let id = ctx
+                    .with_request_timeout(Duration::from_millis(200))
+                    .export_push_url("https://example.com/r", None)
+                    .await?;
+                Ok(json!(id))
+            },
+        );
+    let plugin = spawn_plugin(plugin, test_env(&endpoint), std::future::pending());
+    sup.handshake().await;
+
+    sup.trigger_run("p-1", "report", "r-1").await;
+    let update = sup.request().await;
+    assert_eq!(update.op, "run.update");
+    assert_eq!(
+        update.args,
+        json!({"run_id": "r-1", "progress": 0.5, "stage": "train", "step": 1, "step_total": 2,
+               "metrics": {"loss": 0.5}})
+    );
+    let applied = json!({"ok": true, "applied": true, "run_id": "r-1", "status": "running",
+                         "updated_at": 1_700_000_000.5});
+    // A RESPONSE for no open request first: dropped, the real answer still gets through.
+    sup.send(Message::Response(Response::success(
+        "req-unknown",
+        json!(1),
+    )))
+    .await;
+    sup.send(Message::Response(Response::success(
+        &update.request_id,
+        applied.clone(),
+    )))
+    .await;
+    let export = sup.request().await;
+    assert_ne!(export.request_id, update.request_id);
+    assert_eq!(export.op, "export.push");
+    assert_eq!(
+        export.args,
+        json!({"run_id": "r-1", "export_type": "text", "text": "log line", "description": "the log"})
+    );
+    sup.send(Message::Response(Response::success(
+        &export.request_id,
+        json!({"export_item_id": "e-42"}),
+    )))
+    .await;
+    let r = sup.result().await;
+    assert_eq!((r.call_id.as_str(), r.ok), ("p-1", true), "{r:?}");
+    assert_eq!(r.data, json!({"update": applied, "export_item_id": "e-42"}));
+
+    // The supervisor refuses: the entry's `?` passes the refusal on as its own error.
+    sup.trigger_run("p-2", "report", "r-2").await;
+    let refused = sup.request().await;
+    assert_eq!(refused.args["run_id"], "r-2");
+    let mut error = WireError::new(ErrorCode::NotFound, "run 'r-2' not found");
+    error.details = Some(json!({"run_id": "r-2"}));
+    sup.send(Message::Response(Response::failure(
+        &refused.request_id,
+        error.clone(),
+    )))
+    .await;
+    let r = sup.result().await;
+    assert_eq!((r.call_id.as_str(), r.ok), ("p-2", false));
+    assert_eq!(r.error, Some(error));
+
+    // Nobody answers: the request times out after the context's timeout.
+    sup.trigger_run("p-3", "slow_export", "r-3").await;
+    let unanswered = sup.request().await;
+    assert_eq!(
+        unanswered.args,
+        json!({"run_id": "r-3", "export_type": "url", "url": "https://example.com/r"})
+    );
+    let r = sup.result().await;
+    assert_eq!(r.call_id, "p-3");
+    let err = r.error.unwrap();
+    assert_eq!(
+        (err.code, err.message.as_str()),
+        (ErrorCode::Timeout, "export.push timed out after 0.2s")
+    );
+    // Its answer comes too late and is dropped; the next request is served normally.
+    sup.send(Message::Response(Response::success(
+        &unanswered.request_id,
+        json!({"export_item_id": "late"}),
+    )))
+    .await;
+    sup.trigger_run("p-4", "slow_export", "r-4").await;
+    let next = sup.request().await;
+    sup.send(Message::Response(Response::success(
+        &next.request_id,
+        json!({"export_item_id": "e-43"}),
+    )))
+    .await;
+    let r = sup.result().await;
+    assert_eq!((r.call_id.as_str(), r.data), ("p-4", json!("e-43")));
+
+    // Outside a run there is no run id to report on; nothing is sent.
+    sup.trigger("p-5", "report", json!({}), 5000).await;
+    let r = sup.result().await;
+    assert_eq!(r.call_id, "p-5");
+    let err = r.error.unwrap();
+    assert_eq!(
+        (err.code, err.message.as_str()),
+        (
+            ErrorCode::ValidationError,
+            "run_id is required (this entry may not be triggered via /runs)"
+        )
+    );
+
+    sup.send(Message::Stop(Stop { grace_ms: 2000 })).await;
+    let outcome = within("run_with to return after STOP", plugin)
         .await
         .unwrap();
     assert!(outcome.is_ok(), "{outcome:?}");

@@ -28,7 +28,7 @@ from ..sdk.logger import PluginLogger, enable_plugin_file_logging
 from . import scope
 
 #: Request ops this SDK sends because the supervisor serves them.
-SERVED_OPS = frozenset({"config.get"})
+SERVED_OPS = frozenset({"config.get", "run.update", "export.push"})
 
 #: Ops whose features arrive later, with the words used in the NotImplementedError.
 PENDING_FEATURES = {

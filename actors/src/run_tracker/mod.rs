@@ -1,0 +1,697 @@
+//! RunTracker: owns every run and drives it through its states (queued → running →
+//! succeeded / failed / timeout / canceled, with cancel_requested on the way). Terminal states
+//! never change.
+//!
+//! Parent: the root supervisor. Children: none; each run's trip to its plugin is a task that asks
+//! the tracker before it triggers (a run canceled while queued never reaches the plugin) and
+//! reports back with `RunFinished`. Senders: the gateway (create, get, list, cancel, exports),
+//! process hosts (a plugin's `run.update` / `export.push`).
+//!
+//! Records live in the [`RunDb`] (SQLite under the data dir, or in memory when persistence is
+//! off: one code path). Every change a client could have seen is written before it is answered,
+//! so a restart, even by SIGKILL, loses nothing acknowledged; runs that were in flight come back
+//! `failed` with `SUPERVISOR_RESTARTED`. Runs not yet terminal are also kept in memory (`live`),
+//! which is what the hot path reads. Changes go out on a broadcast channel for the WebSockets.
+
+mod plugin_ops;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use neko_protocol::{ErrorCode, ExportItem, PluginId, RunRecord, RunStatus, WireError};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::{Map, Value, json};
+use tokio::sync::broadcast;
+
+use crate::clock::{iso_from_unix, unix_now};
+use crate::plugin_supervisor::PluginSupervisorMsg;
+use crate::process_host::TriggerRequest;
+use crate::run_db::{RunDb, RunFilter};
+use crate::run_token::RunTokenSigner;
+
+pub use plugin_ops::EXPORT_INLINE_BINARY_MAX_BYTES;
+
+/// The longest a client may ask a read to wait for a run to end.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// How often retention runs.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The RunTracker actor.
+pub struct RunTracker;
+
+/// Where and how long runs are kept.
+#[derive(Debug, Clone)]
+pub struct RunStoreSettings {
+    /// The SQLite file; `None` keeps runs in memory only (lost at exit).
+    pub path: Option<PathBuf>,
+    /// Finished runs kept; beyond it the oldest are deleted.
+    pub max_records: usize,
+    /// Finished runs older than this are deleted; `None`: no age limit.
+    pub max_age: Option<Duration>,
+}
+
+/// What the RunTracker starts with.
+pub struct RunTrackerArgs {
+    pub plugins: ActorRef<PluginSupervisorMsg>,
+    pub signer: RunTokenSigner,
+    pub token_ttl: Duration,
+    pub store: RunStoreSettings,
+    /// Where changes go (created by the tree, so subscribers outlive a tracker restart).
+    pub events: broadcast::Sender<RunEvent>,
+}
+
+/// A change, as the WebSockets forward it.
+#[derive(Debug, Clone)]
+pub enum RunEvent {
+    /// A run was created (`add`) or changed (`change`).
+    Run {
+        op: &'static str,
+        record: Box<RunRecord>,
+    },
+    /// A run got an export item.
+    Export {
+        plugin_id: String,
+        item: Box<ExportItem>,
+    },
+}
+
+/// `POST /runs` as the tracker needs it.
+#[derive(Debug, Clone)]
+pub struct RunCreate {
+    pub plugin_id: String,
+    pub entry_id: String,
+    pub args: Map<String, Value>,
+    pub task_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+/// The answer to a create: the record and the token for its WebSocket.
+#[derive(Debug, Clone)]
+pub struct RunCreated {
+    pub record: RunRecord,
+    pub run_token: String,
+    pub expires_at: u64,
+}
+
+/// A page of export items; `None` when the run is unknown.
+pub type ExportPage = Option<(Vec<ExportItem>, Option<String>)>;
+/// A page of runs and the cursor of the next one.
+pub type RunPage = (Vec<RunRecord>, Option<String>);
+/// A read waiting for a run to end.
+type Waiter = (u64, RpcReplyPort<Option<RunRecord>>);
+
+/// Messages of the RunTracker.
+pub enum RunTrackerMsg {
+    /// Create a run and start it.
+    Create(RunCreate, RpcReplyPort<Result<RunCreated, String>>),
+    /// One run's record; with `wait`, answered when the run is terminal or the wait is over.
+    Get {
+        run_id: String,
+        wait: Option<Duration>,
+        reply: RpcReplyPort<Option<RunRecord>>,
+    },
+    /// Runs, newest first, with the next page's cursor.
+    List(RunFilter, RpcReplyPort<Result<RunPage, String>>),
+    /// The client cancels a run; answers the updated record (`None`: unknown run).
+    Cancel {
+        run_id: String,
+        reason: Option<String>,
+        reply: RpcReplyPort<Option<RunRecord>>,
+    },
+    /// A page of a run's export items.
+    Exports {
+        run_id: String,
+        after: Option<String>,
+        limit: usize,
+        reply: RpcReplyPort<Result<ExportPage, String>>,
+    },
+    /// A plugin's `run.update` or `export.push` (the host checked who sent it).
+    FromPlugin {
+        plugin_id: String,
+        op: String,
+        args: Value,
+        reply: RpcReplyPort<Result<Value, WireError>>,
+    },
+    /// The run's task is about to trigger the plugin: `false` if the run must not start.
+    Starting(String, RpcReplyPort<bool>),
+    /// The plugin answered (or the call failed).
+    RunFinished {
+        run_id: String,
+        args: Value,
+        outcome: Result<Value, WireError>,
+    },
+    /// A `Get` wait is over.
+    WaitExpired { run_id: String, waiter: u64 },
+    /// Apply retention.
+    Prune,
+}
+
+/// The RunTracker's state.
+pub struct RunTrackerState {
+    plugins: ActorRef<PluginSupervisorMsg>,
+    signer: RunTokenSigner,
+    token_ttl: Duration,
+    store: RunStoreSettings,
+    db: RunDb,
+    /// Runs not yet terminal, as in the db.
+    live: HashMap<String, RunRecord>,
+    /// Reads waiting for a run to end.
+    waiters: HashMap<String, Vec<Waiter>>,
+    next_waiter: u64,
+    events: broadcast::Sender<RunEvent>,
+}
+
+impl Actor for RunTracker {
+    type Msg = RunTrackerMsg;
+    type State = RunTrackerState;
+    type Arguments = RunTrackerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: RunTrackerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let started = std::time::Instant::now();
+        let mut db = RunDb::open(args.store.path.as_deref())?;
+        let interrupted = db.recover_interrupted(unix_now())?;
+        let kept = db.count_runs()?;
+        match &args.store.path {
+            Some(path) => {
+                tracing::info!(path = %path.display(), runs = kept, interrupted, ms = started.elapsed().as_millis() as u64, "run store opened")
+            }
+            None => tracing::info!("runs are kept in memory only ([runs] persist = false)"),
+        }
+        if interrupted > 0 {
+            tracing::warn!(
+                runs = interrupted,
+                "runs in flight when neko last stopped are marked failed (SUPERVISOR_RESTARTED)"
+            );
+        }
+        myself.send_interval(PRUNE_INTERVAL, || RunTrackerMsg::Prune);
+        let mut state = RunTrackerState {
+            plugins: args.plugins,
+            signer: args.signer,
+            token_ttl: args.token_ttl,
+            store: args.store,
+            db,
+            live: HashMap::new(),
+            waiters: HashMap::new(),
+            next_waiter: 0,
+            events: args.events,
+        };
+        state.prune();
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RunTrackerMsg::Create(req, reply) => {
+                let _ = reply.send(state.create(&myself, req));
+            }
+            RunTrackerMsg::Get {
+                run_id,
+                wait,
+                reply,
+            } => state.get(&myself, run_id, wait, reply),
+            RunTrackerMsg::List(filter, reply) => {
+                let _ = reply.send(state.db.list_runs(&filter).map_err(|e| e.to_string()));
+            }
+            RunTrackerMsg::Cancel {
+                run_id,
+                reason,
+                reply,
+            } => {
+                let _ = reply.send(state.cancel(&run_id, reason));
+            }
+            RunTrackerMsg::Exports {
+                run_id,
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(state.exports(&run_id, after.as_deref(), limit));
+            }
+            RunTrackerMsg::FromPlugin {
+                plugin_id,
+                op,
+                args,
+                reply,
+            } => {
+                let _ = reply.send(state.plugin_request(&plugin_id, &op, args));
+            }
+            RunTrackerMsg::Starting(run_id, reply) => {
+                let _ = reply.send(state.starting(&run_id));
+            }
+            RunTrackerMsg::RunFinished {
+                run_id,
+                args,
+                outcome,
+            } => state.finished(&run_id, args, outcome),
+            RunTrackerMsg::WaitExpired { run_id, waiter } => state.wait_expired(&run_id, waiter),
+            RunTrackerMsg::Prune => state.prune(),
+        }
+        Ok(())
+    }
+}
+
+impl RunTrackerState {
+    /// The run as it is now: in memory if in flight, else from the db.
+    fn record(&self, run_id: &str) -> Option<RunRecord> {
+        if let Some(r) = self.live.get(run_id) {
+            return Some(r.clone());
+        }
+        match self.db.get_run(run_id) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(%run_id, error = %e, "cannot read a run from the store");
+                None
+            }
+        }
+    }
+
+    /// Writes a changed in-flight run, announces it, and settles it if it is now terminal.
+    fn save(&mut self, record: RunRecord, op: &'static str) {
+        if let Err(e) = self.db.put_run(&record) {
+            tracing::error!(run_id = %record.run_id, error = %e, "cannot write a run to the store");
+        }
+        let _ = self.events.send(RunEvent::Run {
+            op,
+            record: Box::new(record.clone()),
+        });
+        if record.status.is_terminal() {
+            self.live.remove(&record.run_id);
+            for (_, waiter) in self.waiters.remove(&record.run_id).unwrap_or_default() {
+                let _ = waiter.send(Some(record.clone()));
+            }
+        } else {
+            self.live.insert(record.run_id.clone(), record);
+        }
+    }
+
+    fn create(
+        &mut self,
+        myself: &ActorRef<RunTrackerMsg>,
+        req: RunCreate,
+    ) -> Result<RunCreated, String> {
+        let expires_at = unix_now() as u64 + self.token_ttl.as_secs();
+        // The same idempotency key returns the same run.
+        if let Some(key) = &req.idempotency_key {
+            let existing = self.db.run_by_idempotency_key(key);
+            if let Some(existing) = existing.map_err(|e| e.to_string())? {
+                let record = self.live.get(&existing.run_id).cloned().unwrap_or(existing);
+                return Ok(RunCreated {
+                    run_token: self.signer.issue(&record.run_id, expires_at),
+                    record,
+                    expires_at,
+                });
+            }
+        }
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let now = unix_now();
+        let record = RunRecord {
+            run_id: run_id.clone(),
+            plugin_id: req.plugin_id.clone(),
+            entry_id: req.entry_id.clone(),
+            status: RunStatus::Queued,
+            created_at: now,
+            updated_at: now,
+            task_id: req.task_id.clone(),
+            trace_id: req.trace_id.clone(),
+            idempotency_key: req.idempotency_key.clone(),
+            started_at: None,
+            finished_at: None,
+            progress: None,
+            stage: None,
+            message: None,
+            step: None,
+            step_total: None,
+            eta_seconds: None,
+            metrics: Map::new(),
+            cancel_requested: false,
+            cancel_reason: None,
+            cancel_requested_at: None,
+            error: None,
+            result_refs: Vec::new(),
+            result: None,
+        };
+        // Acknowledged means stored: a failed write refuses the run.
+        self.db.put_run(&record).map_err(|e| e.to_string())?;
+        self.live.insert(run_id.clone(), record.clone());
+        let _ = self.events.send(RunEvent::Run {
+            op: "add",
+            record: Box::new(record.clone()),
+        });
+        tokio::spawn(drive_run(
+            myself.clone(),
+            self.plugins.clone(),
+            run_id.clone(),
+            req,
+        ));
+        Ok(RunCreated {
+            run_token: self.signer.issue(&run_id, expires_at),
+            record,
+            expires_at,
+        })
+    }
+
+    fn get(
+        &mut self,
+        myself: &ActorRef<RunTrackerMsg>,
+        run_id: String,
+        wait: Option<Duration>,
+        reply: RpcReplyPort<Option<RunRecord>>,
+    ) {
+        let wait = wait.filter(|w| !w.is_zero()).map(|w| w.min(MAX_WAIT));
+        match (self.live.get(&run_id), wait) {
+            (Some(_), Some(wait)) => {
+                self.next_waiter += 1;
+                let waiter = self.next_waiter;
+                self.waiters
+                    .entry(run_id.clone())
+                    .or_default()
+                    .push((waiter, reply));
+                myself.send_after(wait, move || RunTrackerMsg::WaitExpired { run_id, waiter });
+            }
+            _ => {
+                let _ = reply.send(self.record(&run_id));
+            }
+        }
+    }
+
+    fn wait_expired(&mut self, run_id: &str, waiter: u64) {
+        let Some(list) = self.waiters.get_mut(run_id) else {
+            return;
+        };
+        if let Some(i) = list.iter().position(|(w, _)| *w == waiter) {
+            let (_, reply) = list.swap_remove(i);
+            let _ = reply.send(self.live.get(run_id).cloned());
+        }
+        if list.is_empty() {
+            self.waiters.remove(run_id);
+        }
+    }
+
+    fn starting(&mut self, run_id: &str) -> bool {
+        let Some(mut run) = self
+            .live
+            .get(run_id)
+            .filter(|r| r.status == RunStatus::Queued)
+            .cloned()
+        else {
+            return false;
+        };
+        let now = unix_now();
+        run.status = RunStatus::Running;
+        run.started_at = Some(now);
+        run.updated_at = now;
+        // Not written: queued and running both come back as SUPERVISOR_RESTARTED, and a write
+        // per run saved is a third of the store's load.
+        let _ = self.events.send(RunEvent::Run {
+            op: "change",
+            record: Box::new(run.clone()),
+        });
+        self.live.insert(run_id.to_string(), run);
+        true
+    }
+
+    fn cancel(&mut self, run_id: &str, reason: Option<String>) -> Option<RunRecord> {
+        let Some(mut run) = self.live.get(run_id).cloned() else {
+            // Terminal (unchanged) or unknown.
+            return self.record(run_id);
+        };
+        let now = unix_now();
+        run.updated_at = now;
+        run.cancel_requested = true;
+        run.cancel_requested_at = Some(now);
+        if let Some(r) = reason.filter(|r| !r.trim().is_empty()) {
+            run.cancel_reason = Some(r);
+        }
+        if run.status == RunStatus::Queued {
+            run.status = RunStatus::Canceled;
+            run.finished_at = Some(now);
+            run.error = Some(WireError::new(ErrorCode::Canceled, "canceled"));
+        } else {
+            run.status = RunStatus::CancelRequested;
+            if let Ok(plugin_id) = PluginId::new(run.plugin_id.clone()) {
+                let _ = self.plugins.cast(PluginSupervisorMsg::CancelRun {
+                    plugin_id,
+                    run_id: run_id.to_string(),
+                });
+            }
+        }
+        tracing::info!(%run_id, plugin_id = %run.plugin_id, status = ?run.status, "run cancel requested");
+        self.save(run.clone(), "change");
+        Some(run)
+    }
+
+    fn finished(&mut self, run_id: &str, args: Value, outcome: Result<Value, WireError>) {
+        let Some(mut run) = self.live.get(run_id).cloned() else {
+            return;
+        };
+        let now = unix_now();
+        run.finished_at = Some(now);
+        run.updated_at = now;
+        match outcome {
+            // Canceled wins: the client asked, whatever the plugin did meanwhile.
+            _ if run.cancel_requested => {
+                run.status = RunStatus::Canceled;
+                run.error = Some(WireError::new(ErrorCode::Canceled, "canceled"));
+            }
+            Ok(data) => {
+                let response = trigger_response(&run, args, &data, now);
+                let item = ExportItem {
+                    export_item_id: uuid::Uuid::new_v4().to_string(),
+                    run_id: run_id.to_string(),
+                    kind: "text".into(),
+                    created_at: now,
+                    description: Some("trigger_plugin response".into()),
+                    text: Some(response.to_string()),
+                    url: None,
+                    binary_url: None,
+                    binary: None,
+                    mime: Some("application/json".into()),
+                    metadata: json!({"kind": "trigger_response"})
+                        .as_object()
+                        .cloned()
+                        .unwrap_or_default(),
+                };
+                run.result_refs.push(item.export_item_id.clone());
+                self.add_export(&run.plugin_id, item);
+                run.status = RunStatus::Succeeded;
+                run.progress = Some(run.progress.unwrap_or(0.0).max(1.0));
+                run.stage.get_or_insert_with(|| "done".into());
+                run.message.get_or_insert_with(|| "done".into());
+                run.result = Some(data);
+            }
+            Err(error) => {
+                run.status = match error.code {
+                    ErrorCode::Timeout => RunStatus::Timeout,
+                    ErrorCode::Canceled => RunStatus::Canceled,
+                    _ => RunStatus::Failed,
+                };
+                run.error = Some(error);
+            }
+        }
+        tracing::debug!(run_id = %run_id, plugin_id = %run.plugin_id, entry_id = %run.entry_id, status = ?run.status, "run finished");
+        self.save(run, "change");
+    }
+
+    fn add_export(&mut self, plugin_id: &str, item: ExportItem) {
+        if let Err(e) = self.db.put_export(&item) {
+            tracing::error!(run_id = %item.run_id, error = %e, "cannot write an export item to the store");
+        }
+        let _ = self.events.send(RunEvent::Export {
+            plugin_id: plugin_id.to_string(),
+            item: Box::new(item),
+        });
+    }
+
+    fn exports(
+        &self,
+        run_id: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<ExportPage, String> {
+        if self.record(run_id).is_none() {
+            return Ok(None);
+        }
+        self.db
+            .list_exports(run_id, after, limit)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    fn plugin_request(
+        &mut self,
+        plugin_id: &str,
+        op: &str,
+        args: Value,
+    ) -> Result<Value, WireError> {
+        let args = match args {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        let run_id = plugin_ops::run_id_arg(&args)?.to_string();
+        let run = self
+            .record(&run_id)
+            .ok_or_else(|| WireError::new(ErrorCode::NotFound, "run not found"))?;
+        plugin_ops::check_owner(&run, plugin_id)?;
+        match op {
+            "run.update" => {
+                let mut run = run;
+                let applied = plugin_ops::apply_update(&mut run, &args)?;
+                if applied {
+                    run.updated_at = unix_now();
+                    self.save(run.clone(), "change");
+                }
+                Ok(json!({
+                    "ok": true,
+                    "applied": applied,
+                    "run_id": run.run_id,
+                    "status": run.status,
+                    "updated_at": run.updated_at,
+                }))
+            }
+            "export.push" => {
+                let id = uuid::Uuid::new_v4().to_string();
+                let item = plugin_ops::export_item(&run_id, &args, id.clone(), unix_now())?;
+                self.add_export(plugin_id, item);
+                Ok(json!({ "export_item_id": id }))
+            }
+            other => Err(WireError::new(
+                ErrorCode::NotFound,
+                format!("unknown request op '{other}'"),
+            )),
+        }
+    }
+
+    fn prune(&mut self) {
+        let max_age = self.store.max_age.map(|a| a.as_secs_f64());
+        match self
+            .db
+            .prune(unix_now(), max_age, Some(self.store.max_records))
+        {
+            Ok(pruned) if pruned.runs > 0 => {
+                tracing::info!(runs = pruned.runs, "retention deleted old runs")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "run retention failed"),
+        }
+    }
+}
+
+/// The reference's record of a successful trigger, kept as the run's first export item.
+fn trigger_response(run: &RunRecord, args: Value, data: &Value, now: f64) -> Value {
+    let time = iso_from_unix(now);
+    json!({
+        "success": true,
+        "plugin_id": run.plugin_id,
+        "executed_entry": run.entry_id,
+        "args": args,
+        "plugin_response": {
+            "success": true,
+            "data": data,
+            "message": "",
+            "error": null,
+            "time": time,
+            "trace_id": run.trace_id,
+        },
+        "received_at": time,
+        "plugin_forward_error": null,
+    })
+}
+
+/// One run's trip to its plugin and back.
+async fn drive_run(
+    tracker: ActorRef<RunTrackerMsg>,
+    plugins: ActorRef<PluginSupervisorMsg>,
+    run_id: String,
+    req: RunCreate,
+) {
+    match tracker
+        .call(|reply| RunTrackerMsg::Starting(run_id.clone(), reply), None)
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(true)) => {}
+        // Canceled while queued, or the tracker is gone.
+        _ => return,
+    }
+    let (args, timeout) = with_run_context(req.args, &run_id);
+    let outcome = match PluginId::new(req.plugin_id.clone()) {
+        Err(_) => Err(WireError::new(
+            ErrorCode::NotFound,
+            format!("Plugin '{}' is not found/registered", req.plugin_id),
+        )),
+        Ok(plugin_id) => {
+            let trigger = TriggerRequest {
+                entry_id: req.entry_id,
+                args: args.clone(),
+                run_id: Some(run_id.clone()),
+                timeout,
+            };
+            // No timeout here: the host always answers (deadline timer, process exit), and a host
+            // that dies drops the reply port, which ends this call with an error.
+            match plugins
+                .call(
+                    |port| PluginSupervisorMsg::Trigger(plugin_id, trigger, port),
+                    None,
+                )
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(outcome)) => outcome,
+                Ok(_) | Err(_) => Err(WireError::new(
+                    ErrorCode::PluginCrashed,
+                    "the plugin's host went away before answering",
+                )),
+            }
+        }
+    };
+    let _ = tracker.cast(RunTrackerMsg::RunFinished {
+        run_id,
+        args,
+        outcome,
+    });
+}
+
+/// Injects `_ctx.run_id` (keeping a caller-provided one, as the reference does) and reads the
+/// optional per-run deadline `_ctx.entry_timeout` (seconds; 0 or absent = the entry's own).
+fn with_run_context(mut args: Map<String, Value>, run_id: &str) -> (Value, Option<Duration>) {
+    let mut ctx = match args.remove("_ctx") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    ctx.entry("run_id")
+        .or_insert_with(|| Value::String(run_id.to_string()));
+    let timeout = ctx
+        .get("entry_timeout")
+        .and_then(Value::as_f64)
+        .filter(|t| t.is_finite() && *t > 0.0)
+        .map(|t| Duration::from_secs_f64(t.min(86_400.0)));
+    args.insert("_ctx".into(), Value::Object(ctx));
+    (Value::Object(args), timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn run_context_is_injected_and_entry_timeout_read() {
+        let args = json!({"x": 1, "_ctx": {"lanlan_name": "a", "entry_timeout": 1.5}});
+        let (out, t) = with_run_context(args.as_object().unwrap().clone(), "r1");
+        assert_eq!(out["_ctx"]["run_id"], "r1");
+        assert_eq!(out["_ctx"]["lanlan_name"], "a");
+        assert_eq!(out["x"], 1);
+        assert_eq!(t, Some(Duration::from_millis(1500)));
+        let (_, t) = with_run_context(Map::new(), "r2");
+        assert_eq!(t, None);
+    }
+}
