@@ -49,6 +49,7 @@ pub async fn run(
         Some(s) => s.as_bytes().to_vec(),
         None => rand::random::<[u8; 32]>().to_vec(),
     });
+    let run_events = tokio::sync::broadcast::channel(RUN_EVENTS_BUFFER).0;
     let tree = spawn_tree(TreeArgs {
         plugins_dir,
         host_settings: settings.host_settings(runtime_dir),
@@ -61,7 +62,7 @@ pub async fn run(
             },
             pip_args: settings.python.pip_args.clone(),
         },
-        run_token_signer: signer,
+        run_token_signer: signer.clone(),
         run_token_ttl: Duration::from_secs(settings.runs.token_ttl_seconds),
         run_store: RunStoreSettings {
             path: settings.runs.persist.then(|| data_dir.join("runs.sqlite3")),
@@ -69,7 +70,7 @@ pub async fn run(
             max_age: (settings.runs.max_age_seconds > 0)
                 .then(|| Duration::from_secs(settings.runs.max_age_seconds)),
         },
-        run_events: tokio::sync::broadcast::channel(RUN_EVENTS_BUFFER).0,
+        run_events: run_events.clone(),
         autostart: settings.plugins.autostart,
     })
     .await
@@ -84,6 +85,8 @@ pub async fn run(
             sup.stop_grace_ms + sup.term_grace_ms + sup.handshake_timeout_ms + 5_000,
         ),
         started: Instant::now(),
+        run_events,
+        run_tokens: signer,
     };
     let app = http::router(state, settings.gateway.max_body_bytes);
 

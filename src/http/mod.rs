@@ -18,9 +18,11 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
 use neko_actors::TreeRefs;
+use neko_actors::run_token::RunTokenSigner;
+use neko_actors::run_tracker::RunEvent;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::error::ApiError;
 
@@ -36,6 +38,10 @@ pub struct AppState {
     /// How long start/stop/reload may take (stop grace + term grace + handshake).
     pub lifecycle_timeout: Duration,
     pub started: Instant,
+    /// Run changes, for the WebSockets (a subscription per socket).
+    pub run_events: broadcast::Sender<RunEvent>,
+    /// Checks the run tokens `/ws/run` is opened with.
+    pub run_tokens: RunTokenSigner,
 }
 
 impl AppState {
