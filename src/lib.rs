@@ -69,6 +69,8 @@ pub async fn run(
             max_records: settings.runs.max_records,
             max_age: (settings.runs.max_age_seconds > 0)
                 .then(|| Duration::from_secs(settings.runs.max_age_seconds)),
+            blob_dir: data_dir.join("blobs"),
+            blob_max_bytes: settings.runs.blob_max_bytes,
         },
         run_events: run_events.clone(),
         autostart: settings.plugins.autostart,

@@ -273,6 +273,8 @@ async fn runs_are_listed_with_filters_and_pages() {
     assert_eq!(status, 422, "{body}");
     let (status, _) = neko.get("/runs?limit=0").await;
     assert_eq!(status, 422);
+    let (status, _) = neko.get("/runs?cursor=garbage").await;
+    assert_eq!(status, 422);
 }
 
 /// SIGKILL of the supervisor mid-run: after a restart on the same data dir every acknowledged
@@ -317,4 +319,84 @@ async fn runs_can_stay_in_memory() {
         .await;
     assert_eq!(status, 200);
     assert!(!neko.data_dir.join("runs.sqlite3").exists());
+}
+
+/// Upload → download round trip with relative URLs; a body over the session's limit is refused
+/// (413) and the session stays usable; a finished upload cannot be written again; a run that is
+/// not running takes no uploads.
+#[tokio::test]
+async fn uploads_round_trip_with_a_size_limit() {
+    let neko = Neko::start(&[echo_plugin("echo", "")]);
+    neko.wait_running("echo").await;
+    let run_id = create(&neko, "echo", "sleep", json!({"ms": 30_000})).await;
+    wait_running(&neko, &run_id).await;
+    let (status, session) = neko
+        .post(
+            &format!("/runs/{run_id}/uploads"),
+            &json!({"filename": "a.bin", "max_bytes": 1000}),
+        )
+        .await;
+    assert_eq!(status, 200, "{session}");
+    let upload_url = session["upload_url"].as_str().unwrap();
+    let blob_url = session["blob_url"].as_str().unwrap();
+    assert_eq!(
+        upload_url,
+        format!("/uploads/{}", session["upload_id"].as_str().unwrap())
+    );
+    assert_eq!(session["blob_id"], session["upload_id"]);
+    let put = |body: Vec<u8>| {
+        neko.client
+            .put(format!("{}{upload_url}", neko.base))
+            .body(body)
+            .send()
+    };
+    let too_big = put(vec![7u8; 1001]).await.unwrap();
+    assert_eq!(too_big.status(), 413);
+    let detail: Value = too_big.json().await.unwrap();
+    assert_eq!(detail["detail"], "upload too large");
+    let content: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    let done = put(content.clone()).await.unwrap();
+    assert_eq!(done.status(), 200);
+    let done: Value = done.json().await.unwrap();
+    assert_eq!(done["ok"], true);
+    assert_eq!(done["size"], 1000);
+    let again = put(vec![1]).await.unwrap();
+    assert_eq!(again.status(), 404, "a finished upload is closed");
+
+    let download = neko
+        .client
+        .get(format!("{}{blob_url}", neko.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(download.status(), 200);
+    let disposition = download.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(disposition.contains(".bin"), "{disposition}");
+    assert_eq!(download.bytes().await.unwrap().to_vec(), content);
+    let other = create(&neko, "echo", "echo", json!({})).await;
+    let blob_id = session["blob_id"].as_str().unwrap();
+    let (status, _) = neko.get(&format!("/runs/{other}/blobs/{blob_id}")).await;
+    assert_eq!(status, 404, "a blob is only reachable through its own run");
+
+    let (status, _) = neko.post("/runs/nope/uploads", &json!({})).await;
+    assert_eq!(status, 404);
+    neko.wait_run(&other).await;
+    let (_, late) = neko
+        .post(&format!("/runs/{other}/uploads"), &json!({}))
+        .await;
+    let late_put = neko
+        .client
+        .put(format!(
+            "{}{}",
+            neko.base,
+            late["upload_url"].as_str().unwrap()
+        ))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late_put.status(), 409, "run not running");
 }

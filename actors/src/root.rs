@@ -409,6 +409,8 @@ mod tests {
                 path: None,
                 max_records: 100,
                 max_age: None,
+                blob_dir: dir.join("blobs"),
+                blob_max_bytes: 1 << 20,
             },
             run_events: broadcast::channel(16).0,
             autostart: true,

@@ -4,6 +4,7 @@
 //! One file per route group: [`server`] (health, availability, server info), [`plugin`] (listing,
 //! status, start/stop/reload), [`runs`].
 
+mod blobs;
 mod plugin;
 mod runs;
 mod server;
@@ -16,7 +17,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use neko_actors::TreeRefs;
 use neko_actors::run_token::RunTokenSigner;
 use neko_actors::run_tracker::RunEvent;
@@ -71,6 +72,12 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/runs/{run_id}", get(runs::get_run))
         .route("/runs/{run_id}/cancel", post(runs::cancel))
         .route("/runs/{run_id}/export", get(runs::export))
+        .route("/runs/{run_id}/uploads", post(blobs::create_upload))
+        .route(
+            "/uploads/{upload_id}",
+            put(blobs::put_upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/runs/{run_id}/blobs/{blob_id}", get(blobs::get_blob))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use neko_actors::run_db::RunFilter;
+use neko_actors::run_db::{RunDbError, RunFilter};
 use neko_actors::run_tracker::{MAX_WAIT, RunCreate, RunTrackerMsg};
 use neko_protocol::{RunRecord, RunStatus};
 use serde::Deserialize;
@@ -140,7 +140,10 @@ pub async fn list(
             )
             .await,
     )?
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    .map_err(|e| match e {
+        RunDbError::BadCursor => ApiError::validation(&["query", "cursor"], "invalid cursor"),
+        other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+    })?;
     let runs: Vec<Value> = runs.iter().map(record_json).collect();
     Ok(Json(json!({ "runs": runs, "next_cursor": next })))
 }

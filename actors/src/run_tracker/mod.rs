@@ -15,7 +15,7 @@
 
 mod plugin_ops;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ use tokio::sync::broadcast;
 use crate::clock::{iso_from_unix, unix_now};
 use crate::plugin_supervisor::PluginSupervisorMsg;
 use crate::process_host::TriggerRequest;
-use crate::run_db::{RunDb, RunFilter};
+use crate::run_db::{BlobMeta, RunDb, RunDbError, RunFilter};
 use crate::run_token::RunTokenSigner;
 
 pub use plugin_ops::EXPORT_INLINE_BINARY_MAX_BYTES;
@@ -49,6 +49,31 @@ pub struct RunStoreSettings {
     pub max_records: usize,
     /// Finished runs older than this are deleted; `None`: no age limit.
     pub max_age: Option<Duration>,
+    /// Where uploaded blobs are kept (`<blob_id>.upload` while uploading, then `.blob`).
+    pub blob_dir: PathBuf,
+    /// Largest upload; a session may ask for less.
+    pub blob_max_bytes: u64,
+}
+
+/// Why an upload or a blob read is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BlobError {
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(&'static str),
+    #[error("{0}")]
+    Store(String),
+}
+
+/// Where an accepted upload writes.
+#[derive(Debug, Clone)]
+pub struct UploadTarget {
+    pub blob: BlobMeta,
+    /// The file being written.
+    pub partial: PathBuf,
+    /// Where it goes when complete.
+    pub complete: PathBuf,
 }
 
 /// What the RunTracker starts with.
@@ -113,7 +138,7 @@ pub enum RunTrackerMsg {
         reply: RpcReplyPort<Option<RunRecord>>,
     },
     /// Runs, newest first, with the next page's cursor.
-    List(RunFilter, RpcReplyPort<Result<RunPage, String>>),
+    List(RunFilter, RpcReplyPort<Result<RunPage, RunDbError>>),
     /// The client cancels a run; answers the updated record (`None`: unknown run).
     Cancel {
         run_id: String,
@@ -144,6 +169,31 @@ pub enum RunTrackerMsg {
     },
     /// A `Get` wait is over.
     WaitExpired { run_id: String, waiter: u64 },
+    /// Open an upload session for a run.
+    CreateUpload {
+        run_id: String,
+        filename: Option<String>,
+        mime: Option<String>,
+        max_bytes: Option<u64>,
+        reply: RpcReplyPort<Result<BlobMeta, BlobError>>,
+    },
+    /// A client starts sending an upload's body.
+    BeginUpload {
+        upload_id: String,
+        reply: RpcReplyPort<Result<UploadTarget, BlobError>>,
+    },
+    /// The body was written (`Some(size)`, the file is complete) or abandoned (`None`).
+    EndUpload {
+        upload_id: String,
+        size: Option<u64>,
+        reply: RpcReplyPort<Result<(), BlobError>>,
+    },
+    /// The file of a finished blob of a run.
+    Blob {
+        run_id: String,
+        blob_id: String,
+        reply: RpcReplyPort<Result<(BlobMeta, PathBuf), BlobError>>,
+    },
     /// Apply retention.
     Prune,
 }
@@ -161,6 +211,8 @@ pub struct RunTrackerState {
     waiters: HashMap<String, Vec<Waiter>>,
     next_waiter: u64,
     events: broadcast::Sender<RunEvent>,
+    /// Uploads whose body is being written (one writer per upload).
+    uploading: HashSet<String>,
 }
 
 impl Actor for RunTracker {
@@ -200,6 +252,7 @@ impl Actor for RunTracker {
             waiters: HashMap::new(),
             next_waiter: 0,
             events: args.events,
+            uploading: HashSet::new(),
         };
         state.prune();
         Ok(state)
@@ -221,7 +274,7 @@ impl Actor for RunTracker {
                 reply,
             } => state.get(&myself, run_id, wait, reply),
             RunTrackerMsg::List(filter, reply) => {
-                let _ = reply.send(state.db.list_runs(&filter).map_err(|e| e.to_string()));
+                let _ = reply.send(state.db.list_runs(&filter));
             }
             RunTrackerMsg::Cancel {
                 run_id,
@@ -255,6 +308,32 @@ impl Actor for RunTracker {
                 outcome,
             } => state.finished(&run_id, args, outcome),
             RunTrackerMsg::WaitExpired { run_id, waiter } => state.wait_expired(&run_id, waiter),
+            RunTrackerMsg::CreateUpload {
+                run_id,
+                filename,
+                mime,
+                max_bytes,
+                reply,
+            } => {
+                let _ = reply.send(state.create_upload(&run_id, filename, mime, max_bytes));
+            }
+            RunTrackerMsg::BeginUpload { upload_id, reply } => {
+                let _ = reply.send(state.begin_upload(&upload_id));
+            }
+            RunTrackerMsg::EndUpload {
+                upload_id,
+                size,
+                reply,
+            } => {
+                let _ = reply.send(state.end_upload(&upload_id, size));
+            }
+            RunTrackerMsg::Blob {
+                run_id,
+                blob_id,
+                reply,
+            } => {
+                let _ = reply.send(state.blob(&run_id, &blob_id));
+            }
             RunTrackerMsg::Prune => state.prune(),
         }
         Ok(())
@@ -572,6 +651,93 @@ impl RunTrackerState {
         }
     }
 
+    fn create_upload(
+        &mut self,
+        run_id: &str,
+        filename: Option<String>,
+        mime: Option<String>,
+        max_bytes: Option<u64>,
+    ) -> Result<BlobMeta, BlobError> {
+        if self.record(run_id).is_none() {
+            return Err(BlobError::NotFound("run not found"));
+        }
+        let limit = self.store.blob_max_bytes;
+        let blob = BlobMeta {
+            blob_id: uuid::Uuid::new_v4().to_string(),
+            run_id: run_id.to_string(),
+            filename,
+            mime,
+            max_bytes: max_bytes.filter(|m| *m > 0).map_or(limit, |m| m.min(limit)),
+            size: None,
+            created_at: unix_now(),
+        };
+        self.db
+            .put_blob(&blob)
+            .map_err(|e| BlobError::Store(e.to_string()))?;
+        Ok(blob)
+    }
+
+    /// The reference's checks, in its order; the upload is then reserved for this writer.
+    fn begin_upload(&mut self, upload_id: &str) -> Result<UploadTarget, BlobError> {
+        let blob = self
+            .db
+            .get_blob(upload_id)
+            .map_err(|e| BlobError::Store(e.to_string()))?
+            .filter(|b| b.size.is_none())
+            .ok_or(BlobError::NotFound("upload not found"))?;
+        let run = self
+            .record(&blob.run_id)
+            .ok_or(BlobError::NotFound("run not found"))?;
+        if !matches!(run.status, RunStatus::Running | RunStatus::CancelRequested) {
+            return Err(BlobError::Conflict("run not running"));
+        }
+        if !self.uploading.insert(upload_id.to_string()) {
+            return Err(BlobError::Conflict("upload in progress"));
+        }
+        std::fs::create_dir_all(&self.store.blob_dir)
+            .map_err(|e| BlobError::Store(format!("cannot create the blob folder: {e}")))?;
+        Ok(UploadTarget {
+            partial: self.blob_path(&blob.blob_id, "upload"),
+            complete: self.blob_path(&blob.blob_id, "blob"),
+            blob,
+        })
+    }
+
+    fn end_upload(&mut self, upload_id: &str, size: Option<u64>) -> Result<(), BlobError> {
+        self.uploading.remove(upload_id);
+        let Some(size) = size else {
+            return Ok(());
+        };
+        let mut blob = self
+            .db
+            .get_blob(upload_id)
+            .map_err(|e| BlobError::Store(e.to_string()))?
+            .ok_or(BlobError::NotFound("upload not found"))?;
+        blob.size = Some(size);
+        self.db
+            .put_blob(&blob)
+            .map_err(|e| BlobError::Store(e.to_string()))
+    }
+
+    fn blob(&self, run_id: &str, blob_id: &str) -> Result<(BlobMeta, PathBuf), BlobError> {
+        let not_found = BlobError::NotFound("blob not found");
+        let blob = self
+            .db
+            .get_blob(blob_id)
+            .map_err(|e| BlobError::Store(e.to_string()))?
+            .filter(|b| b.run_id == run_id && b.size.is_some())
+            .ok_or(not_found.clone())?;
+        let path = self.blob_path(blob_id, "blob");
+        if !path.is_file() {
+            return Err(not_found);
+        }
+        Ok((blob, path))
+    }
+
+    fn blob_path(&self, blob_id: &str, extension: &str) -> PathBuf {
+        self.store.blob_dir.join(format!("{blob_id}.{extension}"))
+    }
+
     fn prune(&mut self) {
         let max_age = self.store.max_age.map(|a| a.as_secs_f64());
         match self
@@ -579,7 +745,16 @@ impl RunTrackerState {
             .prune(unix_now(), max_age, Some(self.store.max_records))
         {
             Ok(pruned) if pruned.runs > 0 => {
-                tracing::info!(runs = pruned.runs, "retention deleted old runs")
+                for id in &pruned.blob_ids {
+                    for extension in ["blob", "upload"] {
+                        let _ = std::fs::remove_file(self.blob_path(id, extension));
+                    }
+                }
+                tracing::info!(
+                    runs = pruned.runs,
+                    blobs = pruned.blob_ids.len(),
+                    "retention deleted old runs"
+                )
             }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "run retention failed"),
