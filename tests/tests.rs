@@ -9,3 +9,4 @@ mod python;
 mod run_features;
 mod runs;
 mod supervision;
+mod websockets;

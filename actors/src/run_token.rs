@@ -44,8 +44,9 @@ impl RunTokenSigner {
         format!("{body}.{sig}")
     }
 
-    /// Checks a token at unix second `now`; returns its run id, or "invalid token" / "expired".
-    pub fn verify(&self, token: &str, now: u64) -> Result<String, &'static str> {
+    /// Checks a token at unix second `now`; returns what it grants, or "invalid token" /
+    /// "expired".
+    pub fn verify(&self, token: &str, now: u64) -> Result<RunTokenClaims, &'static str> {
         let (body, sig) = token.split_once('.').ok_or("invalid token")?;
         let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| "invalid token")?;
         self.mac(body.as_bytes())
@@ -64,8 +65,18 @@ impl RunTokenSigner {
         if now > exp {
             return Err("expired");
         }
-        Ok(run_id.to_string())
+        Ok(RunTokenClaims {
+            run_id: run_id.to_string(),
+            exp,
+        })
     }
+}
+
+/// What a valid run token grants: reading one run until `exp` (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunTokenClaims {
+    pub run_id: String,
+    pub exp: u64,
 }
 
 #[cfg(test)]
@@ -76,7 +87,13 @@ mod tests {
     fn issued_tokens_verify_until_they_expire() {
         let s = RunTokenSigner::new("k");
         let t = s.issue("run-1", 100);
-        assert_eq!(s.verify(&t, 100), Ok("run-1".to_string()));
+        assert_eq!(
+            s.verify(&t, 100),
+            Ok(RunTokenClaims {
+                run_id: "run-1".into(),
+                exp: 100
+            })
+        );
         assert_eq!(s.verify(&t, 101), Err("expired"));
         assert_eq!(
             RunTokenSigner::new("other").verify(&t, 0),

@@ -8,6 +8,7 @@ mod blobs;
 mod plugin;
 mod runs;
 mod server;
+mod ws;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,6 +73,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/runs/{run_id}", get(runs::get_run))
         .route("/runs/{run_id}/cancel", post(runs::cancel))
         .route("/runs/{run_id}/export", get(runs::export))
+        .route("/ws/run", get(ws::run_socket))
+        .route("/ws/admin", get(ws::admin_socket))
         .route("/runs/{run_id}/uploads", post(blobs::create_upload))
         .route(
             "/uploads/{upload_id}",
