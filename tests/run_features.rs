@@ -400,3 +400,51 @@ async fn uploads_round_trip_with_a_size_limit() {
         .unwrap();
     assert_eq!(late_put.status(), 409, "run not running");
 }
+
+/// `kill -9` of a Python plugin mid-run fails the run with PLUGIN_CRASHED at once (not at its
+/// deadline), and the restarted plugin serves the next run.
+#[tokio::test]
+async fn killed_plugin_fails_its_runs_and_serves_after_restart() {
+    let neko = Neko::start_mixed(&[], &[reporter()], "");
+    let pid = neko.wait_running("reporter").await;
+    let run_id = create(&neko, "reporter", "wait_async", json!({})).await;
+    wait_running(&neko, &run_id).await;
+    crate::helper::signal(pid, libc::SIGKILL);
+    let run = neko.wait_run(&run_id).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"]["code"], "PLUGIN_CRASHED", "{run}");
+    crate::helper::wait_for_async(
+        || async {
+            let p = neko.plugin("reporter").await;
+            p["status"] == "running" && p["pid"].as_u64().is_some_and(|n| n as u32 != pid)
+        },
+        "plugin restarted",
+    )
+    .await;
+    let run = neko.run("reporter", "report", json!({"n": 1})).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+}
+
+/// Retention keeps at most `max_records` finished runs (checked at start and every minute),
+/// the newest, with their exports.
+#[tokio::test]
+async fn retention_deletes_the_oldest_finished_runs() {
+    let neko = Neko::start_with(&[echo_plugin("echo", "")], "[runs]\nmax_records = 2\n");
+    neko.wait_running("echo").await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            neko.run("echo", "echo", json!({"i": i})).await["run_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let neko = neko.kill_and_restart();
+    for (i, id) in ids.iter().enumerate() {
+        let (status, _) = neko.get(&format!("/runs/{id}")).await;
+        assert_eq!(status, if i < 2 { 404 } else { 200 }, "run {i}");
+        let (status, _) = neko.get(&format!("/runs/{id}/export")).await;
+        assert_eq!(status, if i < 2 { 404 } else { 200 }, "exports of run {i}");
+    }
+}
