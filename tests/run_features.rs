@@ -448,3 +448,20 @@ async fn retention_deletes_the_oldest_finished_runs() {
         assert_eq!(status, if i < 2 { 404 } else { 200 }, "exports of run {i}");
     }
 }
+
+/// A run in flight when its plugin is stopped by hand ends at once (NOT_READY), and a run for a
+/// stopped plugin fails the same way.
+#[tokio::test]
+async fn stopping_a_plugin_ends_its_runs() {
+    let neko = Neko::start(&[echo_plugin("echo", "")]);
+    neko.wait_running("echo").await;
+    let run_id = create(&neko, "echo", "sleep", json!({"ms": 30_000})).await;
+    wait_running(&neko, &run_id).await;
+    let (status, body) = neko.admin_post("/plugin/echo/stop").await;
+    assert_eq!(status, 200, "{body}");
+    let run = neko.wait_run(&run_id).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"]["code"], "NOT_READY", "{run}");
+    let run = neko.run("echo", "echo", json!({})).await;
+    assert_eq!(run["error"]["code"], "NOT_READY", "{run}");
+}
