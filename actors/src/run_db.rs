@@ -172,6 +172,30 @@ impl RunDb {
         Ok(())
     }
 
+    /// Starts a batch: the writes until [`RunDb::commit_batch`] are one transaction, so many
+    /// writes share one commit (the tracker's group commit).
+    pub fn begin_batch(&mut self) -> Result<(), RunDbError> {
+        self.conn.execute_batch("BEGIN")?;
+        Ok(())
+    }
+
+    /// Commits the batch [`RunDb::begin_batch`] started; if that fails, the batch is rolled back
+    /// (never left open).
+    pub fn commit_batch(&mut self) -> Result<(), RunDbError> {
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Whether a batch is open.
+    pub fn in_batch(&self) -> bool {
+        !self.conn.is_autocommit()
+    }
+
     /// Every run not in a terminal state becomes `failed` with error {code: SUPERVISOR_RESTARTED,
     /// message: "the supervisor stopped while the run was in flight"}, finished_at=updated_at=now.
     /// Returns how many. Called once at start.

@@ -10,8 +10,16 @@
 //!
 //! By default it starts `neko serve --port 0` itself (the `neko` next to this executable, or
 //! `--neko PATH`; build both with the same profile) in a temporary folder with copies of the echo
-//! plugin, and stops it at the end. With `--url` it drives a server that is already running and
-//! skips the figures that spawn or kill processes (`cold`, `scale`, `restart`).
+//! plugin (and, for the Python figures, the bench's Python plugin `bench/plugins/pybench`, embedded
+//! in this binary), and stops it at the end. With `--url` it drives a server that is already
+//! running and skips the figures that spawn or kill processes (`cold`, `scale`, `restart`,
+//! `py-cold`) and the Python run figures, whose plugin it cannot install there (measure a Python
+//! entry of that server with `--plugin`/`--entry` and `seq`/`concurrent` instead).
+//!
+//! Python plugins run in a venv neko builds; every neko the bench starts shares one,
+//! `neko-bench-python` next to this executable. Before the first Python figure the bench starts
+//! neko once, unmeasured, to build or check it (the first time: a minute or more of pip), so no
+//! figure includes building the environment.
 //!
 //! Figures (`--only` picks some):
 //! - `cold`: spawn → `/health` answers 200, and → the echo plugin is `running` in `/plugins`.
@@ -21,6 +29,11 @@
 //!   restarts after the default `backoff_initial_ms` (200 ms ± 20 % jitter).
 //! - `seq`: POST /runs → first GET /runs/{id} showing a terminal state, one run at a time.
 //! - `concurrent`: the same with `--clients` clients (one HTTP client each) for `--duration` s.
+//! - `py-cold`: as `cold`, with the pybench plugin alone: spawn → `/health` 200, and → pybench is
+//!   `running` (its Python process started, imported the SDK and the plugin, and said HELLO).
+//! - `py-seq`, `py-concurrent`: as `seq` and `concurrent`, against pybench's `noop_sync` (a plain
+//!   `def`, run on the SDK's thread pool) and `noop_async` (an `async def`, run on its event loop),
+//!   one row each, on a neko that has the echo plugin too.
 //!
 //! Latencies are in ms, percentiles nearest-rank over sorted samples. Runs are polled back to back
 //! (neko has no server-side wait), so the bench competes with neko for the same cores. Failed
@@ -28,7 +41,7 @@
 
 mod neko;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,26 +50,30 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use serde_json::{Value, json};
 
-use neko::{Api, Neko, plugin_ids, send_signal, wait_for};
+use neko::{Api, Neko, PYBENCH, Plugins, python_env_dir, send_signal, wait_for, wait_for_within};
 
 /// neko's default `start_window_ms`: a plugin killed sooner after it became ready counts as a
 /// failed start, and the restart backoff doubles.
 const START_WINDOW: Duration = Duration::from_millis(2_000);
+/// Upper bound of the unmeasured start that builds the shared Python environment: creating a venv
+/// and pip installing the SDK's dependencies can take minutes on a slow network.
+const PYTHON_ENV_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Benchmarks neko: cold start, restart after a crash, run latency and throughput.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Drive the server at this URL instead of starting neko (skips cold, scale and restart).
+    /// Drive the server at this URL instead of starting neko (skips cold, scale, restart and the
+    /// Python figures).
     #[arg(long)]
     url: Option<String>,
     /// The neko binary to start [default: `neko` next to this executable].
     #[arg(long, conflicts_with = "url")]
     neko: Option<PathBuf>,
-    /// Plugin whose entry the run figures call (with --url).
+    /// Plugin whose entry seq and concurrent call (with --url).
     #[arg(long, default_value = "echo", requires = "url")]
     plugin: String,
-    /// Entry the run figures call (with --url).
+    /// Entry seq and concurrent call (with --url).
     #[arg(long, default_value = "echo", requires = "url")]
     entry: String,
     /// Figures to measure (comma-separated) [default: all].
@@ -95,6 +112,21 @@ enum Figure {
     Restart,
     Seq,
     Concurrent,
+    PyCold,
+    PySeq,
+    PyConcurrent,
+}
+
+impl Figure {
+    /// The figures that need a neko the bench starts (skipped with `--url`).
+    const SPAWNING: [Figure; 6] = [
+        Figure::Cold,
+        Figure::Scale,
+        Figure::Restart,
+        Figure::PyCold,
+        Figure::PySeq,
+        Figure::PyConcurrent,
+    ];
 }
 
 impl Args {
@@ -120,11 +152,13 @@ impl Args {
         let name = figure.to_possible_value().expect("no skipped variants");
         words.push(format!("--only {}", name.get_name()));
         words.push(match figure {
-            Figure::Cold => format!("--cold-runs {}", self.cold_runs),
+            Figure::Cold | Figure::PyCold => format!("--cold-runs {}", self.cold_runs),
             Figure::Scale => format!("--scale {} --cold-runs {}", self.scale, self.cold_runs),
             Figure::Restart => format!("--kills {}", self.kills),
-            Figure::Seq => format!("--seq-runs {} --warmup {}", self.seq_runs, self.warmup),
-            Figure::Concurrent => format!(
+            Figure::Seq | Figure::PySeq => {
+                format!("--seq-runs {} --warmup {}", self.seq_runs, self.warmup)
+            }
+            Figure::Concurrent | Figure::PyConcurrent => format!(
                 "--clients {} --duration {} --warmup {}",
                 clients.unwrap_or_default(),
                 self.duration,
@@ -340,69 +374,99 @@ async fn main() -> ExitCode {
 async fn measure(args: &Args, report: &mut Report) -> Result<()> {
     let neko_bin = match &args.url {
         Some(_) => {
-            let skipped = [Figure::Cold, Figure::Scale, Figure::Restart];
-            if skipped.iter().any(|f| args.only.contains(f)) {
-                eprintln!("neko-bench: with --url, cold, scale and restart are skipped");
+            if Figure::SPAWNING.iter().any(|f| args.only.contains(f)) {
+                eprintln!(
+                    "neko-bench: with --url, cold, scale, restart and the Python figures are skipped"
+                );
             }
             None
         }
         None => Some(neko_binary(args)?),
     };
+    let spawned = neko_bin.is_some();
+    let py_runs = spawned && (args.wants(Figure::PySeq) || args.wants(Figure::PyConcurrent));
     if let Some(bin) = &neko_bin {
-        if args.wants(Figure::Cold) {
-            cold_start(args, report, bin, Figure::Cold, 1).await?;
+        for figure in [Figure::Cold, Figure::Scale] {
+            if args.wants(figure) {
+                cold_start(args, report, bin, figure).await?;
+            }
         }
-        if args.wants(Figure::Scale) {
-            cold_start(args, report, bin, Figure::Scale, args.scale).await?;
+        if py_runs || args.wants(Figure::PyCold) {
+            prepare_python(bin).await?;
+        }
+        if args.wants(Figure::PyCold) {
+            cold_start(args, report, bin, Figure::PyCold).await?;
         }
     }
-    let runs = args.wants(Figure::Seq) || args.wants(Figure::Concurrent);
-    let restart = neko_bin.is_some() && args.wants(Figure::Restart);
-    if !runs && !restart {
+    // The entries the run figures call.
+    let mut targets = Vec::new();
+    if args.wants(Figure::Seq) || args.wants(Figure::Concurrent) {
+        targets.push(Target {
+            plugin: args.plugin.clone(),
+            entry: args.entry.clone(),
+            seq: Figure::Seq,
+            concurrent: Figure::Concurrent,
+        });
+    }
+    if py_runs {
+        targets.extend(["noop_sync", "noop_async"].map(|entry| Target {
+            plugin: PYBENCH.to_string(),
+            entry: entry.to_string(),
+            seq: Figure::PySeq,
+            concurrent: Figure::PyConcurrent,
+        }));
+    }
+    let restart = spawned && args.wants(Figure::Restart);
+    if targets.is_empty() && !restart {
         return Ok(());
     }
-    // The server the remaining figures drive.
+    // The server the remaining figures drive: one echo plugin (the default --plugin), and pybench
+    // only when a Python run figure needs it, so the other figures measure what they always did.
+    let plugins = Plugins {
+        echo: 1,
+        pybench: py_runs,
+    };
     let mut server = match &neko_bin {
-        Some(bin) => Some(Neko::spawn(bin, 1, u32::MAX).await?),
+        Some(bin) => Some(Neko::spawn(bin, plugins, u32::MAX).await?),
         None => None,
     };
-    let base = match (&server, &args.url) {
-        (Some(s), _) => s.base.clone(),
-        (None, Some(url)) => url.clone(),
+    let (base, ids) = match (&server, &args.url) {
+        (Some(s), _) => (s.base.clone(), plugins.ids()),
+        (None, Some(url)) => (url.clone(), vec![args.plugin.clone()]),
         (None, None) => unreachable!("either spawned or --url"),
     };
     let api = Api::new(&base)?;
     check_alive(&api, server.as_mut()).await?;
-    let plugin = [args.plugin.clone()];
-    wait_for(server.as_mut(), "the plugin to run", || async {
-        api.all_running(&plugin).await.then_some(())
+    wait_for(server.as_mut(), "the plugins to run", || async {
+        api.all_running(&ids).await.then_some(())
     })
     .await?;
 
-    if runs {
-        let warmup = drive(&api, &args.plugin, &args.entry, Until::Count(args.warmup)).await;
+    for target in &targets {
+        let (plugin, entry) = (target.plugin.as_str(), target.entry.as_str());
+        let warmup = drive(&api, plugin, entry, Until::Count(args.warmup)).await;
         check_alive(&api, server.as_mut()).await?;
         if warmup.failures.count > 0 {
             eprintln!(
-                "neko-bench: {} of {} warm-up runs failed (first: {})",
+                "neko-bench: {} of {} warm-up runs of {plugin}/{entry} failed (first: {})",
                 warmup.failures.count,
                 args.warmup,
                 warmup.failures.first.unwrap_or_default()
             );
         }
-    }
-    if args.wants(Figure::Seq) {
-        let started = Instant::now();
-        let samples = drive(&api, &args.plugin, &args.entry, Until::Count(args.seq_runs)).await;
-        let name = format!("run {}/{}, sequential", args.plugin, args.entry);
-        let command = args.command(Figure::Seq, None);
-        report.add(name, samples, Some(started.elapsed()), command);
-        check_alive(&api, server.as_mut()).await?;
-    }
-    if args.wants(Figure::Concurrent) {
-        for &clients in &args.clients {
-            concurrent(args, report, &base, clients).await?;
+        if args.wants(target.seq) {
+            let started = Instant::now();
+            let samples = drive(&api, plugin, entry, Until::Count(args.seq_runs)).await;
+            let name = format!("run {plugin}/{entry}, sequential");
+            let command = args.command(target.seq, None);
+            report.add(name, samples, Some(started.elapsed()), command);
             check_alive(&api, server.as_mut()).await?;
+        }
+        if args.wants(target.concurrent) {
+            for &clients in &args.clients {
+                concurrent(args, report, &base, target, clients).await?;
+                check_alive(&api, server.as_mut()).await?;
+            }
         }
     }
     if let (true, Some(server)) = (restart, server.as_mut()) {
@@ -410,6 +474,50 @@ async fn measure(args: &Args, report: &mut Report) -> Result<()> {
         check_alive(&api, Some(server)).await?;
     }
     Ok(())
+}
+
+/// An entry the run figures call, and the figures that measure it.
+struct Target {
+    plugin: String,
+    entry: String,
+    /// The figure of its sequential row.
+    seq: Figure,
+    /// The figure of its concurrent rows.
+    concurrent: Figure,
+}
+
+/// Starts neko with pybench alone, unmeasured, and waits until pybench runs: the first time,
+/// neko builds the shared Python environment (venv, pip install), which no figure should include;
+/// later, it only checks the environment's markers.
+async fn prepare_python(bin: &Path) -> Result<()> {
+    eprintln!(
+        "neko-bench: preparing the Python environment in {} (the first time: pip install, a \
+         minute or more)",
+        python_env_dir()?.display()
+    );
+    let mut neko = Neko::spawn(bin, Plugins::PYBENCH_ALONE, 5).await?;
+    let api = Api::new(&neko.base)?;
+    let ready = wait_for_within(
+        Some(&mut neko),
+        "the Python plugin to run (neko building its environment)",
+        PYTHON_ENV_TIMEOUT,
+        || async {
+            match api.plugin(PYBENCH).await {
+                Some(p) if p["status"] == "running" => return Some(Ok(())),
+                // Down until started by hand (say, no usable python3): waiting is pointless.
+                Some(p) if p["status"] == "crashed" || p["status"] == "invalid" => {
+                    return Some(Err(anyhow::anyhow!("{PYBENCH} did not start: {p}")));
+                }
+                _ => {}
+            }
+            // Not measured: poll gently and leave the cores to pip.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            None
+        },
+    )
+    .await;
+    ready??;
+    neko.ensure_running()
 }
 
 /// `--neko`, or the `neko` next to this executable; checks that the echo plugin's binary is there.
@@ -441,16 +549,30 @@ async fn check_alive(api: &Api, server: Option<&mut Neko>) -> Result<()> {
     Ok(())
 }
 
-/// `--cold-runs` times: spawn neko with `plugins` echo plugins, time `/health` 200 (for the
-/// single-plugin figure) and every plugin `running`, stop neko.
-async fn cold_start(
-    args: &Args,
-    report: &mut Report,
-    bin: &std::path::Path,
-    figure: Figure,
-    plugins: usize,
-) -> Result<()> {
-    let ids = plugin_ids(plugins);
+/// `--cold-runs` times: spawn neko with the plugins of `figure` (`cold`, `scale` or `py-cold`),
+/// time `/health` 200 (reported for the single-plugin figures) and every plugin `running`, stop
+/// neko.
+async fn cold_start(args: &Args, report: &mut Report, bin: &Path, figure: Figure) -> Result<()> {
+    // The plugins, and the names of the /health row (single-plugin figures) and the running row.
+    let (plugins, health_name, running_name) = match figure {
+        Figure::Cold => (
+            Plugins::echo(1),
+            Some("cold start: spawn → /health 200"),
+            "cold start: spawn → echo running".to_string(),
+        ),
+        Figure::Scale => (
+            Plugins::echo(args.scale),
+            None,
+            format!("cold start: spawn → {} plugins running", args.scale),
+        ),
+        Figure::PyCold => (
+            Plugins::PYBENCH_ALONE,
+            Some("cold start: spawn → /health 200 (pybench)"),
+            "cold start: spawn → python plugin running".to_string(),
+        ),
+        _ => unreachable!("{figure:?} is not a cold-start figure"),
+    };
+    let ids = plugins.ids();
     let (mut health, mut running) = (Samples::default(), Samples::default());
     for _ in 0..args.cold_runs {
         let mut neko = Neko::spawn(bin, plugins, 5).await?;
@@ -469,23 +591,10 @@ async fn cold_start(
         neko.ensure_running()?;
     }
     let command = args.command(figure, None);
-    if plugins == 1 {
-        report.add(
-            "cold start: spawn → /health 200".into(),
-            health,
-            None,
-            command.clone(),
-        );
-        report.add(
-            "cold start: spawn → echo running".into(),
-            running,
-            None,
-            command,
-        );
-    } else {
-        let name = format!("cold start: spawn → {plugins} plugins running");
-        report.add(name, running, None, command);
+    if let Some(name) = health_name {
+        report.add(name.into(), health, None, command.clone());
     }
+    report.add(running_name, running, None, command);
     Ok(())
 }
 
@@ -522,12 +631,20 @@ async fn drive(api: &Api, plugin: &str, entry: &str, until: Until) -> Samples {
     samples
 }
 
-/// `clients` clients, each with its own HTTP client, issuing runs for `--duration` seconds.
-async fn concurrent(args: &Args, report: &mut Report, base: &str, clients: usize) -> Result<()> {
+/// `clients` clients, each with its own HTTP client, issuing runs of `target` for `--duration`
+/// seconds.
+async fn concurrent(
+    args: &Args,
+    report: &mut Report,
+    base: &str,
+    target: &Target,
+    clients: usize,
+) -> Result<()> {
     let apis = (0..clients)
         .map(|_| Api::new(base))
         .collect::<Result<Vec<_>>>()?;
-    let target: Arc<(String, String)> = Arc::new((args.plugin.clone(), args.entry.clone()));
+    let figure = target.concurrent;
+    let target: Arc<(String, String)> = Arc::new((target.plugin.clone(), target.entry.clone()));
     let started = Instant::now();
     let end = started + Duration::from_secs_f64(args.duration);
     let tasks: Vec<_> = apis
@@ -541,8 +658,8 @@ async fn concurrent(args: &Args, report: &mut Report, base: &str, clients: usize
     for task in tasks {
         samples.merge(task.await.context("a client task panicked")?);
     }
-    let name = format!("run {}/{}, {clients} clients", args.plugin, args.entry);
-    let command = args.command(Figure::Concurrent, Some(clients));
+    let name = format!("run {}/{}, {clients} clients", target.0, target.1);
+    let command = args.command(figure, Some(clients));
     report.add(name, samples, Some(started.elapsed()), command);
     Ok(())
 }

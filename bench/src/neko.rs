@@ -17,14 +17,62 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound of anything the bench waits for: neko's address line, a plugin to run, a run to end.
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Ids of the `n` copies of the echo plugin: `echo`, `echo-2`, ..., `echo-n`.
-pub fn plugin_ids(n: usize) -> Vec<String> {
-    (1..=n)
-        .map(|i| match i {
+/// Id of the bundled Python bench plugin (`bench/plugins/pybench`).
+pub const PYBENCH: &str = "pybench";
+
+/// The pybench plugin's files, embedded so the bench needs no source tree at run time:
+/// (file name, content).
+const PYBENCH_FILES: [(&str, &str); 2] = [
+    (
+        "plugin.toml",
+        include_str!("../plugins/pybench/plugin.toml"),
+    ),
+    (
+        "__init__.py",
+        include_str!("../plugins/pybench/__init__.py"),
+    ),
+];
+
+/// The plugins a spawned neko gets.
+#[derive(Clone, Copy, Debug)]
+pub struct Plugins {
+    /// Copies of the echo plugin: `echo`, `echo-2`, ..., `echo-n`.
+    pub echo: usize,
+    /// Whether the Python plugin [`PYBENCH`] is installed too.
+    pub pybench: bool,
+}
+
+impl Plugins {
+    /// The pybench plugin alone.
+    pub const PYBENCH_ALONE: Plugins = Plugins {
+        echo: 0,
+        pybench: true,
+    };
+
+    /// `n` copies of the echo plugin and nothing else.
+    pub fn echo(n: usize) -> Plugins {
+        Plugins {
+            echo: n,
+            pybench: false,
+        }
+    }
+
+    /// The ids of every plugin, echo copies first.
+    pub fn ids(&self) -> Vec<String> {
+        let echo = (1..=self.echo).map(|i| match i {
             1 => "echo".to_string(),
             _ => format!("echo-{i}"),
-        })
-        .collect()
+        });
+        echo.chain(self.pybench.then(|| PYBENCH.to_string()))
+            .collect()
+    }
+}
+
+/// The Python environment every neko the bench starts shares: `neko-bench-python` next to this
+/// executable. Building it (a venv, pip install of the SDK's dependencies) takes up to minutes, so
+/// it is built once, by the first neko that needs it, and kept across runs of the bench.
+pub fn python_env_dir() -> Result<PathBuf> {
+    Ok(std::env::current_exe()?.with_file_name("neko-bench-python"))
 }
 
 /// A `neko serve --port 0` in a temporary folder of its own (plugins, settings, data, log).
@@ -45,13 +93,13 @@ pub struct Neko {
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 impl Neko {
-    /// Spawns `neko_bin` with `plugins` copies of the echo plugin (whose `neko-plugin-echo` binary
-    /// neko finds next to itself) and built-in settings except `max_restarts`, and returns once
-    /// neko has printed the address it listens on.
-    pub async fn spawn(neko_bin: &Path, plugins: usize, max_restarts: u32) -> Result<Neko> {
+    /// Spawns `neko_bin` with `plugins` (the echo copies run the `neko-plugin-echo` binary neko
+    /// finds next to itself; pybench runs in the shared [`python_env_dir`]) and built-in settings
+    /// except `max_restarts`, and returns once neko has printed the address it listens on.
+    pub async fn spawn(neko_bin: &Path, plugins: Plugins, max_restarts: u32) -> Result<Neko> {
         let dir = tempfile::Builder::new().prefix("neko-bench").tempdir()?;
         let plugins_dir = dir.path().join("plugins");
-        for id in plugin_ids(plugins) {
+        for id in Plugins::echo(plugins.echo).ids() {
             let folder = plugins_dir.join(&id);
             std::fs::create_dir_all(&folder)?;
             let manifest = format!(
@@ -59,11 +107,28 @@ impl Neko {
             );
             std::fs::write(folder.join("plugin.toml"), manifest)?;
         }
+        if plugins.pybench {
+            // The folder name is the Python package: entry = "plugins.pybench:PyBench".
+            let folder = plugins_dir.join(PYBENCH);
+            std::fs::create_dir_all(&folder)?;
+            for (name, content) in PYBENCH_FILES {
+                std::fs::write(folder.join(name), content)?;
+            }
+        }
+        let env_dir = python_env_dir()?;
+        // A JSON string is a valid TOML basic string (same escapes), whatever the path holds.
+        let env_dir = serde_json::to_string(
+            env_dir
+                .to_str()
+                .with_context(|| format!("{} is not UTF-8", env_dir.display()))?,
+        )?;
         let config = dir.path().join("neko.toml");
         let settings = format!(
             "# neko-bench: the built-in defaults (config/neko.toml), except that the restart figure\n\
-             # kills the plugin more often than the default max_restarts = 5 per minute allows.\n\
-             [restart_policy]\nmax_restarts = {max_restarts}\n"
+             # kills the plugin more often than the default max_restarts = 5 per minute allows, and\n\
+             # that every neko the bench starts shares one Python environment, built once.\n\
+             [restart_policy]\nmax_restarts = {max_restarts}\n\n\
+             [python]\nenv_dir = {env_dir}\n"
         );
         std::fs::write(&config, settings)?;
         let log = dir.path().join("neko.log");
@@ -172,12 +237,26 @@ pub fn send_signal(pid: u32, signal: i32) -> Result<()> {
 
 /// Calls `probe` until it yields a value, with a `yield_now` between tries (tight polling, as
 /// neko has no server-side wait). Fails after [`WAIT_TIMEOUT`], or at once when `neko` has died.
-pub async fn wait_for<T, F, Fut>(mut neko: Option<&mut Neko>, what: &str, mut probe: F) -> Result<T>
+pub async fn wait_for<T, F, Fut>(neko: Option<&mut Neko>, what: &str, probe: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + WAIT_TIMEOUT;
+    wait_for_within(neko, what, WAIT_TIMEOUT, probe).await
+}
+
+/// [`wait_for`] with another bound than [`WAIT_TIMEOUT`], for waits known to take longer.
+pub async fn wait_for_within<T, F, Fut>(
+    mut neko: Option<&mut Neko>,
+    what: &str,
+    timeout: Duration,
+    mut probe: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = probe().await {
             return Ok(value);
@@ -186,7 +265,7 @@ where
             neko.ensure_running()?;
         }
         if Instant::now() > deadline {
-            bail!("waited {WAIT_TIMEOUT:?} for {what} in vain");
+            bail!("waited {timeout:?} for {what} in vain");
         }
         tokio::task::yield_now().await;
     }
@@ -260,10 +339,15 @@ impl Api {
         })
     }
 
+    /// Plugin `id`'s record in `GET /plugins`, if it is listed (and the server answered).
+    pub async fn plugin(&self, id: &str) -> Option<Value> {
+        let list = self.plugins().await.ok()?;
+        list.into_iter().find(|p| p["id"] == id)
+    }
+
     /// The pid of plugin `id` if it is `running`.
     pub async fn running_pid(&self, id: &str) -> Option<u32> {
-        let list = self.plugins().await.ok()?;
-        let p = list.iter().find(|p| p["id"] == id)?;
+        let p = self.plugin(id).await?;
         if p["status"] != "running" {
             return None;
         }

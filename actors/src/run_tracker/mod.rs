@@ -8,9 +8,10 @@
 //! process hosts (a plugin's `run.update` / `export.push`).
 //!
 //! Records live in the [`RunDb`] (SQLite under the data dir, or in memory when persistence is
-//! off: one code path). Every change a client could have seen is written before it is answered,
-//! so a restart, even by SIGKILL, loses nothing acknowledged; runs that were in flight come back
-//! `failed` with `SUPERVISOR_RESTARTED`. Runs not yet terminal are also kept in memory (`live`),
+//! off: one code path). Writes are group-committed: the first write opens a batch and queues a
+//! `Flush` behind the messages already waiting, so everything handled until then shares one
+//! commit. A create is acknowledged only after its commit, so a restart, even by SIGKILL, loses
+//! no acknowledged run; runs that were in flight come back `failed` with `SUPERVISOR_RESTARTED`. Runs not yet terminal are also kept in memory (`live`),
 //! which is what the hot path reads. Changes go out on a broadcast channel for the WebSockets.
 
 mod plugin_ops;
@@ -196,6 +197,8 @@ pub enum RunTrackerMsg {
     },
     /// Apply retention.
     Prune,
+    /// Commit the open batch and send the acknowledgements that waited for it.
+    Flush,
 }
 
 /// The RunTracker's state.
@@ -213,6 +216,11 @@ pub struct RunTrackerState {
     events: broadcast::Sender<RunEvent>,
     /// Uploads whose body is being written (one writer per upload).
     uploading: HashSet<String>,
+    myself: ActorRef<RunTrackerMsg>,
+    /// Creates answered when the open batch is committed.
+    acks: Vec<(RpcReplyPort<Result<RunCreated, String>>, RunCreated)>,
+    /// Runs that turned terminal in the open batch: their waiters are answered after the commit.
+    settled: Vec<RunRecord>,
 }
 
 impl Actor for RunTracker {
@@ -253,6 +261,9 @@ impl Actor for RunTracker {
             next_waiter: 0,
             events: args.events,
             uploading: HashSet::new(),
+            myself: myself.clone(),
+            acks: Vec::new(),
+            settled: Vec::new(),
         };
         state.prune();
         Ok(state)
@@ -265,9 +276,12 @@ impl Actor for RunTracker {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RunTrackerMsg::Create(req, reply) => {
-                let _ = reply.send(state.create(&myself, req));
-            }
+            RunTrackerMsg::Create(req, reply) => match state.create(&myself, req) {
+                Ok(created) if state.db.in_batch() => state.acks.push((reply, created)),
+                answer => {
+                    let _ = reply.send(answer);
+                }
+            },
             RunTrackerMsg::Get {
                 run_id,
                 wait,
@@ -334,8 +348,22 @@ impl Actor for RunTracker {
             } => {
                 let _ = reply.send(state.blob(&run_id, &blob_id));
             }
-            RunTrackerMsg::Prune => state.prune(),
+            RunTrackerMsg::Prune => {
+                state.commit();
+                state.prune();
+            }
+            RunTrackerMsg::Flush => state.commit(),
         }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // A graceful stop keeps what was handled; after a kill SQLite rolls the batch back.
+        state.commit();
         Ok(())
     }
 }
@@ -355,8 +383,41 @@ impl RunTrackerState {
         }
     }
 
+    /// Opens a batch for the writes of this message if none is open (see the module docs).
+    fn batch(&mut self) {
+        if self.db.in_batch() {
+            return;
+        }
+        match self.db.begin_batch() {
+            Ok(()) => {
+                let _ = self.myself.cast(RunTrackerMsg::Flush);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot open a run store batch"),
+        }
+    }
+
+    /// Commits the open batch, then answers the creates that waited for it.
+    fn commit(&mut self) {
+        if !self.db.in_batch() {
+            return;
+        }
+        let outcome = self.db.commit_batch().map_err(|e| e.to_string());
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, "cannot commit run store writes");
+        }
+        for (reply, created) in self.acks.drain(..) {
+            let _ = reply.send(outcome.clone().map(|()| created));
+        }
+        for record in std::mem::take(&mut self.settled) {
+            for (_, waiter) in self.waiters.remove(&record.run_id).unwrap_or_default() {
+                let _ = waiter.send(Some(record.clone()));
+            }
+        }
+    }
+
     /// Writes a changed in-flight run, announces it, and settles it if it is now terminal.
     fn save(&mut self, record: RunRecord, op: &'static str) {
+        self.batch();
         if let Err(e) = self.db.put_run(&record) {
             tracing::error!(run_id = %record.run_id, error = %e, "cannot write a run to the store");
         }
@@ -366,8 +427,8 @@ impl RunTrackerState {
         });
         if record.status.is_terminal() {
             self.live.remove(&record.run_id);
-            for (_, waiter) in self.waiters.remove(&record.run_id).unwrap_or_default() {
-                let _ = waiter.send(Some(record.clone()));
+            if self.waiters.contains_key(&record.run_id) {
+                self.settled.push(record);
             }
         } else {
             self.live.insert(record.run_id.clone(), record);
@@ -420,7 +481,9 @@ impl RunTrackerState {
             result_refs: Vec::new(),
             result: None,
         };
-        // Acknowledged means stored: a failed write refuses the run.
+        // Acknowledged means stored: a failed write refuses the run (and the reply waits for the
+        // batch's commit).
+        self.batch();
         self.db.put_run(&record).map_err(|e| e.to_string())?;
         self.live.insert(run_id.clone(), record.clone());
         let _ = self.events.send(RunEvent::Run {
@@ -468,13 +531,14 @@ impl RunTrackerState {
         let Some(list) = self.waiters.get_mut(run_id) else {
             return;
         };
-        if let Some(i) = list.iter().position(|(w, _)| *w == waiter) {
-            let (_, reply) = list.swap_remove(i);
-            let _ = reply.send(self.live.get(run_id).cloned());
-        }
+        let Some(i) = list.iter().position(|(w, _)| *w == waiter) else {
+            return;
+        };
+        let (_, reply) = list.swap_remove(i);
         if list.is_empty() {
             self.waiters.remove(run_id);
         }
+        let _ = reply.send(self.record(run_id));
     }
 
     fn starting(&mut self, run_id: &str) -> bool {
@@ -583,6 +647,7 @@ impl RunTrackerState {
     }
 
     fn add_export(&mut self, plugin_id: &str, item: ExportItem) {
+        self.batch();
         if let Err(e) = self.db.put_export(&item) {
             tracing::error!(run_id = %item.run_id, error = %e, "cannot write an export item to the store");
         }
@@ -671,6 +736,7 @@ impl RunTrackerState {
             size: None,
             created_at: unix_now(),
         };
+        self.batch();
         self.db
             .put_blob(&blob)
             .map_err(|e| BlobError::Store(e.to_string()))?;
@@ -714,6 +780,7 @@ impl RunTrackerState {
             .map_err(|e| BlobError::Store(e.to_string()))?
             .ok_or(BlobError::NotFound("upload not found"))?;
         blob.size = Some(size);
+        self.batch();
         self.db
             .put_blob(&blob)
             .map_err(|e| BlobError::Store(e.to_string()))
