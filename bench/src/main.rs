@@ -35,8 +35,10 @@
 //!   `def`, run on the SDK's thread pool) and `noop_async` (an `async def`, run on its event loop),
 //!   one row each, on a neko that has the echo plugin too.
 //!
-//! Latencies are in ms, percentiles nearest-rank over sorted samples. Runs are polled back to back
-//! (neko has no server-side wait), so the bench competes with neko for the same cores. Failed
+//! Latencies are in ms, percentiles nearest-rank over sorted samples. A run is one `POST /runs`
+//! with `wait_ms` (neko answers when the run is terminal); against a server that ignores
+//! `wait_ms` (the reference) the bench polls `GET /runs/{id}` back to back, competing with the
+//! server for the same cores. `--no-persist` measures neko without its run store. Failed
 //! requests are counted and shown; the exit status is non-zero if the server died.
 
 mod neko;
@@ -103,6 +105,10 @@ struct Args {
     /// Print a JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Start neko with `[runs] persist = false` (runs in memory only), to see what the run store
+    /// costs.
+    #[arg(long, conflicts_with = "url")]
+    no_persist: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -136,6 +142,11 @@ impl Args {
 
     /// The command line that measures `figure` alone with the same settings (`clients`: the one
     /// client count of a concurrent figure).
+    /// Marks the run figures of a neko without its run store.
+    fn store_note(&self) -> &'static str {
+        if self.no_persist { " (store off)" } else { "" }
+    }
+
     fn command(&self, figure: Figure, clients: Option<usize>) -> String {
         let program = std::env::args()
             .next()
@@ -148,6 +159,9 @@ impl Args {
                 format!("--entry {}", self.entry),
             ]),
             None => words.extend(self.neko.iter().map(|p| format!("--neko {}", p.display()))),
+        }
+        if self.no_persist {
+            words.push("--no-persist".into());
         }
         let name = figure.to_possible_value().expect("no skipped variants");
         words.push(format!("--only {}", name.get_name()));
@@ -427,7 +441,7 @@ async fn measure(args: &Args, report: &mut Report) -> Result<()> {
         pybench: py_runs,
     };
     let mut server = match &neko_bin {
-        Some(bin) => Some(Neko::spawn(bin, plugins, u32::MAX).await?),
+        Some(bin) => Some(Neko::spawn(bin, plugins, u32::MAX, !args.no_persist).await?),
         None => None,
     };
     let (base, ids) = match (&server, &args.url) {
@@ -457,7 +471,7 @@ async fn measure(args: &Args, report: &mut Report) -> Result<()> {
         if args.wants(target.seq) {
             let started = Instant::now();
             let samples = drive(&api, plugin, entry, Until::Count(args.seq_runs)).await;
-            let name = format!("run {plugin}/{entry}, sequential");
+            let name = format!("run {plugin}/{entry}, sequential{}", args.store_note());
             let command = args.command(target.seq, None);
             report.add(name, samples, Some(started.elapsed()), command);
             check_alive(&api, server.as_mut()).await?;
@@ -495,7 +509,7 @@ async fn prepare_python(bin: &Path) -> Result<()> {
          minute or more)",
         python_env_dir()?.display()
     );
-    let mut neko = Neko::spawn(bin, Plugins::PYBENCH_ALONE, 5).await?;
+    let mut neko = Neko::spawn(bin, Plugins::PYBENCH_ALONE, 5, true).await?;
     let api = Api::new(&neko.base)?;
     let ready = wait_for_within(
         Some(&mut neko),
@@ -575,7 +589,7 @@ async fn cold_start(args: &Args, report: &mut Report, bin: &Path, figure: Figure
     let ids = plugins.ids();
     let (mut health, mut running) = (Samples::default(), Samples::default());
     for _ in 0..args.cold_runs {
-        let mut neko = Neko::spawn(bin, plugins, 5).await?;
+        let mut neko = Neko::spawn(bin, plugins, 5, !args.no_persist).await?;
         let api = Api::new(&neko.base)?;
         let healthy = wait_for(Some(&mut neko), "GET /health to answer 200", || async {
             api.healthy().await.then(Instant::now)
@@ -658,7 +672,12 @@ async fn concurrent(
     for task in tasks {
         samples.merge(task.await.context("a client task panicked")?);
     }
-    let name = format!("run {}/{}, {clients} clients", target.0, target.1);
+    let name = format!(
+        "run {}/{}, {clients} clients{}",
+        target.0,
+        target.1,
+        args.store_note()
+    );
     let command = args.command(figure, Some(clients));
     report.add(name, samples, Some(started.elapsed()), command);
     Ok(())

@@ -96,7 +96,12 @@ impl Neko {
     /// Spawns `neko_bin` with `plugins` (the echo copies run the `neko-plugin-echo` binary neko
     /// finds next to itself; pybench runs in the shared [`python_env_dir`]) and built-in settings
     /// except `max_restarts`, and returns once neko has printed the address it listens on.
-    pub async fn spawn(neko_bin: &Path, plugins: Plugins, max_restarts: u32) -> Result<Neko> {
+    pub async fn spawn(
+        neko_bin: &Path,
+        plugins: Plugins,
+        max_restarts: u32,
+        persist: bool,
+    ) -> Result<Neko> {
         let dir = tempfile::Builder::new().prefix("neko-bench").tempdir()?;
         let plugins_dir = dir.path().join("plugins");
         for id in Plugins::echo(plugins.echo).ids() {
@@ -128,7 +133,8 @@ impl Neko {
              # kills the plugin more often than the default max_restarts = 5 per minute allows, and\n\
              # that every neko the bench starts shares one Python environment, built once.\n\
              [restart_policy]\nmax_restarts = {max_restarts}\n\n\
-             [python]\nenv_dir = {env_dir}\n"
+             [python]\nenv_dir = {env_dir}\n\n\
+             [runs]\npersist = {persist}\n"
         );
         std::fs::write(&config, settings)?;
         let log = dir.path().join("neko.log");
@@ -354,25 +360,24 @@ impl Api {
         p["pid"].as_u64().and_then(|pid| u32::try_from(pid).ok())
     }
 
-    /// `POST /runs`, then `GET /runs/{id}` back to back until the run is terminal. Returns the
-    /// time from sending the POST to receiving the first terminal record; a run that ends in any
-    /// state but `succeeded` is an error.
+    /// `POST /runs` with `wait_ms` (neko answers with the terminal record), then, if the server
+    /// answered `queued` (the reference ignores `wait_ms`), `GET /runs/{id}?wait_ms=` back to
+    /// back until the run is terminal. Returns the time from sending the POST to receiving the
+    /// first terminal record; a run that ends in any state but `succeeded` is an error.
     pub async fn run(&self, plugin: &str, entry: &str) -> Result<Duration> {
         let started = Instant::now();
-        let body = json!({"plugin_id": plugin, "entry_id": entry, "args": {"bench": true}});
-        let created = self
+        let wait_ms = WAIT_TIMEOUT.as_millis() as u64;
+        let body = json!({"plugin_id": plugin, "entry_id": entry, "args": {"bench": true}, "wait_ms": wait_ms});
+        let mut record = self
             .send(self.client.post(format!("{}/runs", self.base)).json(&body))
             .await
             .context("POST /runs")?;
-        let run_id = created["run_id"]
+        let run_id = record["run_id"]
             .as_str()
-            .with_context(|| format!("POST /runs answered no run_id: {created}"))?;
-        let url = format!("{}/runs/{run_id}", self.base);
+            .with_context(|| format!("POST /runs answered no run_id: {record}"))?
+            .to_string();
+        let url = format!("{}/runs/{run_id}?wait_ms={wait_ms}", self.base);
         loop {
-            let record = self
-                .send(self.client.get(&url))
-                .await
-                .with_context(|| format!("GET /runs/{run_id}"))?;
             match record["status"].as_str() {
                 Some("succeeded") => return Ok(started.elapsed()),
                 Some("queued" | "running") => {}
@@ -385,6 +390,10 @@ impl Api {
                 bail!("run {run_id} still not finished after {WAIT_TIMEOUT:?}");
             }
             tokio::task::yield_now().await;
+            record = self
+                .send(self.client.get(&url))
+                .await
+                .with_context(|| format!("GET /runs/{run_id}"))?;
         }
     }
 }
