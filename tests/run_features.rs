@@ -58,18 +58,6 @@ class Reporter(NekoPluginBase):
     }
 }
 
-/// Creates a run and returns its id.
-async fn create(neko: &Neko, plugin: &str, entry: &str, args: Value) -> String {
-    let (status, created) = neko
-        .post(
-            "/runs",
-            &json!({"plugin_id": plugin, "entry_id": entry, "args": args}),
-        )
-        .await;
-    assert_eq!(status, 200, "{created}");
-    created["run_id"].as_str().unwrap().to_string()
-}
-
 /// Waits until the run is `running`.
 async fn wait_running(neko: &Neko, run_id: &str) {
     crate::helper::wait_for_async(
@@ -164,7 +152,10 @@ async fn cancel_ends_runs_canceled() {
         ("echo", "spin", json!({"ms": 30_000})),
         ("reporter", "stubborn", json!({})),
     ] {
-        let run_id = create(&neko, plugin, entry, args).await;
+        let run_id = neko.create_run(plugin, entry, args).await["run_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         wait_running(&neko, &run_id).await;
         let (status, run) = neko
             .post(
@@ -211,10 +202,16 @@ async fn waiting_reads_answer_when_the_run_ends() {
         "{run}"
     );
 
-    let slow = create(&neko, "echo", "sleep", json!({"ms": 5_000})).await;
+    let slow = neko.create_run("echo", "sleep", json!({"ms": 5_000})).await["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (_, run) = neko.get(&format!("/runs/{slow}?wait_ms=100")).await;
     assert!(!is_terminal(&run), "{run}");
-    let quick = create(&neko, "echo", "sleep", json!({"ms": 200})).await;
+    let quick = neko.create_run("echo", "sleep", json!({"ms": 200})).await["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (_, run) = neko.get(&format!("/runs/{quick}?wait_ms=20000")).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     let (status, _) = neko.get("/runs/nope?wait_ms=1000").await;
@@ -285,9 +282,19 @@ async fn history_survives_a_supervisor_sigkill() {
     let neko = Neko::start(&[echo_plugin("echo", "")]);
     neko.wait_running("echo").await;
     let done = neko.run("echo", "echo", json!({"keep": "me"})).await;
-    let in_flight = create(&neko, "echo", "sleep", json!({"ms": 30_000})).await;
+    let in_flight = neko
+        .create_run("echo", "sleep", json!({"ms": 30_000}))
+        .await["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     wait_running(&neko, &in_flight).await;
-    let queued_only = create(&neko, "echo", "sleep", json!({"ms": 30_000})).await;
+    let queued_only = neko
+        .create_run("echo", "sleep", json!({"ms": 30_000}))
+        .await["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let neko = neko.kill_and_restart();
     let done_id = done["run_id"].as_str().unwrap();
@@ -328,7 +335,12 @@ async fn runs_can_stay_in_memory() {
 async fn uploads_round_trip_with_a_size_limit() {
     let neko = Neko::start(&[echo_plugin("echo", "")]);
     neko.wait_running("echo").await;
-    let run_id = create(&neko, "echo", "sleep", json!({"ms": 30_000})).await;
+    let run_id = neko
+        .create_run("echo", "sleep", json!({"ms": 30_000}))
+        .await["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     wait_running(&neko, &run_id).await;
     let (status, session) = neko
         .post(
@@ -376,7 +388,10 @@ async fn uploads_round_trip_with_a_size_limit() {
         .to_string();
     assert!(disposition.contains(".bin"), "{disposition}");
     assert_eq!(download.bytes().await.unwrap().to_vec(), content);
-    let other = create(&neko, "echo", "echo", json!({})).await;
+    let other = neko.create_run("echo", "echo", json!({})).await["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let blob_id = session["blob_id"].as_str().unwrap();
     let (status, _) = neko.get(&format!("/runs/{other}/blobs/{blob_id}")).await;
     assert_eq!(status, 404, "a blob is only reachable through its own run");
@@ -407,7 +422,10 @@ async fn uploads_round_trip_with_a_size_limit() {
 async fn killed_plugin_fails_its_runs_and_serves_after_restart() {
     let neko = Neko::start_mixed(&[], &[reporter()], "");
     let pid = neko.wait_running("reporter").await;
-    let run_id = create(&neko, "reporter", "wait_async", json!({})).await;
+    let run_id = neko.create_run("reporter", "wait_async", json!({})).await["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     wait_running(&neko, &run_id).await;
     crate::helper::signal(pid, libc::SIGKILL);
     let run = neko.wait_run(&run_id).await;
@@ -455,7 +473,12 @@ async fn retention_deletes_the_oldest_finished_runs() {
 async fn stopping_a_plugin_ends_its_runs() {
     let neko = Neko::start(&[echo_plugin("echo", "")]);
     neko.wait_running("echo").await;
-    let run_id = create(&neko, "echo", "sleep", json!({"ms": 30_000})).await;
+    let run_id = neko
+        .create_run("echo", "sleep", json!({"ms": 30_000}))
+        .await["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     wait_running(&neko, &run_id).await;
     let (status, body) = neko.admin_post("/plugin/echo/stop").await;
     assert_eq!(status, 200, "{body}");

@@ -92,18 +92,6 @@ async fn call_err(ws: &mut Ws, method: &str, params: Value) -> String {
     resp["error"].as_str().expect("error text").to_string()
 }
 
-/// Creates a run over HTTP; returns the created body (run_id, run_token, expires_at).
-async fn create(neko: &Neko, plugin: &str, entry: &str, args: Value) -> Value {
-    let (status, created) = neko
-        .post(
-            "/runs",
-            &json!({"plugin_id": plugin, "entry_id": entry, "args": args}),
-        )
-        .await;
-    assert_eq!(status, 200, "{created}");
-    created
-}
-
 /// A `/ws/run` socket past its auth frame; returns it with the session.ready data.
 async fn open_run(neko: &Neko, token: &str) -> (Ws, Value) {
     let mut ws = connect(neko, "/ws/run").await;
@@ -156,13 +144,9 @@ async fn refused(neko: &Neko, path: &str, first: Message) -> (u16, String) {
 async fn websockets_run_socket_streams_progress_and_answers_requests() {
     let neko = Neko::start(&[echo_plugin("echo", "")]);
     neko.wait_running("echo").await;
-    let created = create(
-        &neko,
-        "echo",
-        "progress",
-        json!({"steps": 5, "delay_ms": 50}),
-    )
-    .await;
+    let created = neko
+        .create_run("echo", "progress", json!({"steps": 5, "delay_ms": 50}))
+        .await;
     let run_id = created["run_id"].as_str().unwrap();
     let (mut ws, ready) = open_run(&neko, created["run_token"].as_str().unwrap()).await;
     assert_eq!(ready["run_id"], run_id);
@@ -281,7 +265,7 @@ async fn websockets_run_socket_refuses_bad_auth() {
 async fn websockets_oversized_frame_closes_1009() {
     let neko = Neko::start(&[echo_plugin("echo", "")]);
     neko.wait_running("echo").await;
-    let created = create(&neko, "echo", "echo", json!({"x": 1})).await;
+    let created = neko.create_run("echo", "echo", json!({"x": 1})).await;
     neko.wait_run(created["run_id"].as_str().unwrap()).await;
     let (mut ws, _) = open_run(&neko, created["run_token"].as_str().unwrap()).await;
     for junk in [
@@ -350,7 +334,7 @@ async fn websockets_admin_socket_events_filter_and_methods() {
     let mut ws = open_admin(&neko).await;
 
     // Every change, add first.
-    let a1 = create(&neko, "echo_a", "echo", json!({"n": 1})).await;
+    let a1 = neko.create_run("echo_a", "echo", json!({"n": 1})).await;
     let a1_id = a1["run_id"].as_str().unwrap();
     let events = events_until_done(&mut ws, a1_id).await;
     assert_eq!(events[0]["bus"], "runs");
@@ -369,9 +353,9 @@ async fn websockets_admin_socket_events_filter_and_methods() {
         recv(&mut ws).await,
         json!({"type": "event", "event": "subscribed", "data": {"plugin_id": "echo_b"}})
     );
-    let a2 = create(&neko, "echo_a", "echo", json!({"n": 2})).await;
+    let a2 = neko.create_run("echo_a", "echo", json!({"n": 2})).await;
     neko.wait_run(a2["run_id"].as_str().unwrap()).await;
-    let b1 = create(&neko, "echo_b", "echo", json!({"n": 3})).await;
+    let b1 = neko.create_run("echo_b", "echo", json!({"n": 3})).await;
     let b1_id = b1["run_id"].as_str().unwrap();
     let events = events_until_done(&mut ws, b1_id).await;
     for e in &events {

@@ -352,6 +352,13 @@ impl Neko {
 
     /// Creates a run and waits for its terminal record.
     pub async fn run(&self, plugin: &str, entry: &str, args: Value) -> Value {
+        let created = self.create_run(plugin, entry, args).await;
+        self.wait_run(created["run_id"].as_str().expect("run_id"))
+            .await
+    }
+
+    /// `POST /runs`; returns the `queued` reply (run_id, run_token, expires_at).
+    pub async fn create_run(&self, plugin: &str, entry: &str, args: Value) -> Value {
         let (status, created) = self
             .post(
                 "/runs",
@@ -360,8 +367,7 @@ impl Neko {
             .await;
         assert_eq!(status, 200, "{created}");
         assert_eq!(created["status"], "queued");
-        let run_id = created["run_id"].as_str().expect("run_id").to_string();
-        self.wait_run(&run_id).await
+        created
     }
 
     /// Waits for run `run_id` to reach a terminal state and returns its record (the server
