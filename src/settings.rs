@@ -29,6 +29,7 @@ pub struct Settings {
     pub restart_policy: RestartSettings,
     pub runs: RunsSettings,
     pub python: PythonSection,
+    pub message_plane: MessagePlaneSection,
     pub log: LogSettings,
 }
 
@@ -158,6 +159,43 @@ pub struct PythonSection {
     pub pip_args: Vec<String>,
 }
 
+/// `[message_plane]`: the stores plugins push to and read from, and their ZeroMQ endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessagePlaneSection {
+    /// RPC (ROUTER): queries of the stores (NEKO_MESSAGE_PLANE_ZMQ_RPC_ENDPOINT).
+    pub rpc_endpoint: String,
+    /// PUB: every accepted record as `<store>.<topic>` (NEKO_MESSAGE_PLANE_ZMQ_PUB_ENDPOINT).
+    pub pub_endpoint: String,
+    /// INGEST (PULL): what plugins push (NEKO_MESSAGE_PLANE_ZMQ_INGEST_ENDPOINT).
+    pub ingest_endpoint: String,
+    /// Records kept per (store, topic); older ones are evicted.
+    pub store_maxlen: usize,
+    /// Topics per store; pushes to a new topic beyond it are dropped.
+    pub topic_max: usize,
+    /// Largest record payload (msgpack bytes); larger ones are dropped.
+    pub payload_max_bytes: usize,
+    /// Cap of every `limit` an RPC query may ask for.
+    pub get_recent_max_limit: usize,
+    /// RPC envelope validation: "strict", "warn" or "off".
+    pub validate_mode: String,
+}
+
+impl Default for MessagePlaneSection {
+    fn default() -> Self {
+        Self {
+            rpc_endpoint: "tcp://127.0.0.1:38865".into(),
+            pub_endpoint: "tcp://127.0.0.1:38866".into(),
+            ingest_endpoint: "tcp://127.0.0.1:38867".into(),
+            store_maxlen: 20_000,
+            topic_max: 2_000,
+            payload_max_bytes: 256 * 1024,
+            get_recent_max_limit: 1_000,
+            validate_mode: "strict".into(),
+        }
+    }
+}
+
 /// `[log]`: what goes to stderr.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -266,6 +304,56 @@ impl Settings {
                 .parse()
                 .context("NEKO_BLOB_UPLOAD_MAX_BYTES must be a whole number")?;
         }
+        let plane = &mut self.message_plane;
+        for (names, target) in [
+            (
+                [
+                    "NEKO_MESSAGE_PLANE_ZMQ_RPC_ENDPOINT",
+                    "NEKO_MESSAGE_PLANE_RPC",
+                ],
+                &mut plane.rpc_endpoint,
+            ),
+            (
+                [
+                    "NEKO_MESSAGE_PLANE_ZMQ_PUB_ENDPOINT",
+                    "NEKO_MESSAGE_PLANE_PUB",
+                ],
+                &mut plane.pub_endpoint,
+            ),
+            (
+                [
+                    "NEKO_MESSAGE_PLANE_ZMQ_INGEST_ENDPOINT",
+                    "NEKO_MESSAGE_PLANE_INGEST",
+                ],
+                &mut plane.ingest_endpoint,
+            ),
+        ] {
+            if let Some(v) = names.iter().find_map(|n| get(n)) {
+                *target = v;
+            }
+        }
+        for (name, target) in [
+            ("NEKO_MESSAGE_PLANE_STORE_MAXLEN", &mut plane.store_maxlen),
+            ("NEKO_MESSAGE_PLANE_TOPIC_MAX", &mut plane.topic_max),
+            (
+                "NEKO_MESSAGE_PLANE_PAYLOAD_MAX_BYTES",
+                &mut plane.payload_max_bytes,
+            ),
+            (
+                "NEKO_MESSAGE_PLANE_GET_RECENT_MAX_LIMIT",
+                &mut plane.get_recent_max_limit,
+            ),
+        ] {
+            if let Some(v) = get(name) {
+                *target = v
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("{name} must be a whole number"))?;
+            }
+        }
+        if let Some(mode) = get("NEKO_MESSAGE_PLANE_VALIDATE_MODE") {
+            plane.validate_mode = mode.trim().to_lowercase();
+        }
         if let Some(python) = get("NEKO_PYTHON") {
             self.python.interpreter = Some(python);
         }
@@ -311,6 +399,15 @@ impl Settings {
             if v == 0 {
                 bail!("{name} must be greater than 0");
             }
+        }
+        let plane = &self.message_plane;
+        if !["strict", "warn", "off"].contains(&plane.validate_mode.as_str()) {
+            bail!("message_plane.validate_mode must be \"strict\", \"warn\" or \"off\"");
+        }
+        if plane.store_maxlen == 0 || plane.get_recent_max_limit == 0 || plane.topic_max == 0 {
+            bail!(
+                "message_plane.store_maxlen, topic_max and get_recent_max_limit must be greater than 0"
+            );
         }
         if s.heartbeat_timeout_ms <= s.heartbeat_interval_ms {
             bail!("supervision.heartbeat_timeout_ms must exceed supervision.heartbeat_interval_ms");

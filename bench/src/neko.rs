@@ -130,11 +130,14 @@ impl Neko {
         let config = dir.path().join("neko.toml");
         let settings = format!(
             "# neko-bench: the built-in defaults (config/neko.toml), except that the restart figure\n\
-             # kills the plugin more often than the default max_restarts = 5 per minute allows, and\n\
-             # that every neko the bench starts shares one Python environment, built once.\n\
+             # kills the plugin more often than the default max_restarts = 5 per minute allows,\n\
+             # that every neko the bench starts shares one Python environment, built once, that\n\
+             # --no-persist turns the run store off, and that the message plane takes free ports.\n\
              [restart_policy]\nmax_restarts = {max_restarts}\n\n\
              [python]\nenv_dir = {env_dir}\n\n\
-             [runs]\npersist = {persist}\n"
+             [runs]\npersist = {persist}\n\n\
+             [message_plane]\nrpc_endpoint = \"tcp://127.0.0.1:0\"\n\
+             pub_endpoint = \"tcp://127.0.0.1:0\"\ningest_endpoint = \"tcp://127.0.0.1:0\"\n"
         );
         std::fs::write(&config, settings)?;
         let log = dir.path().join("neko.log");

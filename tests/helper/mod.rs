@@ -136,6 +136,12 @@ term_grace_ms = 500
 backoff_initial_ms = 50
 backoff_max_ms = 400
 start_window_ms = 500
+
+# Tests run side by side: every server on free ports.
+[message_plane]
+rpc_endpoint = "tcp://127.0.0.1:0"
+pub_endpoint = "tcp://127.0.0.1:0"
+ingest_endpoint = "tcp://127.0.0.1:0"
 "#,
     )
     .expect("base settings parse");
