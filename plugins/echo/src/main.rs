@@ -10,10 +10,12 @@
 //! - `freeze`: the process stopping (SIGSTOP) so heartbeats stop, for the heartbeat deadline.
 //! - `progress`: run progress (`run.update`) and an export (`export.push`) from inside a run.
 //! - `spin`: a synchronous handler that stops early when canceled, for CANCEL of blocking work.
+//! - `push`, `recent`: the message plane from Rust (push messages, read a store back).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use neko_sdk::bus::Message;
 use neko_sdk::{Context, Entry, EntryError, ErrorCode, Plugin, RunUpdate, args_without_ctx};
 use serde_json::{Value, json};
 
@@ -138,6 +140,43 @@ async fn main() -> ExitCode {
             |ctx: Context, args: Value| {
                 let ms = sleep_ms(&args)?;
                 Ok(json!({"cancelled": spin(&ctx, Duration::from_millis(ms))}))
+            },
+        )
+        .entry(
+            Entry::new("push")
+                .name("Push")
+                .description(
+                    "Pushes `n` text messages (default 1) from `source` (default \"echo\") to the \
+                     message plane; returns {\"pushed\", \"dropped\", \"last_message_id\"}",
+                )
+                .input_schema(json!({
+                    "type": "object",
+                    "properties": {
+                        "n": {"type": "integer", "minimum": 0},
+                        "source": {"type": "string"},
+                    },
+                })),
+            |ctx: Context, args: Value| async move { push(&ctx, &args).await },
+        )
+        .entry(
+            Entry::new("recent")
+                .name("Recent")
+                .description(
+                    "The last `limit` (default 10) records of `store` (default \"messages\"), \
+                     read back over the message plane's RPC",
+                )
+                .input_schema(json!({
+                    "type": "object",
+                    "properties": {
+                        "store": {"type": "string"},
+                        "limit": {"type": "integer", "minimum": 1},
+                    },
+                })),
+            |ctx: Context, args: Value| async move {
+                let store = args["store"].as_str().unwrap_or("messages");
+                let limit = args["limit"].as_u64().unwrap_or(10) as usize;
+                let items = ctx.bus().get_recent(store, "all", limit).await?;
+                Ok(json!({"items": items}))
             },
         )
         .run()
@@ -295,4 +334,27 @@ mod tests {
         assert!(exit_code(&json!({"code": "3"})).is_err());
         assert!(exit_code(&json!({"code": 1_i64 << 40})).is_err());
     }
+}
+
+/// Pushes `n` messages as fast as the SDK takes them; a full queue counts as dropped.
+async fn push(ctx: &Context, args: &Value) -> Result<Value, EntryError> {
+    let n = args["n"].as_u64().unwrap_or(1);
+    let source = args["source"].as_str().unwrap_or("echo");
+    let (mut pushed, mut dropped, mut last) = (0u64, 0u64, None);
+    for i in 0..n {
+        let message = Message::new(source, "text", json!(format!("message {i}")));
+        match ctx.bus().push_message(message).await {
+            Ok(id) => {
+                pushed += 1;
+                last = Some(id);
+            }
+            Err(e) if e.code == ErrorCode::RateLimited => {
+                dropped += 1;
+                // Let the pusher drain before trying again.
+                tokio::task::yield_now().await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(json!({"pushed": pushed, "dropped": dropped, "last_message_id": last}))
 }

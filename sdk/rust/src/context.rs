@@ -13,6 +13,7 @@ use neko_protocol::{ErrorCode, Message, Request, StatusUpdate};
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::bus::Bus;
 use crate::error::EntryError;
 use crate::request::{DEFAULT_REQUEST_TIMEOUT, EXPORT_BINARY_MAX_BYTES, Outgoing, RunUpdate};
 
@@ -38,6 +39,8 @@ pub(crate) struct PluginInfo {
     pub(crate) outbox: mpsc::UnboundedSender<Outgoing>,
     /// The number of the next REQUEST, for unique request ids.
     pub(crate) next_request: AtomicU64,
+    /// The message plane, connected on first use.
+    pub(crate) bus: Bus,
 }
 
 impl PluginInfo {
@@ -48,6 +51,7 @@ impl PluginInfo {
         outbox: mpsc::UnboundedSender<Outgoing>,
     ) -> Self {
         Self {
+            bus: Bus::new(&plugin_id),
             plugin_id,
             plugin_dir,
             plugin_config,
@@ -86,6 +90,11 @@ impl Context {
     /// The plugin's id.
     pub fn plugin_id(&self) -> &str {
         &self.plugin.plugin_id
+    }
+
+    /// The message plane: push messages, query the stores.
+    pub fn bus(&self) -> &Bus {
+        &self.plugin.bus
     }
 
     /// The plugin's folder (the one holding plugin.toml).

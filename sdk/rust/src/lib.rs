@@ -42,6 +42,7 @@
 //! - [`entry`]: [`Entry`], an entry's declaration, and how a handler is called (panics caught).
 //! - [`context`]: [`Context`], what a handler knows about its call and can do (status, cancel,
 //!   requests to the supervisor: [`Context::request`], run progress, exports).
+//! - [`bus`]: the message plane: [`bus::Bus::push_message`] (batched, bounded) and queries.
 //! - [`request`]: [`RunUpdate`] and the request limits; the I/O loop's table of open requests.
 //! - [`error`]: [`EntryError`] (a handler's failure, sent to the caller) and [`RunError`] (why a
 //!   plugin could not run).
@@ -53,6 +54,7 @@
 //!
 //! The wire format is `protocol/PROTOCOL.md`; the types come from `neko-protocol`.
 
+pub mod bus;
 pub mod context;
 pub mod entry;
 pub mod env;

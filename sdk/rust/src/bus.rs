@@ -1,0 +1,358 @@
+//! The message plane from a Rust plugin: push messages (batched, bounded, never blocking the
+//! caller) and query the stores over RPC.
+//!
+//! The wire is the reference's message-plane protocol (`protocol/PROTOCOL.md`, "Message plane"):
+//! INGEST takes single msgpack maps `{"v":1,"kind":"delta_batch","from","ts","batch_id","items"}`
+//! on a PUSH socket, RPC takes the envelope `{"v":1,"op","req_id","args","from_plugin"}` on a
+//! DEALER. neko passes the endpoints in `NEKO_MESSAGE_PLANE_ZMQ_{INGEST,RPC}_ENDPOINT`.
+//!
+//! Pushes go through a bounded queue to one task that owns the PUSH socket and sends a frame per
+//! [`BATCH_MAX`] messages or per [`FLUSH_EVERY`], whichever comes first; a full queue drops the
+//! message and counts it ([`Bus::dropped`]). So a handler pushing in a loop never waits on the
+//! socket, and a plugin that floods only loses its own messages.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::{Mutex, OnceCell, mpsc};
+use zeromq::{DealerSocket, PushSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+
+use crate::error::EntryError;
+use neko_protocol::ErrorCode;
+
+/// Messages per INGEST frame at most (the reference's `NEKO_PLUGIN_ZMQ_MESSAGE_PUSH_BATCH_SIZE`).
+pub const BATCH_MAX: usize = 256;
+/// A partial batch is sent after this long (the reference's flush interval).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(5);
+/// Messages waiting to be sent at most; beyond it pushes are dropped and counted.
+pub const QUEUE_MAX: usize = 100_000;
+/// Default deadline of a query.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const INGEST_ENV: &str = "NEKO_MESSAGE_PLANE_ZMQ_INGEST_ENDPOINT";
+const RPC_ENV: &str = "NEKO_MESSAGE_PLANE_ZMQ_RPC_ENDPOINT";
+
+/// A message to push; [`Message::new`] then the builder methods for the optional fields.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Message {
+    pub source: String,
+    pub message_type: String,
+    pub description: String,
+    pub priority: i64,
+    pub content: Value,
+    pub binary_data: Option<Vec<u8>>,
+    pub binary_url: Option<String>,
+    pub metadata: Map<String, Value>,
+}
+
+impl Message {
+    /// A message of `message_type` (e.g. `"text"`) from `source`, with `content`.
+    pub fn new(source: impl Into<String>, message_type: impl Into<String>, content: Value) -> Self {
+        Self {
+            source: source.into(),
+            message_type: message_type.into(),
+            content,
+            ..Self::default()
+        }
+    }
+
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    pub fn priority(mut self, priority: i64) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    pub fn metadata(mut self, metadata: Map<String, Value>) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    pub fn binary(mut self, data: Vec<u8>) -> Self {
+        self.binary_data = Some(data);
+        self
+    }
+
+    pub fn binary_url(mut self, url: impl Into<String>) -> Self {
+        self.binary_url = Some(url.into());
+        self
+    }
+}
+
+/// The stored payload: the reference's `push_message` record (`type` = `MESSAGE_PUSH`).
+#[derive(Serialize)]
+struct Payload {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message_id: String,
+    plugin_id: Arc<str>,
+    source: String,
+    description: String,
+    priority: i64,
+    message_type: String,
+    content: Value,
+    binary_data: Option<serde_bytes::ByteBuf>,
+    binary_url: Option<String>,
+    metadata: Map<String, Value>,
+    #[serde(rename = "unsafe")]
+    is_unsafe: bool,
+    time: f64,
+}
+
+#[derive(Serialize)]
+struct Item {
+    store: &'static str,
+    topic: &'static str,
+    payload: Payload,
+}
+
+#[derive(Serialize)]
+struct DeltaBatch<'a> {
+    v: u8,
+    kind: &'static str,
+    from: &'a str,
+    ts: f64,
+    batch_id: String,
+    items: &'a [Item],
+}
+
+/// A plugin's connection to the message plane, created on first use.
+pub struct Bus {
+    plugin_id: Arc<str>,
+    pushes: OnceCell<mpsc::Sender<Item>>,
+    rpc: OnceCell<Mutex<DealerSocket>>,
+    next_id: AtomicU64,
+    dropped: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("plugin_id", &self.plugin_id)
+            .field("dropped", &self.dropped())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    pub(crate) fn new(plugin_id: &str) -> Self {
+        Self {
+            plugin_id: Arc::from(plugin_id),
+            pushes: OnceCell::new(),
+            rpc: OnceCell::new(),
+            next_id: AtomicU64::new(0),
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Pushes `message` to store `messages`, topic `all`; returns its `message_id`. Never waits
+    /// for the socket: a full queue drops the message (error `RATE_LIMITED`, counted in
+    /// [`Bus::dropped`]).
+    pub async fn push_message(&self, message: Message) -> Result<String, EntryError> {
+        let pushes = self.pushes.get_or_try_init(|| self.start_pusher()).await?;
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let message_id = format!("{}:{n}", self.plugin_id);
+        let item = Item {
+            store: "messages",
+            topic: "all",
+            payload: Payload {
+                kind: "MESSAGE_PUSH",
+                message_id: message_id.clone(),
+                plugin_id: self.plugin_id.clone(),
+                source: message.source,
+                description: message.description,
+                priority: message.priority,
+                message_type: message.message_type,
+                content: message.content,
+                binary_data: message.binary_data.map(serde_bytes::ByteBuf::from),
+                binary_url: message.binary_url,
+                metadata: message.metadata,
+                is_unsafe: false,
+                time: unix_now(),
+            },
+        };
+        match pushes.try_send(item) {
+            Ok(()) => Ok(message_id),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                Err(EntryError::new(
+                    ErrorCode::RateLimited,
+                    "message_plane backpressure: push_message dropped",
+                ))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(EntryError::new(
+                ErrorCode::NotReady,
+                "the message plane connection is closed",
+            )),
+        }
+    }
+
+    /// Pushes dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Sends one RPC request (`op`, `args`) and returns its `result`; an `ok: false` answer is an
+    /// error carrying the plane's code and message.
+    pub async fn rpc(&self, op: &str, args: Value, timeout: Duration) -> Result<Value, EntryError> {
+        let socket = self.rpc.get_or_try_init(|| connect_rpc()).await?;
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let req_id = format!("{}:{n}", self.plugin_id);
+        let envelope = json!({
+            "v": 1, "op": op, "req_id": req_id, "args": args, "from_plugin": &*self.plugin_id,
+        });
+        let bytes = rmp_serde::to_vec_named(&envelope)
+            .map_err(|e| EntryError::validation(format!("cannot encode the request: {e}")))?;
+        // One request at a time per plugin: replies are matched by req_id, stale ones skipped.
+        let mut socket = socket.lock().await;
+        let exchange = async {
+            socket.send(ZmqMessage::from(bytes)).await.map_err(io)?;
+            loop {
+                let reply = socket.recv().await.map_err(io)?;
+                let Some(last) = reply.iter().last() else {
+                    continue;
+                };
+                let Ok(reply) = rmp_serde::from_slice::<Value>(last) else {
+                    continue;
+                };
+                if reply["req_id"] == req_id.as_str() {
+                    return Ok::<Value, EntryError>(reply);
+                }
+            }
+        };
+        let reply = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| {
+                EntryError::new(
+                    ErrorCode::Timeout,
+                    format!("{op} timed out after {}s", timeout.as_secs_f64()),
+                )
+            })??;
+        if reply["ok"] == true {
+            return Ok(reply["result"].clone());
+        }
+        let error = &reply["error"];
+        Err(EntryError::new(
+            ErrorCode::from(error["code"].as_str().unwrap_or("INTERNAL").to_string()),
+            error["message"].as_str().unwrap_or("message plane error"),
+        ))
+    }
+
+    /// The last `limit` records of `store`/`topic`, oldest first (`bus.get_recent`).
+    pub async fn get_recent(
+        &self,
+        store: &str,
+        topic: &str,
+        limit: usize,
+    ) -> Result<Vec<Value>, EntryError> {
+        let args = json!({"store": store, "topic": topic, "limit": limit, "light": false});
+        let result = self.rpc("bus.get_recent", args, QUERY_TIMEOUT).await?;
+        Ok(items(result))
+    }
+
+    /// Records of `store` matching `filters` (the `bus.query` args: `topic`, `plugin_id`,
+    /// `source`, `kind`, `type`, `priority_min`, `since_ts`, `until_ts`, `limit`), newest first.
+    pub async fn query(&self, store: &str, filters: Value) -> Result<Vec<Value>, EntryError> {
+        let mut args = match filters {
+            Value::Object(m) => m,
+            _ => Map::new(),
+        };
+        args.insert("store".into(), json!(store));
+        args.entry("topic").or_insert(json!("all"));
+        args.entry("limit").or_insert(json!(200));
+        args.entry("light").or_insert(json!(false));
+        let result = self
+            .rpc("bus.query", Value::Object(args), QUERY_TIMEOUT)
+            .await?;
+        Ok(items(result))
+    }
+
+    async fn start_pusher(&self) -> Result<mpsc::Sender<Item>, EntryError> {
+        let endpoint = endpoint(INGEST_ENV)?;
+        let mut socket = PushSocket::new();
+        socket.connect(&endpoint).await.map_err(io)?;
+        let (tx, rx) = mpsc::channel(QUEUE_MAX);
+        tokio::spawn(pump(socket, rx, self.plugin_id.clone()));
+        Ok(tx)
+    }
+}
+
+/// Owns the PUSH socket: gathers up to [`BATCH_MAX`] items or [`FLUSH_EVERY`], sends a frame.
+async fn pump(mut socket: PushSocket, mut rx: mpsc::Receiver<Item>, from: Arc<str>) {
+    let mut batch: Vec<Item> = Vec::with_capacity(BATCH_MAX);
+    let mut frames: u64 = 0;
+    while rx.recv_many(&mut batch, BATCH_MAX).await > 0 {
+        // A short wait fills a batch under load; a lone message still leaves within FLUSH_EVERY.
+        if batch.len() < BATCH_MAX {
+            let deadline = tokio::time::Instant::now() + FLUSH_EVERY;
+            while batch.len() < BATCH_MAX {
+                let room = BATCH_MAX - batch.len();
+                match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
+        }
+        frames += 1;
+        let frame = DeltaBatch {
+            v: 1,
+            kind: "delta_batch",
+            from: &from,
+            ts: unix_now(),
+            batch_id: format!("{from}-{frames}"),
+            items: &batch,
+        };
+        match rmp_serde::to_vec_named(&frame) {
+            Ok(bytes) => {
+                if let Err(e) = socket.send(ZmqMessage::from(bytes)).await {
+                    tracing::warn!(error = %e, "message plane: push failed; batch lost");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "message plane: cannot encode a batch"),
+        }
+        batch.clear();
+    }
+}
+
+async fn connect_rpc() -> Result<Mutex<DealerSocket>, EntryError> {
+    let endpoint = endpoint(RPC_ENV)?;
+    let mut socket = DealerSocket::new();
+    socket.connect(&endpoint).await.map_err(io)?;
+    Ok(Mutex::new(socket))
+}
+
+fn endpoint(var: &str) -> Result<String, EntryError> {
+    std::env::var(var).map_err(|_| {
+        EntryError::new(
+            ErrorCode::NotReady,
+            format!("message_plane is not available ({var} is not set)"),
+        )
+    })
+}
+
+fn items(result: Value) -> Vec<Value> {
+    match result {
+        Value::Object(mut m) => match m.remove("items") {
+            Some(Value::Array(items)) => items,
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+fn io(e: zeromq::ZmqError) -> EntryError {
+    EntryError::new(ErrorCode::NotReady, format!("message plane: {e}"))
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
