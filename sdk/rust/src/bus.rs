@@ -201,7 +201,7 @@ impl Bus {
     /// Sends one RPC request (`op`, `args`) and returns its `result`; an `ok: false` answer is an
     /// error carrying the plane's code and message.
     pub async fn rpc(&self, op: &str, args: Value, timeout: Duration) -> Result<Value, EntryError> {
-        let socket = self.rpc.get_or_try_init(|| connect_rpc()).await?;
+        let socket = self.rpc.get_or_try_init(connect_rpc).await?;
         let n = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let req_id = format!("{}:{n}", self.plugin_id);
         let envelope = json!({
