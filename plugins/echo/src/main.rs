@@ -279,6 +279,29 @@ fn exit_code(args: &Value) -> Result<i32, EntryError> {
         })
 }
 
+/// Pushes `n` messages as fast as the SDK takes them; a full queue counts as dropped.
+async fn push(ctx: &Context, args: &Value) -> Result<Value, EntryError> {
+    let n = args["n"].as_u64().unwrap_or(1);
+    let source = args["source"].as_str().unwrap_or("echo");
+    let (mut pushed, mut dropped, mut last) = (0u64, 0u64, None);
+    for i in 0..n {
+        let message = Message::new(source, "text", json!(format!("message {i}")));
+        match ctx.bus().push_message(message).await {
+            Ok(id) => {
+                pushed += 1;
+                last = Some(id);
+            }
+            Err(e) if e.code == ErrorCode::RateLimited => {
+                dropped += 1;
+                // Let the pusher drain before trying again.
+                tokio::task::yield_now().await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(json!({"pushed": pushed, "dropped": dropped, "last_message_id": last}))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,27 +357,4 @@ mod tests {
         assert!(exit_code(&json!({"code": "3"})).is_err());
         assert!(exit_code(&json!({"code": 1_i64 << 40})).is_err());
     }
-}
-
-/// Pushes `n` messages as fast as the SDK takes them; a full queue counts as dropped.
-async fn push(ctx: &Context, args: &Value) -> Result<Value, EntryError> {
-    let n = args["n"].as_u64().unwrap_or(1);
-    let source = args["source"].as_str().unwrap_or("echo");
-    let (mut pushed, mut dropped, mut last) = (0u64, 0u64, None);
-    for i in 0..n {
-        let message = Message::new(source, "text", json!(format!("message {i}")));
-        match ctx.bus().push_message(message).await {
-            Ok(id) => {
-                pushed += 1;
-                last = Some(id);
-            }
-            Err(e) if e.code == ErrorCode::RateLimited => {
-                dropped += 1;
-                // Let the pusher drain before trying again.
-                tokio::task::yield_now().await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(json!({"pushed": pushed, "dropped": dropped, "last_message_id": last}))
 }
