@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from plugin._runtime import scope
-from plugin._runtime.context import PluginContext
+from plugin._runtime.context import PENDING_FEATURES, PluginContext
 from plugin.sdk import NekoPluginBase, PluginConfig, Plugins
 from plugin.sdk.bus import BusHub
 from plugin.sdk.errors import PluginCallError, PluginConfigError
@@ -149,17 +149,38 @@ def test_features_of_later_releases_name_themselves():
         (lambda: PluginConfig(ctx).set("a.b", 1), "config writes"),
         (lambda: PluginConfig(ctx).get_profiles_state(), "config profiles"),
         (lambda: PluginConfig(ctx).dump_effective("dev"), "config profiles"),
-        (lambda: ctx.push_message("src", "text", content="hi"), "arrives with the message plane"),
-        (lambda: ctx.bus.messages.get(), "ctx.bus.messages.get arrives with the message plane"),
-        (lambda: ctx.bus.events.get(), "ctx.bus.events.get arrives with the message plane"),
-        (lambda: ctx.bus.lifecycle.delete("x"), "arrives with the message plane"),
-        (lambda: ctx.bus.memory.get("bucket"), "arrives with the message plane"),
+        (lambda: ctx.bus.memory.query("lan", "q"), "memory queries"),
     ]
     for call, words in cases:
         with pytest.raises(NotImplementedError, match=words):
             call()
     assert transport.requests == []  # nothing was sent
     assert isinstance(ctx.bus, BusHub)
+    assert set(PENDING_FEATURES) == {
+        "run.update", "export.push", "plugin.call", "plugins.query", "memory.query", "config.update",
+        "config.profiles", "config.profile", "config.effective", "system.config",
+    }
+
+
+def test_message_plane_features_need_its_endpoints(monkeypatch):
+    # push_message and ctx.bus go to the message plane, not through the supervisor link.
+    for name in ("NEKO_MESSAGE_PLANE_ZMQ_RPC_ENDPOINT", "NEKO_MESSAGE_PLANE_RPC", "NEKO_MESSAGE_PLANE_ZMQ_PUB_ENDPOINT",
+                 "NEKO_MESSAGE_PLANE_PUB", "NEKO_MESSAGE_PLANE_ZMQ_INGEST_ENDPOINT", "NEKO_MESSAGE_PLANE_INGEST"):
+        monkeypatch.delenv(name, raising=False)
+    ctx, transport = make_ctx()
+    cases = [
+        (lambda: ctx.push_message("src", "text", content="hi"), "push_message"),
+        (lambda: ctx.push_message("src", "text", fast_mode=True), "push_message"),
+        (lambda: ctx.bus.messages.get(), "ctx.bus.messages.get"),
+        (lambda: ctx.bus.events.get(), "ctx.bus.events.get"),
+        (lambda: ctx.bus.lifecycle.delete("x"), "ctx.bus.lifecycle.delete"),
+        (lambda: ctx.bus.memory.get("bucket"), "ctx.bus.memory.get"),
+    ]
+    for call, feature in cases:
+        with pytest.raises(RuntimeError, match=f"message_plane is not available for {feature}"):
+            call()
+    assert transport.requests == []
+    ctx.close()
     with pytest.raises(PluginCallError, match="Invalid reference"):
         Plugins(ctx).call_entry("no-colon")
 

@@ -5,6 +5,10 @@ Everything that talks to the supervisor goes through one generic request helper
 in `PENDING_FEATURES`: calling them raises `NotImplementedError` naming the feature. Wiring one
 later means moving its op to `SERVED_OPS`.
 
+`push_message` and the `ctx.bus` clients do not use that link: they talk to neko's message plane
+directly (`message_plane.MessagePlane`, made on first use from the `NEKO_MESSAGE_PLANE_ZMQ_*`
+endpoints in the environment).
+
 Call styles, as in the reference:
 - "smart" methods return a coroutine when called in a thread whose event loop is running (await
   it) and otherwise run synchronously;
@@ -17,15 +21,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import itertools
 import json
 import os
+import threading
+import time
 import tomllib
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
 from ..sdk.errors import RequestError
 from ..sdk.logger import PluginLogger, enable_plugin_file_logging
 from . import scope
+from .message_plane import MessagePlane, MessagePlaneConfig, receipt
 
 #: Request ops this SDK sends because the supervisor serves them.
 SERVED_OPS = frozenset({"config.get", "run.update", "export.push"})
@@ -42,14 +52,6 @@ PENDING_FEATURES = {
     "config.profile": "config profiles (self.config.get_profile)",
     "config.effective": "config profiles (self.config.dump_effective with a profile name)",
     "system.config": "the system config (ctx.get_system_config)",
-    "message.push": "ctx.push_message",
-    "bus.events.get": "ctx.bus.events.get",
-    "bus.events.delete": "ctx.bus.events.delete",
-    "bus.lifecycle.get": "ctx.bus.lifecycle.get",
-    "bus.lifecycle.delete": "ctx.bus.lifecycle.delete",
-    "bus.memory.get": "ctx.bus.memory.get",
-    "bus.subscribe": "bus watchers",
-    "bus.unsubscribe": "bus watchers",
 }
 
 #: The reference's limit for `export_push_binary`.
@@ -83,10 +85,6 @@ def not_available(op: str) -> NotImplementedError:
     )
 
 
-def message_plane_feature(name: str) -> NotImplementedError:
-    return NotImplementedError(f"{name} arrives with the message plane (not available in neko yet)")
-
-
 def sync_in_loop_error(name: str) -> RuntimeError:
     return RuntimeError(
         f"Sync call '{name}' cannot be used inside a running event loop. "
@@ -116,6 +114,7 @@ class PluginContext:
         logger: PluginLogger,
         transport: Transport,
         plugin_dir: Path | str | None = None,
+        message_plane_config: Optional[MessagePlaneConfig] = None,
     ):
         self.plugin_id = plugin_id
         self.config_path = Path(config_path) if config_path else None
@@ -127,6 +126,11 @@ class PluginContext:
         self._file_loggers: list[PluginLogger] = []
         self._policy_cache: tuple[float, str] | None = None
         self._closed = False
+        self._plane_config = message_plane_config
+        self._plane: Optional[MessagePlane] = None
+        self._plane_lock = threading.Lock()
+        self._fast_ids = itertools.count(1)
+        self._watchers: list[Any] = []
 
     def __repr__(self) -> str:
         return f"PluginContext(plugin_id={self.plugin_id!r})"
@@ -465,13 +469,111 @@ class PluginContext:
     def get_user_context(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("get_user_context was removed; use ctx.bus.memory.get(bucket_id) instead")
 
-    # -- message plane (later) ------------------------------------------------------------------
+    # -- message plane ------------------------------------------------------------------------------
 
-    def push_message(self, source: str, message_type: str, description: str = "", priority: int = 0, content: Any = None, binary_data: Any = None, binary_url: Optional[str] = None, metadata: Optional[dict] = None, unsafe: bool = False, fast_mode: bool = False) -> None:
-        raise message_plane_feature("ctx.push_message")
+    def _message_plane(self) -> MessagePlane:
+        """The message-plane client, made on first use (no socket exists before a call needs one)."""
+        with self._plane_lock:
+            if self._plane is None:
+                if self._closed:
+                    raise RuntimeError("the plugin context is closed")
+                config = self._plane_config if self._plane_config is not None else MessagePlaneConfig.from_environ()
+                self._plane = MessagePlane(self.plugin_id, self.logger, config)
+            return self._plane
 
-    async def push_message_async(self, *args: Any, **kwargs: Any) -> None:
-        raise message_plane_feature("ctx.push_message_async")
+    def push_message(
+        self,
+        source: str,
+        message_type: str,
+        description: str = "",
+        priority: int = 0,
+        content: Any = None,
+        binary_data: Any = None,
+        binary_url: Optional[str] = None,
+        metadata: Optional[dict] = None,
+        unsafe: bool = False,
+        fast_mode: bool = False,
+    ) -> dict:
+        """Publishes a message to neko's message plane (store `messages`, topic `all`).
+
+        Callable from any thread and from async code (it never waits long: see below). Returns a
+        receipt `{"submitted": bool, "message_id": str, "reason": str | None}`:
+
+        - normal mode: one frame per call, `message_id` a uuid4, `time` an ISO string. If the
+          message plane does not take the frame within `NEKO_MESSAGE_PLANE_INGEST_SNDTIMEO_MS`
+          (1000 ms) the receipt says `submitted: False, reason: "timeout"`; nothing is raised
+          (the reference raised here).
+        - `fast_mode=True`: the message is queued for a background batcher that sends every 256
+          messages or 5 ms; `message_id` is `"<plugin_id>:<n>"`, `time` a float epoch. When the
+          queue is 90% full the message is dropped: `reason: "backpressure"`, counted in
+          `ctx.message_stats()`, and a warning is logged at most once a second.
+
+        Other reasons: `"payload_too_large"` (over 256 KiB packed, which the plane would drop) and
+        `"closed"` (after `ctx.close()`). `submitted: True` means handed to the message plane's socket, not stored.
+        Raises RuntimeError when neko gave the plugin no message plane, and TypeError when the
+        message holds values msgpack cannot carry. No schema validation, as in the reference.
+        """
+        if fast_mode:
+            message_id = f"{self.plugin_id}:{next(self._fast_ids)}"
+            when: Any = time.time()
+        else:
+            message_id = str(uuid.uuid4())
+            when = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+        if self._closed:  # e.g. a background thread still pushing while the plugin exits
+            return receipt(False, message_id, "closed")
+        plane = self._message_plane()
+        if isinstance(binary_data, (bytearray, memoryview)):
+            binary_data = bytes(binary_data)
+        payload = {
+            "type": "MESSAGE_PUSH",
+            "message_id": message_id,
+            "plugin_id": self.plugin_id,
+            "source": source,
+            "description": description,
+            "priority": priority,
+            "message_type": message_type,
+            "content": content,
+            "binary_data": binary_data,
+            "binary_url": binary_url,
+            "metadata": metadata if metadata is not None else {},
+            "unsafe": unsafe,
+            "time": when,
+        }
+        return plane.push(payload, fast=bool(fast_mode))
+
+    async def push_message_async(
+        self,
+        source: str,
+        message_type: str,
+        description: str = "",
+        priority: int = 0,
+        content: Any = None,
+        binary_data: Any = None,
+        binary_url: Optional[str] = None,
+        metadata: Optional[dict] = None,
+        unsafe: bool = False,
+        fast_mode: bool = False,
+    ) -> dict:
+        """`push_message` for async code. A normal-mode push, which may wait for the socket, runs in
+        a thread so the event loop never blocks; a fast-mode push only queues."""
+        args = (source, message_type, description, priority, content, binary_data, binary_url, metadata, unsafe, fast_mode)
+        if fast_mode:
+            return self.push_message(*args)
+        return await asyncio.to_thread(self.push_message, *args)
+
+    def message_stats(self) -> dict:
+        """Counters of this plugin's pushes: `normal` {sent, timeouts, failed}, `fast` {queued,
+        accepted, rejected, sent, batches, dropped, send_timeouts, ...}, `payload_too_large`."""
+        return self._message_plane().stats()
+
+    def _track_watcher(self, watcher: Any) -> None:
+        with self._plane_lock:
+            self._watchers.append(watcher)
+
+    def _untrack_watcher(self, watcher: Any) -> None:
+        with self._plane_lock:
+            if watcher in self._watchers:
+                self._watchers.remove(watcher)
 
     @property
     def bus(self) -> Any:
@@ -491,10 +593,24 @@ class PluginContext:
         return logger
 
     def close(self) -> None:
-        """Releases what the context holds (file loggers). The link itself belongs to the runner."""
+        """Stops bus watchers, sends what fast-mode `push_message` still holds, closes the message
+        plane sockets and the file loggers. The link itself belongs to the runner."""
         if self._closed:
             return
-        self._closed = True
+        with self._plane_lock:
+            self._closed = True
+            watchers, self._watchers = self._watchers, []
+            plane = self._plane
+        for watcher in watchers:
+            try:
+                watcher.stop()
+            except Exception:
+                pass
+        if plane is not None:
+            try:
+                plane.close()
+            except Exception as exc:
+                self.logger.warning("closing the message plane client failed: {}: {}", type(exc).__name__, exc)
         for logger in self._file_loggers:
             try:
                 logger.remove()

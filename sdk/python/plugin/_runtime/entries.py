@@ -1,7 +1,8 @@
 """The plugin's handler tables, built once from the constructed instance.
 
 Only `@plugin_entry` members and plugin.toml `entries` that name an attribute are invocable.
-Lifecycle hooks, timers, message handlers and custom events are kept for the runtime's own use.
+Lifecycle hooks, timers, `@message` handlers and custom events are kept for the runtime's own use
+(`@message` ones are fed by `message_dispatch`).
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ class HandlerTables:
     entries: dict[str, RuntimeEntry] = field(default_factory=dict)
     lifecycle: dict[str, Callable[..., Any]] = field(default_factory=dict)
     timers: list[tuple[EventMeta, Callable[..., Any]]] = field(default_factory=list)
-    messages: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    #: `@message` handlers by id, with their metadata (the `source` filter lives in `meta.extra`).
+    messages: dict[str, tuple[EventMeta, Callable[..., Any]]] = field(default_factory=dict)
     custom: dict[tuple[str, str], tuple[EventMeta, Callable[..., Any]]] = field(default_factory=dict)
 
     def hello_entries(self) -> list[dict]:
@@ -105,7 +107,7 @@ def build_tables(instance: Any, manifest: dict, logger: PluginLogger) -> Handler
         elif kind == "timer":
             tables.timers.append((meta, fn))
         elif kind == "message":
-            tables.messages[meta.id] = fn
+            tables.messages[meta.id] = (meta, fn)
         else:
             tables.custom[(kind, meta.id)] = (meta, fn)
 

@@ -7,8 +7,9 @@ entry's own) and can be canceled; either way the caller gets its RESULT at once,
 cancelled, and a sync handler sees `ctx.cancelled` turn true.
 
 Lifecycle: `lifecycle("startup")` runs after WELCOME while heartbeats already flow; TRIGGERs that
-arrive meanwhile wait for it. Then timers and auto-started custom events start. STOP (or SIGTERM)
-stops the timers, runs `lifecycle("shutdown")` within the grace period, flushes and exits 0.
+arrive meanwhile wait for it. Then timers, auto-started custom events and `@message` dispatch
+(`message_dispatch`, when the class has `@message` handlers) start. STOP (or SIGTERM) stops them,
+runs `lifecycle("shutdown")` within the grace period, flushes and exits 0.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from .calls import (
 from .entries import HandlerTables, RuntimeEntry, is_async_callable
 from .env import HANDSHAKE_TIMEOUT_S, RuntimeEnv
 from .link import Link
+from .message_dispatch import MessageDispatcher
+from .message_plane import MessagePlaneConfig
 from .protocol import PROTOCOL_VERSION, Envelope
 
 _RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -91,6 +94,7 @@ class PluginHost:
         self._signalled: Optional[asyncio.Event] = None
         self._startup_task: Optional[asyncio.Task] = None
         self._stop_task: Optional[asyncio.Task] = None
+        self.messages: Optional[MessageDispatcher] = None
 
     # -- the whole run ------------------------------------------------------------------------------
 
@@ -133,6 +137,7 @@ class PluginHost:
         ]
         self._startup_task = asyncio.ensure_future(self._startup())
         code = await self._finished
+        self._stop_message_dispatch()
         for task in [*background, self._startup_task, self._stop_task]:
             if task is not None and not task.done():
                 task.cancel()
@@ -472,9 +477,29 @@ class PluginHost:
         self.started = True
         self.logger.info("startup finished; serving (queued calls: {})", len(self.queued))
         self._start_timers()
+        self._start_message_dispatch()
         queued, self.queued = self.queued, []
         for body in queued:
             self._dispatch(body)
+
+    def _start_message_dispatch(self) -> None:
+        handlers = list(self.tables.messages.values())
+        if not handlers:
+            return
+        endpoint = MessagePlaneConfig.from_environ().pub_endpoint
+        if not endpoint:
+            self.logger.warning(
+                "@message handlers ({}) will not be called: the message plane is not available "
+                "(NEKO_MESSAGE_PLANE_ZMQ_PUB_ENDPOINT is not set)",
+                ", ".join(self.tables.messages),
+            )
+            return
+        self.messages = MessageDispatcher(self, endpoint, handlers)
+        self.messages.start()
+
+    def _stop_message_dispatch(self) -> None:
+        if self.messages is not None:
+            self.messages.stop()
 
     # -- stopping ---------------------------------------------------------------------------------------
 
@@ -489,6 +514,7 @@ class PluginHost:
         if self._startup_task is not None and not self._startup_task.done():
             self._startup_task.cancel()
         self.timer_stop.set()
+        self._stop_message_dispatch()
         self._stop_task = asyncio.ensure_future(self._stop_sequence(grace_s))
 
     async def _stop_sequence(self, grace_s: float) -> None:

@@ -1,5 +1,8 @@
-"""`ctx.bus`: read access to neko's buses. The clients exist so plugins import and construct them;
-their calls raise NotImplementedError until neko has the message plane."""
+"""`ctx.bus`: neko's buses, read from the message plane (reference §5.6).
+
+`ctx.bus.messages`, `.events`, `.lifecycle` and `.memory` return `BusList`s of records; lists can be
+filtered, combined, reloaded and watched (see `types`).
+"""
 
 from __future__ import annotations
 
@@ -10,18 +13,29 @@ from .lifecycle import LifecycleClient
 from .memory import MemoryClient
 from .messages import MessageClient
 from .types import (
+    BinaryNode,
+    BusChange,
     BusFilter,
     BusFilterError,
+    BusFilterResult,
     BusList,
+    BusListDelta,
+    BusListWatcher,
+    BusOp,
     BusRecord,
     EventList,
     EventRecord,
+    GetNode,
     LifecycleList,
     LifecycleRecord,
     MemoryList,
     MemoryRecord,
     MessageList,
     MessageRecord,
+    NonReplayableTraceError,
+    TraceNode,
+    UnaryNode,
+    record_key,
 )
 
 
@@ -35,6 +49,19 @@ class BusHub:
         self.lifecycle = LifecycleClient(ctx)
         self.memory = MemoryClient(ctx)
 
+    def _plane_for(self, feature: str) -> Any:
+        getter = getattr(self.ctx, "_message_plane", None)
+        if getter is None:
+            raise RuntimeError(f"message_plane is not available for {feature}")
+        return getter()
+
+    def _replay(self, store: str, plan: dict, timeout: float = 5.0) -> list:
+        """`bus.replay` of a plan tree; the events it returns."""
+        plane = self._plane_for("BusList.reload")
+        result = plane.request("bus.replay", {"store": store, "plan": plan, "light": False}, timeout, feature="BusList.reload")
+        items = result.get("items") if isinstance(result, dict) else None
+        return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
 
 __all__ = [
     "BusHub",
@@ -42,10 +69,20 @@ __all__ = [
     "EventClient",
     "LifecycleClient",
     "MemoryClient",
+    "BusChange",
     "BusFilter",
     "BusFilterError",
+    "BusFilterResult",
     "BusList",
+    "BusListDelta",
+    "BusListWatcher",
+    "BusOp",
     "BusRecord",
+    "TraceNode",
+    "GetNode",
+    "UnaryNode",
+    "BinaryNode",
+    "NonReplayableTraceError",
     "MessageList",
     "MessageRecord",
     "EventList",
@@ -54,4 +91,5 @@ __all__ = [
     "LifecycleRecord",
     "MemoryList",
     "MemoryRecord",
+    "record_key",
 ]

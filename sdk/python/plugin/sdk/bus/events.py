@@ -1,8 +1,8 @@
-"""`ctx.bus.events`: event records (arrives with the message plane)."""
+"""`ctx.bus.events`: event records in the message plane's `events` store."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from ._base import BusClient
 from .types import EventList, EventRecord
@@ -10,15 +10,24 @@ from .types import EventList, EventRecord
 
 class EventClient(BusClient):
     bus_name = "events"
+    list_class = EventList
 
-    def get(self, plugin_id=None, max_count: int = 50, filter=None, strict: bool = True, since_ts=None, timeout: float = 5.0) -> EventList:
-        raise self._unavailable("get")
+    def get(self, plugin_id: Optional[str] = None, max_count: int = 50, filter: Any = None, strict: bool = True, since_ts: Optional[float] = None, timeout: float = 5.0) -> EventList:
+        """The latest events (`bus.get_recent`), or those matching the filters (`bus.query`).
+        A1-checked."""
+        self._check_policy("get")
+        return self._get_store("get", plugin_id, max_count, filter, strict, since_ts, timeout)  # type: ignore[return-value]
 
-    async def get_async(self, *args: Any, **kwargs: Any) -> EventList:
-        raise self._unavailable("get_async")
+    async def get_async(self, plugin_id: Optional[str] = None, max_count: int = 50, filter: Any = None, strict: bool = True, since_ts: Optional[float] = None, timeout: float = 5.0) -> EventList:
+        return await self._in_thread(self._get_store, "get", plugin_id, max_count, filter, strict, since_ts, timeout)
 
     def delete(self, event_id: str, timeout: float = 5.0) -> bool:
-        raise self._unavailable("delete")
+        """Deletes one event from the store (neko's `bus.delete`); True when it existed. A1-checked."""
+        self._check_policy("delete")
+        return self._delete("delete", event_id, "event_id", timeout)
+
+    async def delete_async(self, event_id: str, timeout: float = 5.0) -> bool:
+        return await self._in_thread(self._delete, "delete", event_id, "event_id", timeout)
 
 
 __all__ = ["EventClient", "EventList", "EventRecord"]
