@@ -124,7 +124,10 @@ async fn start_stop_reload_drive_the_process() {
 async fn disabled_plugin_is_listed_and_refuses_to_start() {
     let neko = Neko::start(&[echo_plugin("off", "enabled = false")]);
     wait_for_async(
-        || async { neko.plugin("off").await["status"] == "disabled" },
+        || async {
+            let p = neko.plugin("off").await;
+            p["state"] == "disabled" && p["status"] == "stopped" && p["runtime_auto_start"] == false
+        },
         "disabled plugin listed",
     )
     .await;

@@ -432,7 +432,8 @@ impl PluginSupervisorState {
 
     fn stop(&mut self, id: PluginId, reply: RpcReplyPort<Result<(), Error>>) {
         let Some(slot) = self.slots.get_mut(&id) else {
-            let _ = reply.send(Err(Error::PluginNotFound(id)));
+            // The reference answers the same for unknown and stopped plugins.
+            let _ = reply.send(Err(Error::PluginNotRunning(id)));
             return;
         };
         slot.want = Want::Stopped;

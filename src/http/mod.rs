@@ -25,6 +25,7 @@ use neko_actors::run_tracker::RunEvent;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 use tokio::sync::{broadcast, watch};
+use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
 use crate::error::ApiError;
 
@@ -84,7 +85,42 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(cors())
         .with_state(state)
+}
+
+/// The reference's CORS rules: the admin UI's dev server and the main server, and any loopback
+/// origin, with credentials.
+fn cors() -> CorsLayer {
+    const LISTED: [&str; 4] = [
+        "http://localhost:5173",
+        "http://127.0.0.1:5173",
+        "http://localhost:48911",
+        "http://127.0.0.1:48911",
+    ];
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(|origin, _| {
+            origin
+                .to_str()
+                .is_ok_and(|o| LISTED.contains(&o) || is_loopback_origin(o))
+        }))
+        .allow_credentials(true)
+        .allow_methods(AllowMethods::mirror_request())
+        .allow_headers(AllowHeaders::mirror_request())
+}
+
+/// `^https?://(localhost|127\.0\.0\.1)(:\d+)?$`
+fn is_loopback_origin(origin: &str) -> bool {
+    let Some(rest) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let (host, port) = rest.split_once(':').unwrap_or((rest, ""));
+    let port_ok = port.is_empty() && !rest.contains(':')
+        || !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+    matches!(host, "localhost" | "127.0.0.1") && port_ok
 }
 
 async fn not_found() -> ApiError {
@@ -124,6 +160,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// Query-string parameters, with a 422 JSON error (FastAPI's shape) when they do not parse.
+pub struct QueryArgs<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryArgs<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(v)| QueryArgs(v))
+            .map_err(|e| ApiError::validation(&["query"], e.body_text()))
+    }
+}
+
 /// Proof that the request carries the admin token (`Authorization: Bearer <token>`).
 pub struct Admin;
 
@@ -153,6 +202,31 @@ impl FromRequestParts<AppState> for Admin {
                 StatusCode::FORBIDDEN,
                 "Invalid authentication code",
             ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_origin;
+
+    #[test]
+    fn loopback_origins_match_the_reference_pattern() {
+        for ok in [
+            "http://localhost",
+            "https://127.0.0.1:8080",
+            "http://localhost:5173",
+        ] {
+            assert!(is_loopback_origin(ok), "{ok}");
+        }
+        for bad in [
+            "http://evil.com",
+            "http://localhost.evil.com",
+            "http://127.0.0.1:",
+            "http://127.0.0.1:80x",
+            "ftp://localhost",
+        ] {
+            assert!(!is_loopback_origin(bad), "{bad}");
         }
     }
 }

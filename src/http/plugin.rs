@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use neko_actors::clock::{iso_from_unix, iso_now};
 use neko_actors::manifest::{DependencyConflicts, HOST_SDK_VERSION, PluginManifest, Runtime};
@@ -14,7 +14,7 @@ use neko_protocol::{EntrySpec, PluginId, PluginState};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{Admin, AppState};
+use super::{Admin, AppState, QueryArgs};
 use crate::error::ApiError;
 
 /// The plugin catalogue, with entries and status (the reference's `PluginInfo` plus neko's state).
@@ -45,10 +45,15 @@ pub async fn plugins(State(app): State<AppState>) -> Result<Json<Value>, ApiErro
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
+        // Every key a listed plugin has, so clients can read any of them on every item.
         json!({
-            "id": id, "name": id, "description": "", "entries": [],
-            "status": PluginState::Invalid, "error": b.error, "config_path": b.config_path,
-            "runtime_enabled": false, "runtime_auto_start": false,
+            "id": id, "name": id, "description": "", "version": "", "entries": [],
+            "sdk_version": HOST_SDK_VERSION, "sdk_recommended": null, "sdk_supported": null,
+            "sdk_untested": null, "sdk_conflicts": [],
+            "input_schema": neko_protocol::default_input_schema(), "author": null,
+            "dependencies": [], "entry_point": "", "runtime": null,
+            "status": PluginState::Invalid, "state": PluginState::Invalid, "error": b.error,
+            "config_path": b.config_path, "runtime_enabled": false, "runtime_auto_start": false,
         })
     }));
     let message = if list.is_empty() {
@@ -101,8 +106,14 @@ fn plugin_info(m: &PluginManifest, status: Option<&PluginStatus>) -> Value {
         "entry_point": entry_point,
         "runtime": runtime,
         "runtime_enabled": m.enabled,
-        "runtime_auto_start": m.auto_start,
-        "status": state,
+        // The reference reports a disabled plugin as never auto-started.
+        "runtime_auto_start": m.enabled && m.auto_start,
+        // The reference's vocabulary; neko's own lifecycle state is in "state".
+        "status": match state {
+            PluginState::Disabled => PluginState::Stopped,
+            other => other,
+        },
+        "state": state,
         "entries": entries,
     });
     let obj = info.as_object_mut().expect("built as an object");
@@ -149,10 +160,11 @@ pub struct StatusQuery {
 /// Status of every plugin, or of one (the reference's StatusRecord, plus neko's lifecycle fields).
 pub async fn plugin_status(
     State(app): State<AppState>,
-    Query(q): Query<StatusQuery>,
+    QueryArgs(q): QueryArgs<StatusQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let refs = app.refs()?;
-    match q.plugin_id {
+    // An empty `?plugin_id=` means all, as in the reference.
+    match q.plugin_id.filter(|p| !p.is_empty()) {
         Some(raw) => {
             let id = parse_id(&raw)?;
             let status = ApiError::from_call(
@@ -193,8 +205,14 @@ fn status_record(s: &PluginStatus) -> Value {
     let (status, updated_at, source) = match &s.reported {
         // What the plugin said about itself wins, as in the reference.
         Some(r) => (r.status.clone(), r.updated_at, "child_process"),
+        // The reference's synthetic records say running, crashed or stopped; the detailed
+        // state is in "state".
         None => (
-            json!({"status": s.lifecycle.state}),
+            json!({"status": match s.lifecycle.state {
+                PluginState::Running => "running",
+                PluginState::Crashed => "crashed",
+                _ => "stopped",
+            }}),
             s.updated_at,
             "main_process_synthetic",
         ),

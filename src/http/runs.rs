@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use neko_actors::run_db::{RunDbError, RunFilter};
 use neko_actors::run_tracker::{MAX_WAIT, RunCreate, RunTrackerMsg};
@@ -12,7 +12,7 @@ use neko_protocol::{RunRecord, RunStatus};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{AppState, JsonBody};
+use super::{AppState, JsonBody, QueryArgs};
 use crate::error::ApiError;
 
 /// The reference's `RunCreateRequest`, plus `wait_ms`.
@@ -86,7 +86,7 @@ pub struct GetQuery {
 pub async fn get_run(
     State(app): State<AppState>,
     Path(run_id): Path<String>,
-    Query(q): Query<GetQuery>,
+    QueryArgs(q): QueryArgs<GetQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let record = read_run(&app, run_id, wait_of(q.wait_ms)).await?;
     Ok(Json(record_json(&record)))
@@ -104,7 +104,7 @@ pub struct ListQuery {
 /// Runs, newest first: `{"runs": [...], "next_cursor": str|null}`.
 pub async fn list(
     State(app): State<AppState>,
-    Query(q): Query<ListQuery>,
+    QueryArgs(q): QueryArgs<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
@@ -190,7 +190,7 @@ pub struct ExportQuery {
 pub async fn export(
     State(app): State<AppState>,
     Path(run_id): Path<String>,
-    Query(q): Query<ExportQuery>,
+    QueryArgs(q): QueryArgs<ExportQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(200);
     if !(1..=2000).contains(&limit) {

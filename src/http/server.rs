@@ -28,7 +28,8 @@ pub async fn available(State(app): State<AppState>) -> Result<Json<Value>, ApiEr
     Ok(Json(json!({
         "status": "ok",
         "available": true,
-        "plugins_count": snap.plugins.len(),
+        // Every plugin GET /plugins lists, broken ones included.
+        "plugins_count": snap.plugins.len() + snap.broken.len(),
         "time": iso_now(),
     })))
 }

@@ -252,6 +252,9 @@ class PluginContext:
         if mode == "async":
             return self._request_async(op, args, timeout)
         if mode == "sync":
+            if running_loop() is not None:
+                # The reference's words for the `_sync` variants.
+                raise RuntimeError(f"{name}_sync cannot be used inside a running event loop; use 'await {name}(...)' instead")
             return self._request_sync(op, args, timeout, name=name, check_policy=check_policy)
         return self._request(op, args, timeout, name=name, check_policy=check_policy)
 

@@ -55,25 +55,47 @@ class NekoPluginBase:
         self._state_persistence = StatePersistence(self._plugin_id, freezable=getattr(self, "__freezable__", []))
         self._freeze_checkpoint = self._state_persistence
         self._system_info: Optional[SystemInfo] = None
+        self._config_dir: Optional[Path] = None
+        self._bus: Any = None
 
+    # Plugins written for the reference assign these in `__init__` (`self.plugin_id =
+    # ctx.plugin_id`), so each is a property with a setter.
     @property
     def plugin_id(self) -> str:
         return self._plugin_id
 
+    @plugin_id.setter
+    def plugin_id(self, value: Any) -> None:
+        self._plugin_id = str(value)
+
     @property
     def config_dir(self) -> Path:
+        if self._config_dir is not None:
+            return self._config_dir
         path = getattr(self.ctx, "config_path", None)
         return Path(path).parent if path else Path.cwd()
 
+    @config_dir.setter
+    def config_dir(self, value: Any) -> None:
+        self._config_dir = Path(value)
+
     @property
     def bus(self) -> Any:
-        return self.ctx.bus
+        return self._bus if self._bus is not None else self.ctx.bus
+
+    @bus.setter
+    def bus(self, value: Any) -> None:
+        self._bus = value
 
     @property
     def system_info(self) -> SystemInfo:
         if self._system_info is None:
             self._system_info = SystemInfo(self.ctx)
         return self._system_info
+
+    @system_info.setter
+    def system_info(self, value: Any) -> None:
+        self._system_info = value
 
     def get_input_schema(self) -> dict:
         """The plugin-level `input_schema` class attribute, or {}."""

@@ -38,6 +38,7 @@ from typing import (
     Iterator,
     Literal,
     Optional,
+    Protocol,
     Sequence,
     TypeVar,
     Union,
@@ -50,6 +51,21 @@ class BusChange:
     ADD: Final = "add"
     DEL: Final = "del"
     CHANGE: Final = "change"
+
+
+class BusHubProtocol(Protocol):
+    """What `ctx.bus` offers (typing only; imported by plugins written for the reference)."""
+
+    messages: Any
+    events: Any
+    lifecycle: Any
+    memory: Any
+
+
+class BusReplayContext(Protocol):
+    """A context a `BusList` can reload through (typing only)."""
+
+    bus: BusHubProtocol
 
 
 def parse_timestamp(value: Any) -> Optional[float]:
@@ -1184,3 +1200,7 @@ __all__ = [
     "parse_timestamp",
     "parse_iso_timestamp",
 ]
+
+
+# The reference's name for the same helper.
+parse_iso_timestamp = parse_timestamp
