@@ -14,7 +14,7 @@ fn reporter() -> PythonPlugin {
 import asyncio
 import time
 
-from plugin.sdk import NekoPluginBase, ok, plugin_entry
+from plugin.sdk import NekoPluginBase, fail, ok, plugin_entry
 
 
 class Reporter(NekoPluginBase):
@@ -47,6 +47,10 @@ class Reporter(NekoPluginBase):
         while time.time() < deadline and not self.ctx.cancelled:
             time.sleep(0.01)
         return {"cancelled": self.ctx.cancelled}
+
+    @plugin_entry(id="own_codes")
+    def own_codes(self, code="TIMEOUT", **_):
+        return fail(code, f"upstream said {code}")
 
     @plugin_entry(id="stubborn", timeout=1)
     def stubborn(self, **_):
@@ -487,4 +491,32 @@ async fn stopping_a_plugin_ends_its_runs() {
     assert_eq!(run["error"]["code"], "NOT_READY", "{run}");
     let run = neko.run("echo", "echo", json!({})).await;
     assert_eq!(run["error"]["code"], "NOT_READY", "{run}");
+}
+
+/// A plugin failing with code TIMEOUT or CANCELED ends its run `failed` (only neko's deadline and
+/// a client's cancel make `timeout` / `canceled`), and every answered run, failed ones included,
+/// has the "trigger_plugin response" export (only a success lists it in result_refs).
+#[tokio::test]
+async fn plugin_error_codes_do_not_change_the_run_status() {
+    let neko = Neko::start_mixed(&[], &[reporter()], "");
+    neko.wait_running("reporter").await;
+    for code in ["TIMEOUT", "CANCELED", "ErrorCode.TIMEOUT"] {
+        let run = neko
+            .run("reporter", "own_codes", json!({"code": code}))
+            .await;
+        assert_eq!(run["status"], "failed", "{code}: {run}");
+        assert_eq!(run["error"]["code"], code.trim_start_matches("ErrorCode."));
+        assert_eq!(run["result_refs"], json!([]));
+        let (items, _) = all_exports(&neko, run["run_id"].as_str().unwrap(), 200).await;
+        assert_eq!(items.len(), 1, "{items:?}");
+        let response: Value = serde_json::from_str(items[0]["text"].as_str().unwrap()).unwrap();
+        assert_eq!(response["success"], false);
+        assert_eq!(
+            response["plugin_response"]["error"]["message"],
+            format!("upstream said {code}")
+        );
+    }
+    let missing = neko.run("ghost", "x", json!({})).await;
+    let (items, _) = all_exports(&neko, missing["run_id"].as_str().unwrap(), 200).await;
+    assert_eq!(items.len(), 1, "an unknown plugin's run is answered too");
 }

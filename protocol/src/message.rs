@@ -180,6 +180,26 @@ impl WireError {
             details: None,
         }
     }
+
+    /// A call that ran out of time at the supervisor's deadline (`TIMEOUT`, details
+    /// `{"deadline": true}`), as opposed to a plugin that chose to fail with `TIMEOUT`.
+    pub fn deadline(message: impl Into<String>) -> Self {
+        Self {
+            details: Some(serde_json::json!({"deadline": true})),
+            ..Self::new(ErrorCode::Timeout, message)
+        }
+    }
+
+    /// Whether this error is the supervisor's deadline ([`WireError::deadline`]).
+    pub fn is_deadline(&self) -> bool {
+        self.code == ErrorCode::Timeout
+            && self
+                .details
+                .as_ref()
+                .and_then(|d| d.get("deadline"))
+                .and_then(Value::as_bool)
+                == Some(true)
+    }
 }
 
 /// CANCEL: the caller of `call_id` no longer waits.

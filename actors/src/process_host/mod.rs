@@ -67,6 +67,9 @@ pub struct HostSettings {
 /// The ProcessHost actor.
 pub struct ProcessHost;
 
+/// A plugin's TIMEOUT this close to the call's deadline counts as the deadline.
+const DEADLINE_SLACK: Duration = Duration::from_millis(50);
+
 /// How long a plugin's request may wait for the actor that answers it (the SDKs' own default).
 const PLUGIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -160,6 +163,8 @@ enum Phase {
 struct PendingCall {
     entry_id: String,
     run_id: Option<String>,
+    /// When the deadline timer fires.
+    deadline: Instant,
     reply: TriggerReply,
     timer: AbortHandle,
 }
@@ -684,6 +689,7 @@ impl ProcessHostState {
             PendingCall {
                 entry_id: req.entry_id,
                 run_id: req.run_id,
+                deadline: Instant::now() + timeout,
                 reply,
                 timer,
             },
@@ -699,9 +705,17 @@ impl ProcessHostState {
         let outcome = if result.ok {
             Ok(result.data)
         } else {
-            Err(result.error.unwrap_or_else(|| {
+            let error = result.error.unwrap_or_else(|| {
                 WireError::new(ErrorCode::PluginError, "plugin returned failure")
-            }))
+            });
+            // The SDK's own deadline (the same one, started a moment later) reports TIMEOUT too;
+            // a TIMEOUT well before the deadline is the plugin's own failure.
+            if error.code == ErrorCode::Timeout && Instant::now() + DEADLINE_SLACK >= call.deadline
+            {
+                Err(WireError::deadline(error.message))
+            } else {
+                Err(error)
+            }
         };
         let _ = call.reply.send(outcome);
     }
@@ -713,10 +727,10 @@ impl ProcessHostState {
         let _ = self.link.send(Message::Cancel(Cancel {
             call_id: call_id.to_string(),
         }));
-        let _ = call.reply.send(Err(WireError::new(
-            ErrorCode::Timeout,
-            format!("Entry '{}' timed out", call.entry_id),
-        )));
+        let _ = call.reply.send(Err(WireError::deadline(format!(
+            "Entry '{}' timed out",
+            call.entry_id
+        ))));
     }
 
     fn check_heartbeat(&mut self) {

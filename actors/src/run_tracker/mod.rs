@@ -601,6 +601,24 @@ impl RunTrackerState {
         let now = unix_now();
         run.finished_at = Some(now);
         run.updated_at = now;
+        // Every answered run keeps the reference's "trigger_plugin response" text export; only a
+        // success lists it in result_refs.
+        let response = ExportItem {
+            export_item_id: uuid::Uuid::new_v4().to_string(),
+            run_id: run_id.to_string(),
+            kind: "text".into(),
+            created_at: now,
+            description: Some("trigger_plugin response".into()),
+            text: Some(trigger_response(&run, args, &outcome, now).to_string()),
+            url: None,
+            binary_url: None,
+            binary: None,
+            mime: Some("application/json".into()),
+            metadata: json!({"kind": "trigger_response"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        };
         match outcome {
             // Canceled wins: the client asked, whatever the plugin did meanwhile.
             _ if run.cancel_requested => {
@@ -608,40 +626,25 @@ impl RunTrackerState {
                 run.error = Some(WireError::new(ErrorCode::Canceled, "canceled"));
             }
             Ok(data) => {
-                let response = trigger_response(&run, args, &data, now);
-                let item = ExportItem {
-                    export_item_id: uuid::Uuid::new_v4().to_string(),
-                    run_id: run_id.to_string(),
-                    kind: "text".into(),
-                    created_at: now,
-                    description: Some("trigger_plugin response".into()),
-                    text: Some(response.to_string()),
-                    url: None,
-                    binary_url: None,
-                    binary: None,
-                    mime: Some("application/json".into()),
-                    metadata: json!({"kind": "trigger_response"})
-                        .as_object()
-                        .cloned()
-                        .unwrap_or_default(),
-                };
-                run.result_refs.push(item.export_item_id.clone());
-                self.add_export(&run.plugin_id, item);
+                run.result_refs.push(response.export_item_id.clone());
                 run.status = RunStatus::Succeeded;
                 run.progress = Some(run.progress.unwrap_or(0.0).max(1.0));
                 run.stage.get_or_insert_with(|| "done".into());
                 run.message.get_or_insert_with(|| "done".into());
                 run.result = Some(data);
             }
+            // Only neko's own deadline makes `timeout` (and only a client's cancel `canceled`,
+            // above): a plugin failing with code TIMEOUT or CANCELED is a failed run.
             Err(error) => {
-                run.status = match error.code {
-                    ErrorCode::Timeout => RunStatus::Timeout,
-                    ErrorCode::Canceled => RunStatus::Canceled,
-                    _ => RunStatus::Failed,
+                run.status = if error.is_deadline() {
+                    RunStatus::Timeout
+                } else {
+                    RunStatus::Failed
                 };
                 run.error = Some(error);
             }
         }
+        self.add_export(&run.plugin_id, response);
         tracing::debug!(run_id = %run_id, plugin_id = %run.plugin_id, entry_id = %run.entry_id, status = ?run.status, "run finished");
         self.save(run, "change");
     }
@@ -829,22 +832,32 @@ impl RunTrackerState {
     }
 }
 
-/// The reference's record of a successful trigger, kept as the run's first export item.
-fn trigger_response(run: &RunRecord, args: Value, data: &Value, now: f64) -> Value {
+/// The reference's record of a trigger (`trigger_plugin`'s response with the plugin's envelope),
+/// kept as a text export of the run.
+fn trigger_response(
+    run: &RunRecord,
+    args: Value,
+    outcome: &Result<Value, WireError>,
+    now: f64,
+) -> Value {
     let time = iso_from_unix(now);
+    let envelope = match outcome {
+        Ok(data) => json!({
+            "success": true, "data": data, "message": "", "error": null,
+            "time": time, "trace_id": run.trace_id,
+        }),
+        Err(e) => json!({
+            "success": false, "data": null, "message": "",
+            "error": {"code": e.code.as_str(), "message": e.message, "details": e.details, "retriable": false},
+            "time": time, "trace_id": run.trace_id,
+        }),
+    };
     json!({
-        "success": true,
+        "success": outcome.is_ok(),
         "plugin_id": run.plugin_id,
         "executed_entry": run.entry_id,
         "args": args,
-        "plugin_response": {
-            "success": true,
-            "data": data,
-            "message": "",
-            "error": null,
-            "time": time,
-            "trace_id": run.trace_id,
-        },
+        "plugin_response": envelope,
         "received_at": time,
         "plugin_forward_error": null,
     })
