@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use neko_actors::plugin_supervisor::PluginSupervisorMsg;
 use neko_actors::python_env::PythonSettings;
 use neko_actors::run_token::RunTokenSigner;
 use neko_actors::run_tracker::RunStoreSettings;
@@ -77,6 +78,26 @@ pub async fn run(
     })
     .await
     .context("could not start the supervision tree")?;
+
+    // Serve only once the plugins started at boot are up (or failed), so a client that sees
+    // /health can list their entries and run them.
+    let startup_wait = Duration::from_millis(settings.plugins.startup_wait_ms);
+    let current = tree.refs.borrow().clone();
+    if let Some(refs) = current {
+        match refs
+            .plugins
+            .call(PluginSupervisorMsg::AwaitStartup, Some(startup_wait))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(())) => {
+                tracing::info!("plugins started at boot are up; serving")
+            }
+            _ => tracing::warn!(
+                waited_ms = settings.plugins.startup_wait_ms,
+                "some plugins are still starting; serving anyway"
+            ),
+        }
+    }
 
     let sup = &settings.supervision;
     let state = http::AppState {

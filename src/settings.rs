@@ -67,6 +67,9 @@ pub struct PluginsSettings {
     pub dir: PathBuf,
     /// Start plugins whose plugin.toml says `auto_start = true` when neko starts.
     pub autostart: bool,
+    /// At boot, HTTP is served once every auto-started plugin finished its first launch, or after
+    /// this long (as the reference, which serves only after loading its plugins).
+    pub startup_wait_ms: u64,
 }
 
 impl Default for PluginsSettings {
@@ -74,6 +77,7 @@ impl Default for PluginsSettings {
         Self {
             dir: PathBuf::from("plugins"),
             autostart: true,
+            startup_wait_ms: 60_000,
         }
     }
 }
@@ -101,7 +105,7 @@ impl Default for SupervisionSettings {
     fn default() -> Self {
         Self {
             transport: Transport::Ipc,
-            handshake_timeout_ms: 10_000,
+            handshake_timeout_ms: 60_000,
             heartbeat_interval_ms: 1_000,
             heartbeat_timeout_ms: 5_000,
             stop_grace_ms: 5_000,
@@ -388,6 +392,7 @@ impl Settings {
         let s = &self.supervision;
         for (name, v) in [
             ("supervision.handshake_timeout_ms", s.handshake_timeout_ms),
+            ("plugins.startup_wait_ms", self.plugins.startup_wait_ms),
             ("supervision.heartbeat_interval_ms", s.heartbeat_interval_ms),
             ("supervision.heartbeat_timeout_ms", s.heartbeat_timeout_ms),
             (

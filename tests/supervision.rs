@@ -230,3 +230,45 @@ async fn plugin_that_cannot_start_is_not_restarted() {
     assert_eq!(p["restarts"], 0, "{p}");
     assert!(p["error"].as_str().unwrap().contains("SyntaxError"), "{p}");
 }
+
+/// neko answers HTTP only once the plugins started at boot are up, so the first request already
+/// sees them running with their entries (the reference serves only after loading its plugins).
+#[tokio::test]
+async fn the_gateway_serves_once_boot_plugins_are_up() {
+    let neko = Neko::start_mixed(
+        &[echo_plugin("echo", "")],
+        &[crate::helper::bundled_plugin("hello")],
+        "",
+    );
+    let (_, body) = neko.get("/plugins").await;
+    for id in ["echo", "hello"] {
+        let p = body["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .unwrap();
+        assert_eq!(p["status"], "running", "{p}");
+        assert!(!p["entries"].as_array().unwrap().is_empty(), "{p}");
+    }
+}
+
+/// A run for a plugin that is restarting waits for it instead of failing NOT_READY.
+#[tokio::test]
+async fn runs_wait_for_a_restarting_plugin() {
+    let neko = Neko::start_with(
+        &[echo_plugin("echo", "")],
+        // A kill inside the start window is a failed start: restarted after the backoff.
+        "[restart_policy]\nbackoff_initial_ms = 500\nbackoff_max_ms = 500\nstart_window_ms = 60000\n",
+    );
+    let pid = neko.wait_running("echo").await;
+    signal(pid, libc::SIGKILL);
+    wait_for_async(
+        || async { neko.plugin("echo").await["status"] == "restarting" },
+        "the plugin restarting",
+    )
+    .await;
+    let run = neko.run("echo", "echo", json!({"waited": true})).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["result"]["waited"], true);
+}

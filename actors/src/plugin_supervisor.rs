@@ -11,7 +11,7 @@
 //! plugin: the supervisor kills the process group it was told about and decides as for any crash.
 //! This actor never lets a child's death stop it (ractor's default would).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,8 +63,14 @@ pub enum PluginSupervisorMsg {
     Stop(PluginId, RpcReplyPort<Result<(), Error>>),
     /// Stop, re-read plugin.toml, start.
     Reload(PluginId, RpcReplyPort<Result<StartOutcome, Error>>),
-    /// Run an entry of a running plugin.
+    /// Run an entry of a plugin; one that is starting or restarting is waited for (up to the
+    /// call's deadline).
     Trigger(PluginId, TriggerRequest, TriggerReply),
+    /// A call waiting for its plugin to become ready ran out of time.
+    CallWaitExpired { plugin_id: PluginId, wait_id: u64 },
+    /// Answers once every plugin started at boot has finished its first launch (ready, or
+    /// failed), so the gateway serves only then, as the reference does.
+    AwaitStartup(RpcReplyPort<()>),
     /// A run's client canceled it: forward to the plugin's host, if it runs.
     CancelRun { plugin_id: PluginId, run_id: String },
     /// Stop every plugin (supervisor shutdown); answers when all processes are gone.
@@ -123,6 +129,15 @@ struct Slot {
     stop_waiters: Vec<RpcReplyPort<Result<(), Error>>>,
     /// A reload is under way: start again once the current process is gone.
     reload_after_stop: bool,
+    /// Calls that arrived while the plugin was starting or restarting.
+    waiting_calls: Vec<WaitingCall>,
+}
+
+/// A call parked until its plugin is ready.
+struct WaitingCall {
+    wait_id: u64,
+    req: TriggerRequest,
+    reply: TriggerReply,
 }
 
 /// The PluginSupervisor's state.
@@ -137,6 +152,10 @@ pub struct PluginSupervisorState {
     next_launch: u64,
     shutting_down: bool,
     stop_all_waiters: Vec<RpcReplyPort<()>>,
+    /// Plugins started at boot whose first launch has not settled yet.
+    startup_pending: HashSet<PluginId>,
+    startup_waiters: Vec<RpcReplyPort<()>>,
+    next_wait_id: u64,
 }
 
 impl Actor for PluginSupervisor {
@@ -160,6 +179,9 @@ impl Actor for PluginSupervisor {
             next_launch: 0,
             shutting_down: false,
             stop_all_waiters: Vec::new(),
+            startup_pending: HashSet::new(),
+            startup_waiters: Vec::new(),
+            next_wait_id: 0,
         };
         let (plugins, order) = state
             .registry
@@ -187,7 +209,17 @@ impl Actor for PluginSupervisor {
             PluginSupervisorMsg::Start(id, reply) => state.start(&myself, id, reply).await,
             PluginSupervisorMsg::Stop(id, reply) => state.stop(id, reply),
             PluginSupervisorMsg::Reload(id, reply) => state.reload(&myself, id, reply).await,
-            PluginSupervisorMsg::Trigger(id, req, reply) => state.trigger(id, req, reply),
+            PluginSupervisorMsg::Trigger(id, req, reply) => state.trigger(&myself, id, req, reply),
+            PluginSupervisorMsg::CallWaitExpired { plugin_id, wait_id } => {
+                state.call_wait_expired(&plugin_id, wait_id)
+            }
+            PluginSupervisorMsg::AwaitStartup(reply) => {
+                if state.startup_pending.is_empty() {
+                    let _ = reply.send(());
+                } else {
+                    state.startup_waiters.push(reply);
+                }
+            }
             PluginSupervisorMsg::CancelRun { plugin_id, run_id } => {
                 if let Some(host) = state.slots.get(&plugin_id).and_then(|s| s.host.as_ref()) {
                     let _ = host.actor.cast(ProcessHostMsg::CancelRun(run_id));
@@ -305,6 +337,7 @@ impl PluginSupervisorState {
             start_waiters: Vec::new(),
             stop_waiters: Vec::new(),
             reload_after_stop: false,
+            waiting_calls: Vec::new(),
         };
         let _ = self.status.cast(StatusManagerMsg::LifecycleChanged {
             plugin_id: manifest.id.clone(),
@@ -313,12 +346,37 @@ impl PluginSupervisorState {
         self.slots.insert(manifest.id.clone(), slot);
     }
 
-    fn publish(&self, id: &PluginId) {
-        if let Some(slot) = self.slots.get(id) {
-            let _ = self.status.cast(StatusManagerMsg::LifecycleChanged {
-                plugin_id: id.clone(),
-                lifecycle: slot.lifecycle.clone(),
-            });
+    /// Announces the plugin's state, then settles what waits on it: the boot-time readiness of
+    /// the gateway, and calls parked until the plugin is ready.
+    fn publish(&mut self, id: &PluginId) {
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        let _ = self.status.cast(StatusManagerMsg::LifecycleChanged {
+            plugin_id: id.clone(),
+            lifecycle: slot.lifecycle.clone(),
+        });
+        let state = slot.lifecycle.state;
+        match (&slot.host, slot.want) {
+            (Some(host), Want::Running) if host.ready => {
+                for call in slot.waiting_calls.drain(..) {
+                    forward_call(id, &host.actor, call.req, call.reply);
+                }
+            }
+            (_, Want::Stopped) => {
+                for call in slot.waiting_calls.drain(..) {
+                    let _ = call.reply.send(Err(not_running(id, state)));
+                }
+            }
+            _ => {}
+        }
+        if state != PluginState::Starting
+            && self.startup_pending.remove(id)
+            && self.startup_pending.is_empty()
+        {
+            for w in self.startup_waiters.drain(..) {
+                let _ = w.send(());
+            }
         }
     }
 
@@ -331,7 +389,10 @@ impl PluginSupervisorState {
         }
         // Startup applies the same checks as a manual start (dependencies, SDK ranges).
         match self.resolve(id).await {
-            Ok(()) => self.launch(myself, id).await,
+            Ok(()) => {
+                self.startup_pending.insert(id.clone());
+                self.launch(myself, id).await
+            }
             Err(e) => {
                 tracing::error!(plugin_id = %id, error = %e, "plugin not started");
                 if let Some(slot) = self.slots.get_mut(id) {
@@ -490,8 +551,14 @@ impl PluginSupervisorState {
         self.publish(&id);
     }
 
-    fn trigger(&mut self, id: PluginId, req: TriggerRequest, reply: TriggerReply) {
-        let Some(slot) = self.slots.get(&id) else {
+    fn trigger(
+        &mut self,
+        myself: &ActorRef<PluginSupervisorMsg>,
+        id: PluginId,
+        req: TriggerRequest,
+        reply: TriggerReply,
+    ) {
+        let Some(slot) = self.slots.get_mut(&id) else {
             let _ = reply.send(Err(WireError::new(
                 ErrorCode::NotFound,
                 format!("Plugin '{id}' is not found/registered"),
@@ -500,26 +567,50 @@ impl PluginSupervisorState {
         };
         match &slot.host {
             Some(host) if host.ready && slot.want == Want::Running => {
-                // If the host is gone between its exit and our bookkeeping, the message (and its
-                // reply port) comes back inside the error.
-                if let Err(ractor::MessagingErr::SendErr(ProcessHostMsg::Trigger(_, reply))) =
-                    host.actor.cast(ProcessHostMsg::Trigger(req, reply))
-                {
-                    let _ = reply.send(Err(WireError::new(
-                        ErrorCode::NotReady,
-                        format!("Plugin '{id}' is restarting"),
-                    )));
-                }
+                forward_call(&id, &host.actor, req, reply);
+            }
+            // Coming up (or back): wait for it rather than fail a caller that is merely early.
+            _ if slot.want == Want::Running
+                && matches!(
+                    slot.lifecycle.state,
+                    PluginState::Starting | PluginState::Restarting
+                ) =>
+            {
+                self.next_wait_id += 1;
+                let wait_id = self.next_wait_id;
+                let wait = req
+                    .timeout
+                    .unwrap_or(self.host_settings.default_call_timeout);
+                let plugin_id = id.clone();
+                myself.send_after(wait, move || PluginSupervisorMsg::CallWaitExpired {
+                    plugin_id,
+                    wait_id,
+                });
+                slot.waiting_calls.push(WaitingCall {
+                    wait_id,
+                    req,
+                    reply,
+                });
             }
             _ => {
-                let _ = reply.send(Err(WireError::new(
-                    ErrorCode::NotReady,
-                    format!(
-                        "Plugin '{id}' is registered but not running (status: {})",
-                        slot.lifecycle.state
-                    ),
-                )));
+                let _ = reply.send(Err(not_running(&id, slot.lifecycle.state)));
             }
+        }
+    }
+
+    fn call_wait_expired(&mut self, id: &PluginId, wait_id: u64) {
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        if let Some(i) = slot.waiting_calls.iter().position(|c| c.wait_id == wait_id) {
+            let call = slot.waiting_calls.swap_remove(i);
+            let _ = call.reply.send(Err(WireError::new(
+                ErrorCode::NotReady,
+                format!(
+                    "Plugin '{id}' did not become ready in time (status: {})",
+                    slot.lifecycle.state
+                ),
+            )));
         }
     }
 
@@ -802,4 +893,30 @@ impl PluginSupervisorState {
             self.launch(myself, &id).await;
         }
     }
+}
+
+/// Hands a call to a ready host. If the host is gone between its exit and the supervisor's
+/// bookkeeping, the message (and its reply port) comes back inside the error.
+fn forward_call(
+    id: &PluginId,
+    host: &ActorRef<ProcessHostMsg>,
+    req: TriggerRequest,
+    reply: TriggerReply,
+) {
+    if let Err(ractor::MessagingErr::SendErr(ProcessHostMsg::Trigger(_, reply))) =
+        host.cast(ProcessHostMsg::Trigger(req, reply))
+    {
+        let _ = reply.send(Err(WireError::new(
+            ErrorCode::NotReady,
+            format!("Plugin '{id}' is restarting"),
+        )));
+    }
+}
+
+/// The reference's refusal for a plugin that is not running.
+fn not_running(id: &PluginId, state: PluginState) -> WireError {
+    WireError::new(
+        ErrorCode::NotReady,
+        format!("Plugin '{id}' is registered but not running (status: {state})"),
+    )
 }
