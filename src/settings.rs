@@ -107,7 +107,7 @@ impl Default for SupervisionSettings {
             transport: Transport::Ipc,
             handshake_timeout_ms: 60_000,
             heartbeat_interval_ms: 1_000,
-            heartbeat_timeout_ms: 5_000,
+            heartbeat_timeout_ms: 15_000,
             stop_grace_ms: 5_000,
             term_grace_ms: 1_000,
             shutdown_timeout_ms: 30_000,
