@@ -25,6 +25,8 @@ answer = 42
 import asyncio
 import time
 
+from loguru import logger  # plugins written for the reference use their host's loguru
+
 from plugin.sdk import NekoPluginBase, neko_plugin, plugin_entry, ok
 
 

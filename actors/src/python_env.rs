@@ -26,6 +26,9 @@ mod embedded {
 const MIN_PYTHON: (u32, u32) = (3, 11);
 /// What the SDK needs at run time.
 const SDK_REQUIREMENTS: &[&str] = &["pyzmq>=25", "msgpack>=1.0"];
+/// Not needed by the SDK, but plugins written for the reference import them from its host
+/// project; installed too, and a failure only warns.
+const COMPAT_PACKAGES: &[&str] = &["loguru"];
 
 /// The PythonEnv actor.
 pub struct PythonEnv;
@@ -176,8 +179,9 @@ impl PythonEnvState {
         let venv_python = venv.join("bin/python");
         let deps_marker = venv.join(".neko-deps");
         let deps_key = format!(
-            "{version}|{}|{}",
+            "{version}|{}|{}|{}",
             SDK_REQUIREMENTS.join(" "),
+            COMPAT_PACKAGES.join(" "),
             self.settings.pip_args.join(" ")
         );
         if std::fs::read_to_string(&deps_marker).ok().as_deref() != Some(deps_key.as_str()) {
@@ -195,6 +199,11 @@ impl PythonEnvState {
             let mut pip = pip_install(&venv_python, &self.settings.pip_args);
             pip.extend(SDK_REQUIREMENTS.iter().map(|s| s.to_string()));
             child::run_tool(plugin_id, "python-env", &pip, root, &[]).await?;
+            let mut compat = pip_install(&venv_python, &self.settings.pip_args);
+            compat.extend(COMPAT_PACKAGES.iter().map(|s| s.to_string()));
+            if let Err(e) = child::run_tool(plugin_id, "python-env", &compat, root, &[]).await {
+                tracing::warn!(packages = ?COMPAT_PACKAGES, error = %e, "could not install packages plugins written for the reference often import; continuing without them");
+            }
             std::fs::write(&deps_marker, &deps_key).map_err(|e| e.to_string())?;
             tracing::info!(
                 seconds = started.elapsed().as_secs_f64(),
