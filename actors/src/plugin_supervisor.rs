@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use neko_protocol::{EntrySpec, ErrorCode, PluginId, PluginState, WireError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
@@ -87,6 +88,7 @@ pub enum PluginSupervisorMsg {
         launch: u64,
         entries: Vec<EntrySpec>,
         sdk: String,
+        input_schema: Option<Value>,
     },
     /// A host's launch ended.
     HostExited {
@@ -236,7 +238,8 @@ impl Actor for PluginSupervisor {
                 launch,
                 entries,
                 sdk,
-            } => state.host_ready(plugin_id, launch, entries, sdk),
+                input_schema,
+            } => state.host_ready(plugin_id, launch, entries, sdk, input_schema),
             PluginSupervisorMsg::HostExited {
                 plugin_id,
                 launch,
@@ -330,6 +333,7 @@ impl PluginSupervisorState {
                 error: None,
                 entries: Vec::new(),
                 sdk: None,
+                input_schema: None,
             },
             want: Want::Stopped,
             generation: 0,
@@ -700,7 +704,14 @@ impl PluginSupervisorState {
         }
     }
 
-    fn host_ready(&mut self, id: PluginId, launch: u64, entries: Vec<EntrySpec>, sdk: String) {
+    fn host_ready(
+        &mut self,
+        id: PluginId,
+        launch: u64,
+        entries: Vec<EntrySpec>,
+        sdk: String,
+        input_schema: Option<Value>,
+    ) {
         let Some(slot) = self.slots.get_mut(&id) else {
             return;
         };
@@ -715,6 +726,7 @@ impl PluginSupervisorState {
         };
         slot.lifecycle.entries = entries;
         slot.lifecycle.sdk = Some(sdk);
+        slot.lifecycle.input_schema = input_schema;
         slot.lifecycle.error = None;
         for w in slot.start_waiters.drain(..) {
             let _ = w.send(Ok(StartOutcome::Started));

@@ -34,6 +34,8 @@ pub struct Lifecycle {
     pub entries: Vec<EntrySpec>,
     /// SDK name and version from the last HELLO.
     pub sdk: Option<String>,
+    /// The plugin-level input schema from the last HELLO.
+    pub input_schema: Option<Value>,
 }
 
 /// A status dict the plugin reported itself (`ctx.update_status`).

@@ -78,6 +78,9 @@ pub struct Hello {
     /// Entries the plugin serves. Only these can be triggered.
     #[serde(default)]
     pub entries: Vec<EntrySpec>,
+    /// The plugin-level input schema (a Python plugin class's `input_schema`), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
 }
 
 /// One entry a plugin declares.

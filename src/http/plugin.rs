@@ -91,7 +91,9 @@ fn plugin_info(m: &PluginManifest, status: Option<&PluginStatus>) -> Value {
         "sdk_supported": m.sdk.supported,
         "sdk_untested": m.sdk.untested,
         "sdk_conflicts": m.sdk.conflicts,
-        "input_schema": neko_protocol::default_input_schema(),
+        "input_schema": status
+            .and_then(|s| s.lifecycle.input_schema.clone())
+            .unwrap_or_else(neko_protocol::default_input_schema),
         "author": m.author.as_ref().map(|a| json!({"name": a.name, "email": a.email})),
         "dependencies": m.dependencies.iter().map(|d| json!({
             "id": d.id, "entry": d.entry, "custom_event": d.custom_event, "providers": d.providers,

@@ -559,6 +559,7 @@ impl ProcessHostState {
             launch: self.launch,
             entries,
             sdk: format!("{} {}", hello.sdk, hello.sdk_version),
+            input_schema: hello.input_schema,
         });
     }
 

@@ -46,6 +46,7 @@ fn samples() -> Vec<(&'static str, Direction, Envelope)> {
                         timeout_ms: Some(5000),
                         kind: "action".into(),
                     }],
+                    input_schema: None,
                 }),
             ),
         ),

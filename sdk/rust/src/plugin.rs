@@ -172,6 +172,7 @@ impl Plugin {
             sdk_version: SDK_VERSION.to_string(),
             pid: std::process::id(),
             entries: specs,
+            input_schema: None,
         };
         link.send(Message::Hello(hello))
             .await
