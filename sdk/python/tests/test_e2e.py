@@ -141,6 +141,11 @@ class Demo(NekoPluginBase):
         self.report_status({"n": n})
         return {"reported": n}
 
+    @plugin_entry(id="astatus")
+    async def astatus(self, n=1, **_):
+        self.report_status({"n": n})
+        return {"reported": n}
+
     @plugin_entry(id="pending")
     def pending(self, **_):
         try:
@@ -195,6 +200,7 @@ def test_hello_declares_the_entries(sup):
     body = sup.hello.body
     assert (body["protocol"], body["plugin_id"], body["sdk"], body["sdk_version"]) == (1, "demo", "neko-sdk-python", "0.1.0")
     assert body["pid"] == sup.proc.pid
+    assert body["input_schema"] is None  # the class defines no plugin-level input_schema: not sent
     entries = {e["id"]: e for e in body["entries"]}
     assert "undecorated" in entries and "public_helper" not in entries
     assert "startup" not in entries and "shutdown" not in entries
@@ -320,13 +326,15 @@ def test_config_round_trip(sup):
     assert {q["op"] for q in sup.requests} == {"config.get"}
 
 
-def test_status_goes_before_the_result(sup):
-    call_id = sup.trigger("status", {"n": 7})
-    order = []
-    while not order or order[-1] != "result":
-        env = sup.wait_for(lambda e: (e.kind == "status" and e.body["status"].get("n") == 7) or (e.kind == "result" and e.body["call_id"] == call_id))
-        order.append(env.kind)
-    assert order == ["status", "result"]
+@pytest.mark.parametrize("entry_id", ["status", "astatus"])
+def test_status_goes_before_the_result(sup, entry_id):
+    for n in range(20):  # async handlers report from the handler loop, results leave from the I/O loop
+        call_id = sup.trigger(entry_id, {"n": n})
+        order = []
+        while not order or order[-1] != "result":
+            env = sup.wait_for(lambda e: (e.kind == "status" and e.body["status"].get("n") == n) or (e.kind == "result" and e.body["call_id"] == call_id))
+            order.append(env.kind)
+        assert order == ["status", "result"]
 
 
 def test_stop_runs_shutdown_and_exits_zero(plugin_dir):

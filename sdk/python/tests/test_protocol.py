@@ -146,3 +146,16 @@ def test_key_parsing():
         with pytest.raises(ValueError) as info:
             parse_key(bad)
         assert bad not in str(info.value) or bad == ""
+
+
+def test_hello_input_schema_is_optional():
+    base = {"protocol": 1, "plugin_id": "p", "sdk": "s", "sdk_version": "0.1.0", "pid": 1}
+    hello = decode_payload(msgpack.packb({"v": 1, "seq": 1, "kind": "hello", "body": base}))
+    assert hello.body["input_schema"] is None  # absent: the field is optional
+    schema = {"type": "object", "properties": {"q": {"type": "string"}}}
+    hello = decode_payload(msgpack.packb({"v": 1, "seq": 1, "kind": "hello", "body": {**base, "input_schema": schema}}))
+    assert hello.body["input_schema"] == schema
+    for bad in ("not a map", [1], {1: "int key"}):
+        with pytest.raises(FrameError) as info:
+            decode_payload(msgpack.packb({"v": 1, "seq": 1, "kind": "hello", "body": {**base, "input_schema": bad}}))
+        assert info.value.reason == "decode"

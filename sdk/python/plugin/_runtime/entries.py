@@ -76,6 +76,9 @@ class HandlerTables:
     #: `@message` handlers by id, with their metadata (the `source` filter lives in `meta.extra`).
     messages: dict[str, tuple[EventMeta, Callable[..., Any]]] = field(default_factory=dict)
     custom: dict[tuple[str, str], tuple[EventMeta, Callable[..., Any]]] = field(default_factory=dict)
+    #: The plugin class's own `input_schema` attribute (the plugin-level schema), as JSON; None when
+    #: the class defines none. Sent in HELLO only when set.
+    input_schema: Optional[dict] = None
 
     def hello_entries(self) -> list[dict]:
         return [entry.hello_spec() for entry in self.entries.values()]
@@ -89,8 +92,26 @@ class HandlerTables:
         ]
 
 
+def plugin_input_schema(cls: type, logger: Optional[PluginLogger] = None) -> Optional[dict]:
+    """The class attribute `input_schema` (reference §5.1: the plugin-level schema) as a JSON
+    object, or None when the class defines none (or an empty one)."""
+    schema = getattr(cls, "input_schema", None)
+    if not isinstance(schema, dict) or not schema:
+        if schema is not None and not isinstance(schema, dict) and logger is not None:
+            logger.warning("the plugin class's input_schema is a {}, not a dict; ignored", type(schema).__name__)
+        return None
+    try:
+        value = json.loads(json.dumps(schema))
+    except (TypeError, ValueError) as exc:
+        if logger is not None:
+            logger.warning("the plugin class's input_schema is not JSON ({}); ignored", exc)
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def build_tables(instance: Any, manifest: dict, logger: PluginLogger) -> HandlerTables:
     tables = HandlerTables()
+    tables.input_schema = plugin_input_schema(type(instance), logger)
 
     def skipped(name: str, why: str) -> None:
         logger.warning("member '{}' is decorated but {}; ignored", name, why)

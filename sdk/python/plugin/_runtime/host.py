@@ -1,10 +1,22 @@
-"""The plugin process's I/O loop: handshake, dispatch, heartbeats, STOP, parent watch.
+"""The plugin process's runtime: handshake, dispatch, heartbeats, STOP, parent watch.
 
-Everything that touches the socket runs on one asyncio loop (the runner's). Entry calls run
-concurrently: async handlers as tasks on that loop, sync handlers on a thread pool, `@worker`
-handlers on a separate small pool. Each call has a deadline (the TRIGGER's `timeout_ms`, else the
-entry's own) and can be canceled; either way the caller gets its RESULT at once, the async task is
-cancelled, and a sync handler sees `ctx.cancelled` turn true.
+Two event loops in two threads:
+
+- the I/O loop (the runner's, in the main thread) owns the link to the supervisor: it receives,
+  sends, heartbeats, handles STOP and signals, watches the parent process, and keeps each call's
+  deadline and CANCEL. No plugin code runs on it.
+- the handler loop (`handler_loop.HandlerLoop`, thread `neko-handlers`) runs plugin code:
+  `async def` entries, async lifecycle hooks, async timers, `@message` handlers, and awaitables a
+  sync handler returned.
+
+Sync handlers run on a thread pool, `@worker` handlers on a separate small pool. Each call has a
+deadline (the TRIGGER's `timeout_ms`, else the entry's own) and can be canceled; either way the
+caller gets its RESULT at once (from the I/O loop), the async task is cancelled on the handler loop
+(`call_soon_threadsafe(task.cancel)`), and a sync handler sees `ctx.cancelled` turn true.
+
+An `async def` handler that blocks (e.g. `time.sleep`) therefore only delays the other async
+handlers; heartbeats, CANCELs and the results of sync handlers keep flowing. A watchdog on the I/O
+loop warns when the handler loop has not answered for `STALL_WARN_S` (5 s), naming the handler.
 
 Lifecycle: `lifecycle("startup")` runs after WELCOME while heartbeats already flow; TRIGGERs that
 arrive meanwhile wait for it. Then timers, auto-started custom events and `@message` dispatch
@@ -40,6 +52,7 @@ from .calls import (
 )
 from .entries import HandlerTables, RuntimeEntry, is_async_callable
 from .env import HANDSHAKE_TIMEOUT_S, RuntimeEnv
+from .handler_loop import HandlerLoop, HandlerLoopWatchdog, name_task
 from .link import Link
 from .message_dispatch import MessageDispatcher
 from .message_plane import MessagePlaneConfig
@@ -51,6 +64,8 @@ WORKER_POOL_SIZE = 4
 PARENT_POLL_S = 0.25
 #: Grace period when the stop comes from SIGTERM (the supervisor sends SIGKILL soon after).
 SIGTERM_GRACE_S = 1.0
+#: How long the runner waits for the handler loop's thread to end after the I/O loop has finished.
+HANDLER_LOOP_STOP_S = 1.0
 
 
 @dataclass
@@ -89,7 +104,11 @@ class PluginHost:
         self._busy = 0
         self._busy_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        #: The I/O loop (the link, heartbeats, STOP, deadlines); no plugin code runs on it.
         self.loop: Optional[asyncio.AbstractEventLoop] = None
+        #: The loop plugin code runs on (async handlers, hooks, timers, @message handlers).
+        self.handlers = HandlerLoop(logger)
+        self.watchdog: Optional[HandlerLoopWatchdog] = None
         self._finished: Optional[asyncio.Future] = None
         self._signalled: Optional[asyncio.Event] = None
         self._startup_task: Optional[asyncio.Task] = None
@@ -98,8 +117,12 @@ class PluginHost:
 
     # -- the whole run ------------------------------------------------------------------------------
 
+    @property
+    def handler_loop(self) -> asyncio.AbstractEventLoop:
+        return self.handlers.loop
+
     def hello_body(self) -> dict:
-        return {
+        body = {
             "protocol": PROTOCOL_VERSION,
             "plugin_id": self.env.plugin_id,
             "sdk": SDK_NAME,
@@ -107,6 +130,9 @@ class PluginHost:
             "pid": os.getpid(),
             "entries": self.tables.hello_entries(),
         }
+        if self.tables.input_schema is not None:
+            body["input_schema"] = self.tables.input_schema
+        return body
 
     async def run(self) -> int:
         """Connects, handshakes and serves; returns the exit code."""
@@ -114,6 +140,8 @@ class PluginHost:
         self._finished = self.loop.create_future()
         self._signalled = asyncio.Event()
         self._install_signals()
+        if not self.handlers.thread.is_alive():
+            self.handlers.start()
         try:
             self.link.connect()
             await self.link.send_now("hello", self.hello_body())
@@ -130,10 +158,12 @@ class PluginHost:
         self.logger.info("WELCOME received; heartbeat every {} ms", interval_ms)
         self.link.start()
         self._serving = True
+        self.watchdog = HandlerLoopWatchdog(self.handlers, self.loop, self.logger)
         background = [
             asyncio.ensure_future(self._read_loop()),
             asyncio.ensure_future(self._heartbeat_loop(interval_ms / 1000.0)),
             asyncio.ensure_future(self._watch_parent()),
+            asyncio.ensure_future(self.watchdog.run()),
         ]
         self._startup_task = asyncio.ensure_future(self._startup())
         code = await self._finished
@@ -219,7 +249,8 @@ class PluginHost:
             self._finish(1)
 
     async def _heartbeat_loop(self, interval_s: float) -> None:
-        # Sent from the loop that reads the socket, so a stuck loop stops the heartbeats.
+        # Sent from the I/O loop, which runs no plugin code: a blocking handler cannot stop them,
+        # while a stuck runtime (the loop that reads the socket) does.
         while True:
             await asyncio.sleep(interval_s)
             self.link.post("heartbeat", {})
@@ -311,14 +342,19 @@ class PluginHost:
             # As in the reference, worker threads see neither the run id nor the handler scope.
             work = self.loop.run_in_executor(self.worker_pool, self._thread_call, entry, kwargs, None, None, call.scope)
         elif entry.is_async:
-            work = asyncio.ensure_future(self._async_call(entry, kwargs, label, run_id, call.scope))
+            work = self.handlers.run(self._async_call(entry, kwargs, label, run_id, call.scope))
         else:
             work = self.loop.run_in_executor(self.sync_pool, self._thread_call, entry, kwargs, label, run_id, call.scope)
         end = None if deadline is None else self.loop.time() + deadline
         while True:
             canceled = asyncio.ensure_future(call.cancel_event.wait())
             remaining = None if end is None else max(0.0, end - self.loop.time())
-            done, _ = await asyncio.wait({work, canceled}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                done, _ = await asyncio.wait({work, canceled}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:  # the runtime is stopping: the handler is abandoned too
+                canceled.cancel()
+                self._abandon(work, call)
+                raise
             canceled.cancel()
             if call.cancel_event.is_set():
                 self._abandon(work, call)
@@ -330,11 +366,12 @@ class PluginHost:
             result = self._result_of(entry, work)
             if isinstance(result, Outcome):
                 return result
-            # A sync handler returned an awaitable: await it here, under the same deadline.
-            work = asyncio.ensure_future(self._async_call(entry, None, label, run_id, call.scope, awaitable=result.value))
+            # A sync handler returned an awaitable: await it on the handler loop, under the same deadline.
+            work = self.handlers.run(self._async_call(entry, None, label, run_id, call.scope, awaitable=result.value))
 
     def _abandon(self, work: asyncio.Future, call: _Call) -> None:
         call.scope.flag.set()
+        # For an async handler this reaches its task as `handler_loop.call_soon_threadsafe(task.cancel)`.
         work.cancel()
         # Whatever the handler does later is discarded; make sure nothing is reported as unretrieved.
         work.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -356,6 +393,8 @@ class PluginHost:
         self.logger.opt(exception=exc.with_traceback(tb)).error("entry '{}' raised {}: {}", entry_id, type(exc).__name__, exc)
 
     async def _async_call(self, entry: RuntimeEntry, kwargs: Optional[dict], label: str, run_id: Optional[str], call_scope: scope.CallScope, awaitable: Any = None) -> Any:
+        # Runs on the handler loop, in its own task (and so its own copy of the context).
+        name_task(label)
         scope.enter(label, run_id, call_scope)
         try:
             value = await (awaitable if awaitable is not None else entry.handler(**(kwargs or {})))
@@ -398,22 +437,35 @@ class PluginHost:
         """Runs a lifecycle hook (no arguments); failures are logged, never raised."""
         assert self.loop is not None
         if is_async_callable(fn):
-            work = asyncio.ensure_future(self._hook_async(label, fn()))
+            work = self.handlers.run(self._hook_async(label, fn()))
         else:
             work = self.loop.run_in_executor(self.sync_pool, self._hook_thread, label, fn)
-        done, _ = await asyncio.wait({work}, timeout=timeout)
-        if not done:
-            self.logger.warning("{} did not finish within {:.1f}s", label, timeout)
-            work.cancel()
-            work.add_done_callback(lambda f: f.cancelled() or f.exception())
-            return
-        if work.cancelled() or work.exception() is not None:
-            return
-        value = work.result()
-        if isinstance(value, _Awaitable):
-            await self._hook_async(label, value.value)
+        end = None if timeout is None else self.loop.time() + timeout
+        while True:
+            try:
+                remaining = None if end is None else max(0.0, end - self.loop.time())
+                done, _ = await asyncio.wait({work}, timeout=remaining)
+            except asyncio.CancelledError:
+                self._drop(work)
+                raise
+            if not done:
+                self.logger.warning("{} did not finish within {:.1f}s", label, timeout)
+                self._drop(work)
+                return
+            if work.cancelled() or work.exception() is not None:
+                return
+            value = work.result()
+            if not isinstance(value, _Awaitable):
+                return
+            work = self.handlers.run(self._hook_async(label, value.value))
+
+    @staticmethod
+    def _drop(work: asyncio.Future) -> None:
+        work.cancel()
+        work.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     async def _hook_async(self, label: str, awaitable: Any) -> None:
+        name_task(label)
         scope.enter(label)
         try:
             await awaitable
@@ -432,15 +484,14 @@ class PluginHost:
             return _Awaitable(value) if inspect.isawaitable(value) else None
 
     def call_from_thread(self, label: str, fn: Callable[..., Any]) -> None:
-        """Calls a timer or auto-event handler from its own thread; async ones run on the loop."""
-        assert self.loop is not None
+        """Calls a timer or auto-event handler from its own thread; async ones run on the handler loop."""
         try:
             if is_async_callable(fn):
-                asyncio.run_coroutine_threadsafe(self._hook_async(label, fn()), self.loop).result()
+                self.handlers.submit(self._hook_async(label, fn())).result()
                 return
             value = scope.run_scoped(fn, None, label=label)
             if inspect.isawaitable(value):
-                asyncio.run_coroutine_threadsafe(self._hook_async(label, value), self.loop).result()
+                self.handlers.submit(self._hook_async(label, value)).result()
         except (concurrent.futures.CancelledError, RuntimeError) as exc:
             if not (self.stopping or self.timer_stop.is_set()):
                 self.logger.opt(exception=exc).error("{} failed", label)
@@ -495,7 +546,7 @@ class PluginHost:
             )
             return
         self.messages = MessageDispatcher(self, endpoint, handlers)
-        self.messages.start()
+        self.messages.start(self.handlers)
 
     def _stop_message_dispatch(self) -> None:
         if self.messages is not None:
@@ -536,11 +587,15 @@ class PluginHost:
     # -- after the loop -------------------------------------------------------------------------------
 
     def shutdown_threads(self, wait_s: float = 0.5) -> bool:
-        """Stops timers and pools; True when no thread that would block the exit is left."""
+        """Stops timers, the handler loop and the pools; True when no thread that would block the
+        exit is left."""
         self.timer_stop.set()
+        handlers_stopped = self.handlers.stop(HANDLER_LOOP_STOP_S)
+        if not handlers_stopped:
+            self.logger.warning("the handler loop did not stop ({})", self.handlers.describe_running())
         for pool in (self.sync_pool, self.worker_pool):
             pool.shutdown(wait=False, cancel_futures=True)
-        if self.busy_threads:
+        if self.busy_threads or not handlers_stopped:
             return False
         deadline = wait_s
         for thread in threading.enumerate():

@@ -1,9 +1,10 @@
 """The link to the supervisor: one ZeroMQ DEALER socket, the signed session over it, an outbox and
 the open requests.
 
-Only the runner's event loop touches the socket. Everyone else (handler threads, timers, the
-context) calls `post(...)`, which hands the message to the loop; one writer task seals and sends in
-queue order, so a STATUS a handler reported before returning goes out before its RESULT.
+Only the runner's I/O loop (the main thread; plugin code runs elsewhere, see `host`) touches the
+socket. Everyone else (handler threads, the handler loop, timers, the context) calls `post(...)`,
+which hands the message to the I/O loop; one writer task seals and sends in queue order, so a STATUS
+a handler reported before returning goes out before its RESULT.
 """
 
 from __future__ import annotations

@@ -15,10 +15,11 @@ content as JSON text), `sender` (the source) and `ts` (the message time as ISO-8
 `message_type`, `description`, `priority`, `content`, `binary_url`, `metadata`, `unsafe`, `time`,
 ...). Only the names a handler accepts are passed, unless it takes `**kwargs`.
 
-They run like other handlers (async ones on the plugin's loop, sync ones on the thread pool),
-at most `MAX_IN_FLIGHT` at a time, with the handler scope `message.<id>`; exceptions are logged and
-never stop the plugin. Messages carrying `binary_data` are not published by the message plane (its
-PUB frames are JSON), so they do not reach handlers.
+The dispatcher (its SUB socket included) lives on the handler loop, the loop that runs plugin code
+(see `host`). Handlers run like other handlers (async ones on the handler loop, sync ones on the
+thread pool), at most `MAX_IN_FLIGHT` at a time, with the handler scope `message.<id>`; exceptions
+are logged and never stop the plugin. Messages carrying `binary_data` are not published by the
+message plane (its PUB frames are JSON), so they do not reach handlers.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ import zmq.asyncio
 from ..sdk.shared.core.events import EventMeta
 from . import scope
 from .entries import is_async_callable
+from .handler_loop import name_task
 
 if TYPE_CHECKING:
+    from .handler_loop import HandlerLoop
     from .host import PluginHost
 
 MAX_IN_FLIGHT = 64
@@ -111,15 +114,29 @@ class MessageDispatcher:
         self.handlers = handlers
         self.plugin_id = host.env.plugin_id
         self.logger = host.logger
+        self._handlers: Optional["HandlerLoop"] = None
         self._task: Optional[asyncio.Task] = None
         self._running: set[asyncio.Future] = set()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._stopped = False
         self.delivered = 0
 
-    def start(self) -> None:
-        self._task = asyncio.ensure_future(self._run())
+    def start(self, handlers: "HandlerLoop") -> None:
+        """Starts listening on the handler loop (callable from any thread)."""
+        self._handlers = handlers
+        handlers.call_soon(self._begin)
+
+    def _begin(self) -> None:  # on the handler loop
+        if not self._stopped:
+            self._task = asyncio.ensure_future(self._run())
 
     def stop(self) -> None:
+        """Stops listening and cancels running handlers (callable from any thread)."""
+        self._stopped = True
+        if self._handlers is not None:
+            self._handlers.call_soon(self._stop_here)
+
+    def _stop_here(self) -> None:  # on the handler loop
         if self._task is not None and not self._task.done():
             self._task.cancel()
         for work in list(self._running):
@@ -157,7 +174,6 @@ class MessageDispatcher:
     def _spawn(self, meta: EventMeta, fn: Callable[..., Any], event: dict) -> None:
         label = f"message.{meta.id}"
         kwargs = fit_kwargs(fn, message_kwargs(event))
-        assert self.host.loop is not None
         if is_async_callable(fn):
             work: asyncio.Future = asyncio.ensure_future(self._call_async(label, fn, kwargs))
         else:
@@ -176,6 +192,7 @@ class MessageDispatcher:
         self.logger.opt(exception=exc).error("{} failed: {}: {}", label, type(exc).__name__, exc)
 
     async def _call_async(self, label: str, fn: Callable[..., Any], kwargs: dict, awaitable: Any = None) -> None:
+        name_task(label)
         scope.enter(label)
         try:
             await (awaitable if awaitable is not None else fn(**kwargs))

@@ -130,6 +130,11 @@ def _default_schema() -> dict:
     return {"type": "object", "properties": {}}
 
 
+def _json_map(value: Any, where: str) -> dict:
+    """A JSON object (a msgpack map with string keys and JSON values)."""
+    return _json_value(_map(value, where), where)
+
+
 def _wire_error(value: Any, where: str) -> dict:
     return _fields(_map(value, where), _ERROR_FIELDS, where)
 
@@ -166,6 +171,8 @@ BODY_FIELDS: dict[str, dict] = {
         "sdk_version": (_str, REQUIRED),
         "pid": (_uint(_U32), REQUIRED),
         "entries": (_entries, list),
+        # The plugin-level input schema (the plugin class's `input_schema`); absent when it has none.
+        "input_schema": (_json_map, OPTIONAL),
     },
     "welcome": {
         "plugin_id": (_str, REQUIRED),

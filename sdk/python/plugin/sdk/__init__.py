@@ -4,8 +4,8 @@
 """
 
 from .base import NekoPluginBase, PluginMeta
-from .bus.memory import MemoryClient
 from .config import PluginConfig
+from .database import PluginDatabase
 from .decorators import (
     custom_event,
     lifecycle,
@@ -20,6 +20,7 @@ from .decorators import (
 from .errors import ErrorCode, PluginCallError, PluginConfigError
 from .events import EntryKind, EventHandler, EventMeta, WorkerConfig
 from .logger import PluginLogger, get_plugin_logger
+from .memory import MemoryClient
 from .plugins import Plugins
 from .responses import fail, ok
 from .shared.constants import (
@@ -33,6 +34,7 @@ from .shared.constants import (
     WORKER_MODE_ATTR,
 )
 from .state import EXTENDED_TYPES, StatePersistence
+from .store import PluginStore
 from .system_info import SystemInfo
 from .types import PluginContextProtocol
 
@@ -61,6 +63,8 @@ __all__ = [
     "EVENT_META_ATTR",
     "SystemInfo",
     "MemoryClient",
+    "PluginStore",
+    "PluginDatabase",
     "StatePersistence",
     "EXTENDED_TYPES",
     "PluginContextProtocol",

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from .config import PluginConfig
+from .database import PluginDatabase
 from .logger import PluginLogger, enable_plugin_file_logging, get_plugin_logger
 from .plugins import Plugins
 from .shared.constants import DEFAULT_INPUT_SCHEMA, NEKO_PLUGIN_META_ATTR, NEKO_PLUGIN_TAG, SDK_VERSION
 from .shared.core.events import EventHandler, scan_event_handlers
 from .state import StatePersistence
+from .store import PluginStore
 from .system_info import SystemInfo
 
 
@@ -28,6 +31,41 @@ class PluginMeta:
     author: Optional[dict] = None
 
 
+def _plugin_section(ctx: Any) -> dict:
+    """`[plugin]` of the plugin's plugin.toml (read locally: no round-trip to neko), or {}."""
+    path = getattr(ctx, "config_path", None)
+    if not path:
+        return {}
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, TypeError, ValueError):  # TOMLDecodeError is a ValueError
+        return {}
+    section = data.get("plugin")
+    return section if isinstance(section, dict) else {}
+
+
+def _feature(section: dict, name: str) -> tuple[bool, dict]:
+    """Whether `[plugin.<name>] enabled` is true, and that table."""
+    table = section.get(name)
+    if not isinstance(table, dict):
+        return False, {}
+    value = table.get("enabled", False)
+    if isinstance(value, str):
+        enabled = value.strip().lower() in ("true", "1", "yes", "on")
+    else:
+        enabled = isinstance(value, (bool, int)) and bool(value)
+    return enabled, table
+
+
+def _plugin_dir(ctx: Any) -> Path:
+    plugin_dir = getattr(ctx, "plugin_dir", None)
+    if plugin_dir:
+        return Path(plugin_dir)
+    path = getattr(ctx, "config_path", None)
+    return Path(path).parent if path else Path.cwd()
+
+
 def _set(obj: Any, name: str, value: Any) -> None:
     # A subclass may define the name as a read-only property; it then keeps its own.
     try:
@@ -37,9 +75,12 @@ def _set(obj: Any, name: str, value: Any) -> None:
 
 
 class NekoPluginBase:
-    """Base class of plugins: `self.ctx`, `self.config`, `self.plugins`, `self.logger`.
+    """Base class of plugins: `self.ctx`, `self.config`, `self.plugins`, `self.logger`,
+    `self.store` (PluginStore) and `self.db` (PluginDatabase).
 
-    The constructor does no I/O: it never waits for the supervisor.
+    The constructor never waits for the supervisor: it only reads the plugin's own plugin.toml
+    (`[plugin.store]` / `[plugin.database]` `enabled`) and opens nothing; the store and database
+    files are made on first use.
     """
 
     __freezable__: list = []
@@ -57,6 +98,15 @@ class NekoPluginBase:
         self._system_info: Optional[SystemInfo] = None
         self._config_dir: Optional[Path] = None
         self._bus: Any = None
+        section = _plugin_section(ctx)
+        plugin_dir = _plugin_dir(ctx)
+        logger = getattr(ctx, "logger", None)
+        store_on, _ = _feature(section, "store")
+        db_on, db_table = _feature(section, "database")
+        name = db_table.get("name")
+        db_name = name.strip() if isinstance(name, str) and name.strip() else None
+        _set(self, "store", PluginStore(self._plugin_id, plugin_dir, logger=logger, enabled=store_on))
+        _set(self, "db", PluginDatabase(self._plugin_id, plugin_dir, logger=logger, enabled=db_on, db_name=db_name))
 
     # Plugins written for the reference assign these in `__init__` (`self.plugin_id =
     # ctx.plugin_id`), so each is a property with a setter.

@@ -1,0 +1,268 @@
+"""The handler loop: the event loop that runs plugin code, in its own thread.
+
+The runner's I/O loop (the main thread) owns the link to the supervisor: it receives, sends,
+heartbeats, handles STOP and watches the parent process. Plugin code never runs there. `async def`
+entries, async lifecycle hooks, async timers and `@message` handlers run here instead, so a plugin
+that blocks in an `async def` (a `time.sleep`, a blocking HTTP client) delays the other async
+handlers but never the heartbeats, CANCELs or the RESULTs of sync handlers.
+
+`HandlerLoopWatchdog` (run by the I/O loop) pings this loop and warns when it has not answered for
+a while, naming what is running on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import sys
+import sysconfig
+import threading
+import time
+from typing import Any, Awaitable, Callable, Optional
+
+from ..sdk.logger import PluginLogger
+
+#: The handler loop is reported as stalled after this long without answering a ping.
+STALL_WARN_S = 5.0
+#: While it stays stalled, the warning is repeated this often.
+STALL_REPEAT_S = 60.0
+#: Threads that `asyncio.to_thread` / `run_in_executor(None, ...)` use from plugin code.
+DEFAULT_EXECUTOR_SIZE = 32
+
+_RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def stall_warn_seconds() -> float:
+    """`STALL_WARN_S`, or `NEKO_PLUGIN_LOOP_STALL_WARN_MS` when set (used by the tests)."""
+    raw = os.environ.get("NEKO_PLUGIN_LOOP_STALL_WARN_MS", "").strip()
+    try:
+        value = int(raw) / 1000.0 if raw else STALL_WARN_S
+    except ValueError:
+        value = STALL_WARN_S
+    return value if value > 0 else STALL_WARN_S
+
+
+def name_task(label: str) -> None:
+    """Names the current task after what it runs (`plugin_entry.<id>`, ...), for the watchdog."""
+    task = asyncio.current_task()
+    if task is not None:
+        try:
+            task.set_name(label)
+        except Exception:
+            pass
+
+
+class HandlerLoop:
+    """An asyncio loop running in a daemon thread (`neko-handlers`)."""
+
+    def __init__(self, logger: PluginLogger):
+        self.logger = logger
+        self.loop = asyncio.new_event_loop()
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=DEFAULT_EXECUTOR_SIZE, thread_name_prefix="neko-to-thread")
+        self.loop.set_default_executor(self.executor)
+        self.loop.set_exception_handler(self._on_loop_error)
+        self.thread = threading.Thread(target=self._main, name="neko-handlers", daemon=True)
+        self._ready = threading.Event()
+
+    # -- running ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+        self._ready.wait(5.0)
+
+    def _main(self) -> None:
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        loop.call_soon(self._ready.set)
+        try:
+            loop.run_forever()
+            # Stopped: cancel what is left (bounded; a task that blocks here keeps the thread alive,
+            # which the runner notices and answers with a hard exit).
+            tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.wait(tasks, timeout=0.5))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        except Exception as exc:  # never let the thread die with a traceback on stderr
+            self.logger.opt(exception=exc).error("the handler loop failed: {}: {}", type(exc).__name__, exc)
+        finally:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            try:
+                loop.close()
+            except Exception:
+                pass
+
+    def stop(self, timeout: float) -> bool:
+        """Stops the loop and waits for its thread; False when it did not end within `timeout`."""
+        if not self.thread.is_alive():
+            if self.thread.ident is None and not self.loop.is_closed():  # never started
+                self.executor.shutdown(wait=False)
+                self.loop.close()
+            return True
+        try:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        except RuntimeError:  # already closed
+            pass
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive() and not self.loop.is_closed()
+
+    # -- handing work to the loop -------------------------------------------------------------------
+
+    def submit(self, coro: Awaitable[Any]) -> concurrent.futures.Future:
+        """Runs `coro` as a task of the handler loop (from any other thread).
+
+        Cancelling the returned future cancels the task with `loop.call_soon_threadsafe(task.cancel)`
+        (this is what `run_coroutine_threadsafe`'s chaining does), so it is safe from the I/O loop."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+
+    def run(self, coro: Awaitable[Any]) -> asyncio.Future:
+        """`submit`, awaitable from the calling thread's running loop (the I/O loop)."""
+        return asyncio.wrap_future(self.submit(coro))
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> bool:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            return False
+        return True
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        exc = context.get("exception")
+        message = context.get("message") or "error on the handler loop"
+        if exc is not None:
+            self.logger.opt(exception=exc).error("{}: {}: {}", message, type(exc).__name__, exc)
+        else:
+            self.logger.error("{}", message)
+
+    # -- what is running (for the watchdog) -------------------------------------------------------
+
+    def describe_running(self) -> str:
+        """What the loop is busy with: the current task's label and where its thread is stuck."""
+        label = None
+        try:
+            task = asyncio.current_task(self.loop)
+        except Exception:
+            task = None
+        if task is not None:
+            name = task.get_name()
+            label = name if not name.startswith("Task-") else None
+        where = self._where()
+        parts = []
+        if label:
+            parts.append(f"running '{label}'")
+        else:
+            parts.append("running no known handler")
+        if where:
+            parts.append(f"at {where}")
+        return " ".join(parts)
+
+    def _where(self) -> Optional[str]:
+        ident = self.thread.ident
+        frame = sys._current_frames().get(ident) if ident is not None else None
+        if frame is None:
+            return None
+        # The innermost frame of the plugin's own code (not the standard library, installed
+        # packages, asyncio or this runtime); else the innermost frame outside asyncio and the runtime.
+        fallback = chosen = None
+        while frame is not None and chosen is None:
+            filename = os.path.abspath(frame.f_code.co_filename)
+            if os.path.dirname(filename) != _RUNTIME_DIR and f"{os.sep}asyncio{os.sep}" not in filename:
+                if fallback is None:
+                    fallback = frame
+                if not _is_library(filename):
+                    chosen = frame
+            frame = frame.f_back
+        chosen = chosen or fallback
+        if chosen is None:
+            return None
+        return f"{chosen.f_code.co_filename}:{chosen.f_lineno} in {chosen.f_code.co_name}"
+
+
+def _library_roots() -> tuple[str, ...]:
+    roots = set()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        path = sysconfig.get_paths().get(key)
+        if path:
+            roots.add(os.path.abspath(path) + os.sep)
+    return tuple(roots)
+
+
+_LIBRARY_ROOTS = _library_roots()
+
+
+def _is_library(filename: str) -> bool:
+    if filename.startswith("<"):  # <frozen ...>, <string>
+        return True
+    parts = filename.split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:
+        return True
+    return filename.startswith(_LIBRARY_ROOTS)
+
+
+class HandlerLoopWatchdog:
+    """Pings the handler loop from the I/O loop; warns when it stays unresponsive.
+
+    Every `period` seconds: if no ping is outstanding, one is sent (a callback queued on the handler
+    loop that answers back on the I/O loop). When the outstanding ping is older than the threshold,
+    a warning names what is running on the handler loop; a second line says when it recovers."""
+
+    def __init__(self, handlers: HandlerLoop, io_loop: asyncio.AbstractEventLoop, logger: PluginLogger, threshold_s: Optional[float] = None):
+        self.handlers = handlers
+        self.io_loop = io_loop
+        self.logger = logger
+        self.threshold_s = threshold_s if threshold_s is not None else stall_warn_seconds()
+        self.period_s = max(0.05, min(1.0, self.threshold_s / 4))
+        self._sent: Optional[float] = None
+        self._warned_at: Optional[float] = None
+        self.stalls = 0
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.period_s)
+            self.check()
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if self._sent is None:
+            token = now
+            self._sent = token
+            if not self.handlers.call_soon(self._pong, token):
+                self._sent = None
+            return
+        stalled = now - self._sent
+        if stalled < self.threshold_s:
+            return
+        if self._warned_at is None or now - self._warned_at >= STALL_REPEAT_S:
+            if self._warned_at is None:
+                self.stalls += 1
+            self._warned_at = now
+            self.logger.warning(
+                "the handler loop has been unresponsive for {:.1f}s, {}: an async handler is blocking it "
+                "(do not block in 'async def'; use 'await asyncio.to_thread(...)' for blocking calls). "
+                "Other async handlers wait meanwhile; heartbeats and sync handlers are not affected.",
+                stalled,
+                self.handlers.describe_running(),
+            )
+
+    def _pong(self, token: float) -> None:  # on the handler loop
+        try:
+            self.io_loop.call_soon_threadsafe(self._answered, token)
+        except RuntimeError:  # the I/O loop is gone
+            pass
+
+    def _answered(self, token: float) -> None:  # on the I/O loop
+        if self._sent != token:
+            return
+        if self._warned_at is not None:
+            self.logger.info("the handler loop is responsive again after {:.1f}s", time.monotonic() - token)
+        self._sent = None
+        self._warned_at = None
+
+
+__all__ = ["HandlerLoop", "HandlerLoopWatchdog", "name_task", "stall_warn_seconds", "STALL_WARN_S"]
