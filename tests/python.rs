@@ -32,6 +32,8 @@ from plugin.sdk import NekoPluginBase, neko_plugin, plugin_entry, ok
 
 @neko_plugin
 class Probe(NekoPluginBase):
+    input_schema = {"type": "object", "properties": {"probe": {"type": "boolean"}}}
+
     @plugin_entry(id="window", input_schema={"type": "object", "properties": {"seconds": {"type": "number"}}})
     async def window(self, seconds: float = 0.5, **_):
         start = time.time()
@@ -134,6 +136,11 @@ async fn concurrent_async_runs_do_not_serialise() {
 async fn python_invocation_contract() {
     let neko = Neko::start_mixed(&[], &[probe_plugin()], "");
     neko.wait_running("probe").await;
+    let info = neko.plugin("probe").await;
+    assert_eq!(
+        info["input_schema"]["properties"]["probe"]["type"], "boolean",
+        "the class's input_schema is the plugin's: {info}"
+    );
     let run = neko.run("probe", "ctx", json!({})).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["result"]["run_id"], run["run_id"]);
