@@ -19,7 +19,7 @@ use axum::response::Response;
 use neko_actors::clock::unix_now;
 use neko_actors::run_db::RunFilter;
 use neko_actors::run_tracker::{RunCreate, RunEvent, RunTrackerMsg};
-use neko_protocol::{ExportItem, RunRecord};
+use neko_protocol::RunRecord;
 use ractor::RpcReplyPort;
 use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
@@ -134,30 +134,16 @@ impl Role {
     /// Whether this socket forwards the event.
     fn wants(&self, event: &RunEvent) -> bool {
         match self {
-            Role::Run { run_id } => event_run_id(event) == run_id,
+            Role::Run { run_id } => event.run_id() == run_id,
             // Skipped only when both the subscription and the event name a plugin, and differ.
             Role::Admin {
                 plugin_id: Some(want),
             } => {
-                let have = event_plugin_id(event);
+                let have = event.plugin_id();
                 have.is_empty() || have == want
             }
             Role::Admin { plugin_id: None } => true,
         }
-    }
-}
-
-fn event_run_id(event: &RunEvent) -> &str {
-    match event {
-        RunEvent::Run { record, .. } => &record.run_id,
-        RunEvent::Export { item, .. } => &item.run_id,
-    }
-}
-
-fn event_plugin_id(event: &RunEvent) -> &str {
-    match event {
-        RunEvent::Run { record, .. } => &record.plugin_id,
-        RunEvent::Export { plugin_id, .. } => plugin_id,
     }
 }
 
@@ -474,20 +460,12 @@ impl Session {
         if !self.role.wants(&event) {
             return Ok(());
         }
-        let frame = match &event {
-            RunEvent::Run { op, record } => {
-                self.runs_rev += 1;
-                bus_change("runs", op, runs_payload(op, record, self.runs_rev))
-            }
-            RunEvent::Export { plugin_id, item } => {
-                self.export_rev += 1;
-                bus_change(
-                    "export",
-                    "add",
-                    export_payload(plugin_id, item, self.export_rev),
-                )
-            }
+        let rev = match &event {
+            RunEvent::Run { .. } => &mut self.runs_rev,
+            RunEvent::Export { .. } => &mut self.export_rev,
         };
+        *rev += 1;
+        let frame = bus_change(event.bus(), event.op(), event.payload(*rev));
         self.push(&frame)
     }
 
@@ -559,36 +537,6 @@ impl Session {
 /// The envelope of a run or export change.
 fn bus_change(bus: &str, op: &str, payload: Value) -> Value {
     json!({"type": "event", "event": "bus.change", "data": {"bus": bus, "op": op, "payload": payload}})
-}
-
-/// The reference's `runs` bus payload.
-fn runs_payload(op: &str, r: &RunRecord, rev: u64) -> Value {
-    let mut p = json!({
-        "source": "runs", "kind": "runs", "type": op, "priority": 0,
-        "timestamp": r.updated_at, "id": r.run_id, "run_id": r.run_id,
-        "status": r.status, "progress": r.progress, "stage": r.stage, "message": r.message,
-        "step": r.step, "step_total": r.step_total, "eta_seconds": r.eta_seconds,
-        "metrics": r.metrics, "updated_at": r.updated_at, "rev": rev,
-        "plugin_id": r.plugin_id, "entry_id": r.entry_id,
-    });
-    if let (Some(task_id), Some(obj)) = (&r.task_id, p.as_object_mut()) {
-        obj.insert("task_id".into(), json!(task_id));
-    }
-    p
-}
-
-/// The reference's `export` bus payload (without the item's content).
-fn export_payload(plugin_id: &str, item: &ExportItem, rev: u64) -> Value {
-    let mut p = json!({
-        "source": "export", "kind": "export", "type": "add", "priority": 0,
-        "timestamp": item.created_at, "id": item.export_item_id, "run_id": item.run_id,
-        "export_item_id": item.export_item_id, "export_type": item.kind,
-        "created_at": item.created_at, "rev": rev,
-    });
-    if let (false, Some(obj)) = (plugin_id.is_empty(), p.as_object_mut()) {
-        obj.insert("plugin_id".into(), json!(plugin_id));
-    }
-    p
 }
 
 fn response(id: String, outcome: Result<Value, String>) -> Value {
@@ -949,7 +897,11 @@ mod tests {
 
     #[test]
     fn payloads_have_the_reference_fields() {
-        let p = runs_payload("change", &record("r", "a"), 3);
+        let p = RunEvent::Run {
+            op: "change",
+            record: Box::new(record("r", "a")),
+        }
+        .payload(3);
         for key in [
             "source",
             "kind",

@@ -102,6 +102,74 @@ pub enum RunEvent {
     },
 }
 
+impl RunEvent {
+    /// The reference's bus name: `runs` or `export`.
+    pub fn bus(&self) -> &'static str {
+        match self {
+            RunEvent::Run { .. } => "runs",
+            RunEvent::Export { .. } => "export",
+        }
+    }
+
+    /// `add` or `change`.
+    pub fn op(&self) -> &'static str {
+        match self {
+            RunEvent::Run { op, .. } => op,
+            RunEvent::Export { .. } => "add",
+        }
+    }
+
+    /// The run the change is about.
+    pub fn run_id(&self) -> &str {
+        match self {
+            RunEvent::Run { record, .. } => &record.run_id,
+            RunEvent::Export { item, .. } => &item.run_id,
+        }
+    }
+
+    /// The plugin the run belongs to (may be empty for an export of an unknown owner).
+    pub fn plugin_id(&self) -> &str {
+        match self {
+            RunEvent::Run { record, .. } => &record.plugin_id,
+            RunEvent::Export { plugin_id, .. } => plugin_id,
+        }
+    }
+
+    /// The reference's bus payload (§8.4) with revision `rev`; an export's content is not in
+    /// it (clients fetch it with export.list).
+    pub fn payload(&self, rev: u64) -> Value {
+        let mut p = match self {
+            RunEvent::Run { op, record: r } => json!({
+                "source": "runs", "kind": "runs", "type": op, "priority": 0,
+                "timestamp": r.updated_at, "id": r.run_id, "run_id": r.run_id,
+                "status": r.status, "progress": r.progress, "stage": r.stage, "message": r.message,
+                "step": r.step, "step_total": r.step_total, "eta_seconds": r.eta_seconds,
+                "metrics": r.metrics, "updated_at": r.updated_at, "rev": rev,
+                "plugin_id": r.plugin_id, "entry_id": r.entry_id,
+            }),
+            RunEvent::Export { item, .. } => json!({
+                "source": "export", "kind": "export", "type": "add", "priority": 0,
+                "timestamp": item.created_at, "id": item.export_item_id, "run_id": item.run_id,
+                "export_item_id": item.export_item_id, "export_type": item.kind,
+                "created_at": item.created_at, "rev": rev,
+            }),
+        };
+        let obj = p.as_object_mut().expect("built as an object");
+        match self {
+            RunEvent::Run { record, .. } => {
+                if let Some(task_id) = &record.task_id {
+                    obj.insert("task_id".into(), json!(task_id));
+                }
+            }
+            RunEvent::Export { plugin_id, .. } if !plugin_id.is_empty() => {
+                obj.insert("plugin_id".into(), json!(plugin_id));
+            }
+            RunEvent::Export { .. } => {}
+        }
+        p
+    }
+}
+
 /// `POST /runs` as the tracker needs it.
 #[derive(Debug, Clone)]
 pub struct RunCreate {
