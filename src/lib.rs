@@ -75,6 +75,7 @@ pub async fn run(
         },
         run_events: run_events.clone(),
         autostart: settings.plugins.autostart,
+        message_plane: settings.message_plane()?,
     })
     .await
     .context("could not start the supervision tree")?;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use neko_actors::message_plane::MessagePlaneSettings;
 use neko_actors::process_host::{HostSettings, Transport};
 use neko_actors::restart_policy::{RestartOverrides, RestartPolicy, RestartSettings};
 use serde::{Deserialize, Serialize};
@@ -421,6 +422,24 @@ impl Settings {
             bail!("gateway.max_body_bytes must be > 0 and supervision.max_frame_bytes >= 1024");
         }
         Ok(())
+    }
+
+    /// `[message_plane]` as the MessagePlane actor takes it (validated by [`Settings::validate`]).
+    pub fn message_plane(&self) -> anyhow::Result<MessagePlaneSettings> {
+        let m = &self.message_plane;
+        Ok(MessagePlaneSettings {
+            rpc_endpoint: m.rpc_endpoint.clone(),
+            pub_endpoint: m.pub_endpoint.clone(),
+            ingest_endpoint: m.ingest_endpoint.clone(),
+            store_maxlen: m.store_maxlen,
+            topic_max: m.topic_max,
+            payload_max_bytes: m.payload_max_bytes,
+            get_recent_max_limit: m.get_recent_max_limit,
+            validate_mode: m
+                .validate_mode
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("message_plane.validate_mode: {e}"))?,
+        })
     }
 
     /// The slice every ProcessHost gets.

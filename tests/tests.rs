@@ -4,6 +4,7 @@
 mod helper;
 
 mod gateway;
+mod message_plane;
 mod plugins;
 mod python;
 mod run_features;

@@ -17,6 +17,7 @@
 pub mod clock;
 pub mod error;
 pub mod manifest;
+pub mod message_plane;
 pub mod plugin_config;
 pub mod plugin_supervisor;
 pub mod process_host;

@@ -17,12 +17,14 @@ use std::time::{Duration, Instant};
 
 use neko_protocol::{EntrySpec, ErrorCode, PluginId, PluginState, WireError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
+use crate::clock::iso_now;
 use crate::error::Error;
 use crate::manifest::PluginManifest;
+use crate::message_plane::{MessagePlaneHandle, StoreName};
 use crate::process_host::{
     ExitReport, HostSettings, ProcessHost, ProcessHostArgs, ProcessHostMsg, TriggerReply,
     TriggerRequest, child,
@@ -47,6 +49,8 @@ pub struct PluginSupervisorArgs {
     pub autostart: bool,
     /// The tree's current actors, handed to every host.
     pub tree: watch::Receiver<Option<TreeRefs>>,
+    /// The message plane: supervision records go there, and plugins are told its endpoints.
+    pub messages: MessagePlaneHandle,
 }
 
 /// The answer to a manual start.
@@ -69,6 +73,8 @@ pub enum PluginSupervisorMsg {
     Trigger(PluginId, TriggerRequest, TriggerReply),
     /// A call waiting for its plugin to become ready ran out of time.
     CallWaitExpired { plugin_id: PluginId, wait_id: u64 },
+    /// The root restarted the message plane: use this one from now on.
+    PlaneRestarted(MessagePlaneHandle),
     /// Answers once every plugin started at boot has finished its first launch (ready, or
     /// failed), so the gateway serves only then, as the reference does.
     AwaitStartup(RpcReplyPort<()>),
@@ -148,6 +154,7 @@ pub struct PluginSupervisorState {
     status: ActorRef<StatusManagerMsg>,
     python: ActorRef<PythonEnvMsg>,
     tree: watch::Receiver<Option<TreeRefs>>,
+    messages: MessagePlaneHandle,
     host_settings: Arc<HostSettings>,
     restart_defaults: RestartSettings,
     slots: HashMap<PluginId, Slot>,
@@ -175,6 +182,7 @@ impl Actor for PluginSupervisor {
             status: args.status,
             python: args.python,
             tree: args.tree,
+            messages: args.messages,
             host_settings: args.host_settings,
             restart_defaults: args.restart_defaults,
             slots: HashMap::new(),
@@ -215,6 +223,7 @@ impl Actor for PluginSupervisor {
             PluginSupervisorMsg::CallWaitExpired { plugin_id, wait_id } => {
                 state.call_wait_expired(&plugin_id, wait_id)
             }
+            PluginSupervisorMsg::PlaneRestarted(handle) => state.messages = handle,
             PluginSupervisorMsg::AwaitStartup(reply) => {
                 if state.startup_pending.is_empty() {
                     let _ = reply.send(());
@@ -384,6 +393,24 @@ impl PluginSupervisorState {
         }
     }
 
+    /// Records a supervision event in the message plane's `lifecycle` store (the reference's
+    /// record: `type`, `plugin_id`, `trace_id`, `lifecycle_id`, `time`, plus `data`).
+    fn lifecycle_record(&self, kind: &str, id: &PluginId, data: Value) {
+        let trace_id = uuid::Uuid::new_v4().to_string();
+        let mut record = json!({
+            "type": kind, "plugin_id": id, "trace_id": trace_id, "lifecycle_id": trace_id,
+            "time": iso_now(),
+        });
+        if let (Value::Object(r), Value::Object(d)) = (&mut record, data) {
+            r.extend(d);
+        }
+        self.plane_record(StoreName::Lifecycle, record);
+    }
+
+    fn plane_record(&self, store: StoreName, record: Value) {
+        self.messages.publish(store, "all", record);
+    }
+
     async fn autostart(&mut self, myself: &ActorRef<PluginSupervisorMsg>, id: &PluginId) {
         let Some(slot) = self.slots.get(id) else {
             return;
@@ -443,6 +470,7 @@ impl PluginSupervisorState {
             let _ = reply.send(Err(Error::ShuttingDown));
             return;
         }
+        self.lifecycle_record("plugin_start_requested", &id, json!({}));
         // A plugin the supervisor has never seen may have been added to the folder since.
         if !self.slots.contains_key(&id) {
             match self.fetch_new(&id).await {
@@ -496,6 +524,7 @@ impl PluginSupervisorState {
     }
 
     fn stop(&mut self, id: PluginId, reply: RpcReplyPort<Result<(), Error>>) {
+        self.lifecycle_record("plugin_stop_requested", &id, json!({}));
         let Some(slot) = self.slots.get_mut(&id) else {
             // The reference answers the same for unknown and stopped plugins.
             let _ = reply.send(Err(Error::PluginNotRunning(id)));
@@ -544,6 +573,7 @@ impl PluginSupervisorState {
             return self.start(myself, id, reply).await;
         }
         tracing::info!(plugin_id = %id, "reloading plugin");
+        self.lifecycle_record("plugin_reload_requested", &id, json!({}));
         let slot = self.slots.get_mut(&id).expect("checked above");
         slot.want = Want::Stopped;
         slot.reload_after_stop = true;
@@ -562,6 +592,16 @@ impl PluginSupervisorState {
         req: TriggerRequest,
         reply: TriggerReply,
     ) {
+        // The reference's `events` record of every trigger.
+        let event_id = uuid::Uuid::new_v4().to_string();
+        self.plane_record(
+            StoreName::Events,
+            json!({
+                "type": "plugin_triggered", "plugin_id": id, "entry_id": req.entry_id,
+                "args": req.args, "run_id": req.run_id, "received_at": iso_now(),
+                "trace_id": event_id, "event_id": event_id,
+            }),
+        );
         let Some(slot) = self.slots.get_mut(&id) else {
             let _ = reply.send(Err(WireError::new(
                 ErrorCode::NotFound,
@@ -663,6 +703,7 @@ impl PluginSupervisorState {
             status: self.status.clone(),
             python: self.python.clone(),
             tree: self.tree.clone(),
+            plane: self.messages.endpoints().clone(),
         };
         let name = format!("neko.host.{id}.{launch}");
         match Actor::spawn_linked(Some(name), ProcessHost, args, myself.get_cell()).await {
@@ -731,7 +772,10 @@ impl PluginSupervisorState {
         for w in slot.start_waiters.drain(..) {
             let _ = w.send(Ok(StartOutcome::Started));
         }
+        let data =
+            json!({"pid": host.pid, "restart_count": slot.lifecycle.restarts, "launch": launch});
         self.publish(&id);
+        self.lifecycle_record("plugin_started", &id, data);
     }
 
     async fn host_exited(
@@ -771,6 +815,7 @@ impl PluginSupervisorState {
         slot.lifecycle.last_exit = Some(report.description.clone());
         if slot.want == Want::Stopped {
             tracing::info!(plugin_id = %id, pid = report.pid, launch, exit = %report.description, restart_count = slot.lifecycle.restarts, "plugin stopped");
+            let data = json!({"pid": report.pid, "exit": report.description, "restart_count": slot.lifecycle.restarts});
             slot.lifecycle.state = PluginState::Stopped;
             slot.lifecycle.error = None;
             for w in slot.stop_waiters.drain(..) {
@@ -779,6 +824,7 @@ impl PluginSupervisorState {
             let restart = slot.reload_after_stop && !self.shutting_down;
             slot.reload_after_stop = false;
             self.publish(id);
+            self.lifecycle_record("plugin_stopped", id, data);
             if restart {
                 match self.resolve(id).await {
                     Ok(()) => {
@@ -805,6 +851,10 @@ impl PluginSupervisorState {
             abnormal: report.abnormal,
             ready_for: report.ready_for,
         };
+        let exit = json!({
+            "pid": report.pid, "exit": report.description, "abnormal": report.abnormal,
+            "kill_reason": report.kill_reason, "ready_for_ms": report.ready_for.map(|d| d.as_millis() as u64),
+        });
         let decision = if report.setup_failed {
             Decision::GiveUp {
                 restarts_in_window: 0,
@@ -831,6 +881,17 @@ impl PluginSupervisorState {
                 }));
             }
         }
+        let followup = match &decision {
+            Decision::Restart { attempt, delay, .. } => (
+                "plugin_restarting",
+                json!({"attempt": attempt, "delay_ms": delay.as_millis() as u64, "restart_count": slot.lifecycle.restarts + 1}),
+            ),
+            Decision::Stop => ("plugin_stopped", json!({"exit": report.description})),
+            Decision::GiveUp { reason, .. } => (
+                "plugin_gave_up",
+                json!({"reason": reason, "restart_count": slot.lifecycle.restarts}),
+            ),
+        };
         match decision {
             Decision::Restart {
                 attempt,
@@ -888,6 +949,8 @@ impl PluginSupervisorState {
             }
         }
         self.publish(id);
+        self.lifecycle_record("plugin_crashed", id, exit);
+        self.lifecycle_record(followup.0, id, followup.1);
     }
 
     async fn restart_due(

@@ -1,7 +1,13 @@
-//! RootSupervisor: the top of the tree. Starts StatusManager, Registry, PythonEnv,
-//! PluginSupervisor and RunTracker in that order and restarts them `rest_for_one`: when a child fails, it and every
-//! child started after it are restarted (they hold references to it), so no actor ever talks to a
-//! dead peer. The current references are published on a `watch` channel that the gateway reads.
+//! RootSupervisor: the top of the tree. Starts the MessagePlane, then StatusManager, Registry,
+//! PythonEnv, PluginSupervisor and RunTracker in that order and restarts the latter five
+//! `rest_for_one`: when one fails, it and every child started after it are restarted (they hold
+//! references to it), so no actor ever talks to a dead peer. Nobody holds a direct reference to
+//! the MessagePlane (producers look its handle up in the published references each time), so it
+//! alone is restarted when it fails: a broken store never takes a plugin down. The current
+//! references are published on a `watch` channel that the gateway reads.
+//!
+//! The root also owns the bridge that copies run and export changes into the `runs` and `export`
+//! stores of the message plane (the reference's bus mirror).
 //!
 //! A child that fails more than `MAX_RESTARTS` times within `RESTART_WINDOW` makes the root give
 //! up: it kills every plugin process group and stops, and `neko` exits with an error.
@@ -14,6 +20,9 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{broadcast, watch};
 
+use crate::message_plane::{
+    MessagePlane, MessagePlaneHandle, MessagePlaneMsg, MessagePlaneSettings, StoreName,
+};
 use crate::plugin_supervisor::{PluginSupervisor, PluginSupervisorArgs, PluginSupervisorMsg};
 use crate::process_host::{HostSettings, child};
 use crate::python_env::{PythonEnv, PythonEnvMsg, PythonSettings};
@@ -41,6 +50,7 @@ pub struct TreeArgs {
     pub run_events: broadcast::Sender<RunEvent>,
     /// Start `auto_start` plugins (off in tests that want to start them by hand).
     pub autostart: bool,
+    pub message_plane: MessagePlaneSettings,
 }
 
 /// The current references of the tree's actors, as the gateway uses them.
@@ -51,6 +61,9 @@ pub struct TreeRefs {
     pub python: ActorRef<PythonEnvMsg>,
     pub plugins: ActorRef<PluginSupervisorMsg>,
     pub runs: ActorRef<RunTrackerMsg>,
+    pub plane: ActorRef<MessagePlaneMsg>,
+    /// How neko itself reaches the message plane (publish records, read stores).
+    pub messages: MessagePlaneHandle,
 }
 
 /// The RootSupervisor actor.
@@ -62,11 +75,13 @@ pub struct RootState {
     refs: TreeRefs,
     publish: watch::Sender<Option<TreeRefs>>,
     restarts: VecDeque<Instant>,
+    bridge: tokio::task::JoinHandle<()>,
 }
 
 /// The order children start in; a failure restarts its position and everything after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Child {
+    Plane,
     Status,
     Registry,
     Python,
@@ -88,6 +103,7 @@ impl Actor for RootSupervisor {
         (args, publish): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let cell = myself.get_cell();
+        let (plane, messages) = spawn_plane(&cell, &args).await?;
         let status = spawn_status(&cell).await?;
         let registry = spawn_registry(&cell, &args).await?;
         let python = spawn_python(&cell, &args).await?;
@@ -97,6 +113,7 @@ impl Actor for RootSupervisor {
             &registry,
             &status,
             &python,
+            &messages,
             publish.subscribe(),
         )
         .await?;
@@ -107,13 +124,20 @@ impl Actor for RootSupervisor {
             python,
             plugins,
             runs,
+            plane,
+            messages,
         };
         publish.send_replace(Some(refs.clone()));
+        let bridge = tokio::spawn(mirror_runs(
+            args.run_events.subscribe(),
+            publish.subscribe(),
+        ));
         Ok(RootState {
             args,
             refs,
             publish,
             restarts: VecDeque::new(),
+            bridge,
         })
     }
 
@@ -160,6 +184,18 @@ impl Actor for RootSupervisor {
             return Ok(());
         }
         state.restarts.push_back(now);
+        if which == Child::Plane {
+            tracing::error!(actor = ?which, reason = %why, restart_count = state.restarts.len(), "message plane failed; restarting it (its records are lost)");
+            let (plane, messages) = spawn_plane(&myself.get_cell(), &state.args).await?;
+            let _ = state
+                .refs
+                .plugins
+                .cast(PluginSupervisorMsg::PlaneRestarted(messages.clone()));
+            state.refs.plane = plane;
+            state.refs.messages = messages;
+            state.publish.send_replace(Some(state.refs.clone()));
+            return Ok(());
+        }
         tracing::error!(actor = ?which, reason = %why, restart_count = state.restarts.len(), "supervision tree actor failed; restarting it and the actors after it");
         state.restart_from(&myself.get_cell(), which).await?;
         Ok(())
@@ -168,8 +204,9 @@ impl Actor for RootSupervisor {
     async fn post_stop(
         &self,
         _myself: ActorRef<Self::Msg>,
-        _state: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        state.bridge.abort();
         let killed = child::kill_all_groups();
         if killed > 0 {
             tracing::warn!(killed, "killed plugin process groups left at tree shutdown");
@@ -182,6 +219,7 @@ impl RootState {
     fn which(&self, cell: &ActorCell) -> Option<Child> {
         let id = cell.get_id();
         [
+            (Child::Plane, self.refs.plane.get_id()),
             (Child::Status, self.refs.status.get_id()),
             (Child::Registry, self.refs.registry.get_id()),
             (Child::Python, self.refs.python.get_id()),
@@ -236,6 +274,7 @@ impl RootState {
                 &self.refs.registry,
                 &self.refs.status,
                 &self.refs.python,
+                &self.refs.messages,
                 self.publish.subscribe(),
             )
             .await?;
@@ -243,6 +282,55 @@ impl RootState {
         self.refs.runs = spawn_runs(me, &self.args, &self.refs.plugins).await?;
         self.publish.send_replace(Some(self.refs.clone()));
         Ok(())
+    }
+}
+
+async fn spawn_plane(
+    sup: &ActorCell,
+    args: &TreeArgs,
+) -> Result<(ActorRef<MessagePlaneMsg>, MessagePlaneHandle), ActorProcessingErr> {
+    let (plane, _) = Actor::spawn_linked(
+        Some(unique_name("message_plane")),
+        MessagePlane,
+        args.message_plane.clone(),
+        sup.clone(),
+    )
+    .await?;
+    let handle = plane
+        .call(MessagePlaneMsg::GetHandle, Some(Duration::from_secs(10)))
+        .await?
+        .success_or("the message plane did not answer")?;
+    Ok((plane, handle))
+}
+
+/// Copies every run and export change into the message plane's `runs` and `export` stores
+/// (topic `all`, the reference's bus payloads), through whichever plane is current.
+async fn mirror_runs(
+    mut events: broadcast::Receiver<RunEvent>,
+    refs: watch::Receiver<Option<TreeRefs>>,
+) {
+    let (mut runs_rev, mut export_rev) = (0u64, 0u64);
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "message plane mirror fell behind; run changes skipped"
+                );
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let (store, rev) = match &event {
+            RunEvent::Run { .. } => (StoreName::Runs, &mut runs_rev),
+            RunEvent::Export { .. } => (StoreName::Export, &mut export_rev),
+        };
+        *rev += 1;
+        let handle = refs.borrow().as_ref().map(|r| r.messages.clone());
+        if let Some(handle) = handle {
+            handle.publish(store, "all", event.payload(*rev));
+        }
     }
 }
 
@@ -291,6 +379,7 @@ async fn spawn_plugins(
     registry: &ActorRef<RegistryMsg>,
     status: &ActorRef<StatusManagerMsg>,
     python: &ActorRef<PythonEnvMsg>,
+    messages: &MessagePlaneHandle,
     tree: watch::Receiver<Option<TreeRefs>>,
 ) -> Result<ActorRef<PluginSupervisorMsg>, ActorProcessingErr> {
     let (a, _) = Actor::spawn_linked(
@@ -304,6 +393,7 @@ async fn spawn_plugins(
             restart_defaults: args.restart_defaults.clone(),
             autostart: args.autostart,
             tree,
+            messages: messages.clone(),
         },
         sup.clone(),
     )
@@ -414,6 +504,12 @@ mod tests {
             },
             run_events: broadcast::channel(16).0,
             autostart: true,
+            message_plane: MessagePlaneSettings {
+                rpc_endpoint: "tcp://127.0.0.1:0".into(),
+                pub_endpoint: "tcp://127.0.0.1:0".into(),
+                ingest_endpoint: "tcp://127.0.0.1:0".into(),
+                ..MessagePlaneSettings::default()
+            },
         }
     }
 

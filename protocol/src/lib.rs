@@ -50,4 +50,10 @@ pub mod env {
     pub const PLUGIN_DIR: &str = "NEKO_PLUGIN_DIR";
     /// The path of the plugin's plugin.toml.
     pub const PLUGIN_CONFIG: &str = "NEKO_PLUGIN_CONFIG";
+    /// The message plane's RPC (ROUTER) endpoint (the reference's name).
+    pub const MESSAGE_PLANE_RPC: &str = "NEKO_MESSAGE_PLANE_ZMQ_RPC_ENDPOINT";
+    /// The message plane's PUB endpoint (the reference's name).
+    pub const MESSAGE_PLANE_PUB: &str = "NEKO_MESSAGE_PLANE_ZMQ_PUB_ENDPOINT";
+    /// The message plane's INGEST (PULL) endpoint (the reference's name).
+    pub const MESSAGE_PLANE_INGEST: &str = "NEKO_MESSAGE_PLANE_ZMQ_INGEST_ENDPOINT";
 }

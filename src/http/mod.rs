@@ -5,6 +5,7 @@
 //! status, start/stop/reload), [`runs`].
 
 mod blobs;
+mod messages;
 mod plugin;
 mod runs;
 mod server;
@@ -82,6 +83,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             put(blobs::put_upload).layer(DefaultBodyLimit::disable()),
         )
         .route("/runs/{run_id}/blobs/{blob_id}", get(blobs::get_blob))
+        .route("/plugin/messages", get(messages::messages))
+        .route("/plugin/messages/stream", get(messages::stream))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

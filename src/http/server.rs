@@ -68,6 +68,14 @@ pub async fn server_info(_: Admin, State(app): State<AppState>) -> Result<Json<V
         "broken_plugins": snap.broken.iter().map(|b| json!({"path": b.config_path, "id": b.id, "error": b.error})).collect::<Vec<_>>(),
         "sdk_version": HOST_SDK_VERSION,
         "neko_version": env!("CARGO_PKG_VERSION"),
+        "message_plane": {
+            "endpoints": {
+                "rpc": refs.messages.endpoints().rpc,
+                "pub": refs.messages.endpoints().publish,
+                "ingest": refs.messages.endpoints().ingest,
+            },
+            "stats": refs.messages.stats(),
+        },
         "uptime_seconds": app.started.elapsed().as_secs_f64(),
         "time": iso_now(),
     })))

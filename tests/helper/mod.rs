@@ -319,6 +319,18 @@ impl Neko {
     }
 
     /// `POST path` as admin.
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn admin_post(&self, path: &str) -> (u16, Value) {
         let r = self
             .client

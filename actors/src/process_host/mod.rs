@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::manifest::{PluginManifest, Runtime};
+use crate::message_plane::MessagePlaneEndpoints;
 use crate::plugin_config;
 use crate::plugin_supervisor::PluginSupervisorMsg;
 use crate::python_env::{PythonEnvMsg, PythonLaunch};
@@ -87,6 +88,8 @@ pub struct ProcessHostArgs {
     pub python: ActorRef<PythonEnvMsg>,
     /// The tree's current actors: where run updates and exports from the plugin go.
     pub tree: watch::Receiver<Option<TreeRefs>>,
+    /// The message plane's endpoints, passed to the plugin.
+    pub plane: MessagePlaneEndpoints,
 }
 
 /// The reply to a TRIGGER: the entry's data, or why there is none.
@@ -218,12 +221,14 @@ impl Actor for ProcessHost {
             myself.clone(),
         )
         .await?;
+        let plane = Some(args.plane.clone());
         let prepare = tokio::spawn(prepare(
             args.manifest.clone(),
             link.endpoint().to_string(),
             key.clone(),
             args.settings.clone(),
             args.python.clone(),
+            plane,
             myself.clone(),
         ));
         Ok(ProcessHostState {
@@ -312,9 +317,10 @@ async fn prepare(
     key: FrameKey,
     settings: Arc<HostSettings>,
     python: ActorRef<PythonEnvMsg>,
+    plane: Option<MessagePlaneEndpoints>,
     host: ActorRef<ProcessHostMsg>,
 ) {
-    let result = launch_spec(&manifest, endpoint, &key, &settings, &python).await;
+    let result = launch_spec(&manifest, endpoint, &key, &settings, &python, plane).await;
     let _ = host.cast(ProcessHostMsg::Prepared(result));
 }
 
@@ -324,8 +330,17 @@ async fn launch_spec(
     key: &FrameKey,
     settings: &HostSettings,
     python: &ActorRef<PythonEnvMsg>,
+    plane: Option<MessagePlaneEndpoints>,
 ) -> Result<LaunchSpec, String> {
     let mut env = Vec::new();
+    // The message plane plugins push to and query (the reference's variable names).
+    if let Some(plane) = plane {
+        env.extend([
+            (env::MESSAGE_PLANE_RPC.to_string(), plane.rpc),
+            (env::MESSAGE_PLANE_PUB.to_string(), plane.publish),
+            (env::MESSAGE_PLANE_INGEST.to_string(), plane.ingest),
+        ]);
+    }
     let (program, args) = match &manifest.runtime {
         Runtime::Native {
             command,

@@ -32,8 +32,8 @@ pub const QUEUE_MAX: usize = 100_000;
 /// Default deadline of a query.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
-const INGEST_ENV: &str = "NEKO_MESSAGE_PLANE_ZMQ_INGEST_ENDPOINT";
-const RPC_ENV: &str = "NEKO_MESSAGE_PLANE_ZMQ_RPC_ENDPOINT";
+const INGEST_ENV: &str = neko_protocol::env::MESSAGE_PLANE_INGEST;
+const RPC_ENV: &str = neko_protocol::env::MESSAGE_PLANE_RPC;
 
 /// A message to push; [`Message::new`] then the builder methods for the optional fields.
 #[derive(Debug, Clone, PartialEq, Default)]
