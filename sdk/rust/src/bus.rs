@@ -218,9 +218,10 @@ impl Bus {
                 let Some(last) = reply.iter().last() else {
                     continue;
                 };
-                let Ok(reply) = rmp_serde::from_slice::<Value>(last) else {
+                let Ok(reply) = rmpv::decode::read_value(&mut &last[..]) else {
                     continue;
                 };
+                let reply = to_json(reply);
                 if reply["req_id"] == req_id.as_str() {
                     return Ok::<Value, EntryError>(reply);
                 }
@@ -336,6 +337,43 @@ fn endpoint(var: &str) -> Result<String, EntryError> {
     })
 }
 
+/// A msgpack reply as JSON; `bin` values (a message's `binary_data`) become base64 strings,
+/// as in the gateway's JSON.
+fn to_json(value: rmpv::Value) -> Value {
+    use base64::Engine;
+    match value {
+        rmpv::Value::Nil => Value::Null,
+        rmpv::Value::Boolean(b) => Value::Bool(b),
+        rmpv::Value::Integer(i) => i
+            .as_i64()
+            .map(Value::from)
+            .or_else(|| i.as_u64().map(Value::from))
+            .unwrap_or(Value::Null),
+        rmpv::Value::F32(f) => json!(f),
+        rmpv::Value::F64(f) => json!(f),
+        rmpv::Value::String(s) => Value::String(s.into_str().unwrap_or_default()),
+        rmpv::Value::Binary(b) => {
+            Value::String(base64::engine::general_purpose::STANDARD.encode(b))
+        }
+        rmpv::Value::Array(items) => Value::Array(items.into_iter().map(to_json).collect()),
+        rmpv::Value::Map(pairs) => Value::Object(
+            pairs
+                .into_iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        rmpv::Value::String(s) => s.into_str().unwrap_or_default(),
+                        other => other.to_string(),
+                    };
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+        rmpv::Value::Ext(_, bytes) => {
+            Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+        }
+    }
+}
+
 fn items(result: Value) -> Vec<Value> {
     match result {
         Value::Object(mut m) => match m.remove("items") {
@@ -355,4 +393,25 @@ fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_with_binary_data_convert_to_json() {
+        let reply = rmpv::Value::Map(vec![
+            (rmpv::Value::from("ok"), rmpv::Value::from(true)),
+            (rmpv::Value::from("n"), rmpv::Value::from(-3)),
+            (
+                rmpv::Value::from("binary_data"),
+                rmpv::Value::Binary(vec![1, 2, 3]),
+            ),
+        ]);
+        assert_eq!(
+            to_json(reply),
+            json!({"ok": true, "n": -3, "binary_data": "AQID"})
+        );
+    }
 }
