@@ -9,7 +9,10 @@
 //!   ZeroMQ link ([`process_host::link`]).
 //! - [`plugin_config`]: answers plugins' config requests from their plugin.toml.
 //! - [`python_env`]: the managed Python environment (venv, SDK, plugin requirements).
-//! - [`run_tracker`]: run records and their state machine; [`run_token`] signs run tokens.
+//! - [`run_tracker`]: runs, exports, blobs and their state machine, stored by [`run_db`]
+//!   (SQLite); [`run_token`] signs run tokens.
+//! - [`message_plane`]: the MessagePlane supervisor, one TopicStore actor per store, and the
+//!   INGEST/RPC/PUB sockets.
 //! - [`error`]: the one error type requests answer with.
 //!
 //! No HTTP here: the gateway in the `neko` crate turns requests into these actors' messages.
