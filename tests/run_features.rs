@@ -71,6 +71,14 @@ async fn wait_running(neko: &Neko, run_id: &str) {
     .await;
 }
 
+/// Creates a run and waits until the plugin is working on it; its id.
+async fn running_run(neko: &Neko, plugin: &str, entry: &str, args: Value) -> String {
+    let created = neko.create_run(plugin, entry, args).await;
+    let run_id = created["run_id"].as_str().unwrap().to_string();
+    wait_running(neko, &run_id).await;
+    run_id
+}
+
 /// Every export item of a run, read `limit` at a time; also returns the number of pages.
 async fn all_exports(neko: &Neko, run_id: &str, limit: usize) -> (Vec<Value>, usize) {
     let (mut items, mut pages, mut after) = (Vec::new(), 0, None::<String>);
@@ -156,11 +164,7 @@ async fn cancel_ends_runs_canceled() {
         ("echo", "spin", json!({"ms": 30_000})),
         ("reporter", "stubborn", json!({})),
     ] {
-        let run_id = neko.create_run(plugin, entry, args).await["run_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        wait_running(&neko, &run_id).await;
+        let run_id = running_run(&neko, plugin, entry, args).await;
         let (status, run) = neko
             .post(
                 &format!("/runs/{run_id}/cancel"),
@@ -286,13 +290,7 @@ async fn history_survives_a_supervisor_sigkill() {
     let neko = Neko::start(&[echo_plugin("echo", "")]);
     neko.wait_running("echo").await;
     let done = neko.run("echo", "echo", json!({"keep": "me"})).await;
-    let in_flight = neko
-        .create_run("echo", "sleep", json!({"ms": 30_000}))
-        .await["run_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    wait_running(&neko, &in_flight).await;
+    let in_flight = running_run(&neko, "echo", "sleep", json!({"ms": 30_000})).await;
     let queued_only = neko
         .create_run("echo", "sleep", json!({"ms": 30_000}))
         .await["run_id"]
@@ -339,13 +337,7 @@ async fn runs_can_stay_in_memory() {
 async fn uploads_round_trip_with_a_size_limit() {
     let neko = Neko::start(&[echo_plugin("echo", "")]);
     neko.wait_running("echo").await;
-    let run_id = neko
-        .create_run("echo", "sleep", json!({"ms": 30_000}))
-        .await["run_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    wait_running(&neko, &run_id).await;
+    let run_id = running_run(&neko, "echo", "sleep", json!({"ms": 30_000})).await;
     let (status, session) = neko
         .post(
             &format!("/runs/{run_id}/uploads"),
@@ -426,11 +418,7 @@ async fn uploads_round_trip_with_a_size_limit() {
 async fn killed_plugin_fails_its_runs_and_serves_after_restart() {
     let neko = Neko::start_mixed(&[], &[reporter()], "");
     let pid = neko.wait_running("reporter").await;
-    let run_id = neko.create_run("reporter", "wait_async", json!({})).await["run_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    wait_running(&neko, &run_id).await;
+    let run_id = running_run(&neko, "reporter", "wait_async", json!({})).await;
     crate::helper::signal(pid, libc::SIGKILL);
     let run = neko.wait_run(&run_id).await;
     assert_eq!(run["status"], "failed", "{run}");
@@ -477,13 +465,7 @@ async fn retention_deletes_the_oldest_finished_runs() {
 async fn stopping_a_plugin_ends_its_runs() {
     let neko = Neko::start(&[echo_plugin("echo", "")]);
     neko.wait_running("echo").await;
-    let run_id = neko
-        .create_run("echo", "sleep", json!({"ms": 30_000}))
-        .await["run_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    wait_running(&neko, &run_id).await;
+    let run_id = running_run(&neko, "echo", "sleep", json!({"ms": 30_000})).await;
     let (status, body) = neko.admin_post("/plugin/echo/stop").await;
     assert_eq!(status, 200, "{body}");
     let run = neko.wait_run(&run_id).await;
