@@ -5,6 +5,7 @@
 //! cargo build --release --workspace && target/release/neko-bench            # every figure
 //! target/release/neko-bench --json                                           # the same, as JSON
 //! target/release/neko-bench --only seq --seq-runs 500                        # one figure
+//! target/release/neko-bench --only plane                                     # the message plane
 //! target/release/neko-bench --url http://127.0.0.1:48916 --plugin echo --entry echo
 //! ```
 //!
@@ -13,8 +14,8 @@
 //! plugin (and, for the Python figures, the bench's Python plugin `bench/plugins/pybench`, embedded
 //! in this binary), and stops it at the end. With `--url` it drives a server that is already
 //! running and skips the figures that spawn or kill processes (`cold`, `scale`, `restart`,
-//! `py-cold`) and the Python run figures, whose plugin it cannot install there (measure a Python
-//! entry of that server with `--plugin`/`--entry` and `seq`/`concurrent` instead).
+//! `py-cold`), the Python run figures, whose plugin it cannot install there (measure a Python
+//! entry of that server with `--plugin`/`--entry` and `seq`/`concurrent` instead), and `plane`.
 //!
 //! Python plugins run in a venv neko builds; every neko the bench starts shares one,
 //! `neko-bench-python` next to this executable. Before the first Python figure the bench starts
@@ -34,15 +35,26 @@
 //! - `py-seq`, `py-concurrent`: as `seq` and `concurrent`, against pybench's `noop_sync` (a plain
 //!   `def`, run on the SDK's thread pool) and `noop_async` (an `async def`, run on its event loop),
 //!   one row each, on a neko that has the echo plugin too.
+//! - `plane`: the message plane, on a neko of its own with echo and pybench (`store_maxlen` 20,000).
+//!   Ingest: a run of echo's `push` (Rust SDK, 500,000 messages), then of pybench's `push_fast`
+//!   (Python `fast_mode`, 200,000) and `push_normal` (a frame per message, 50,000), each timed from
+//!   its POST /runs until the plane's `ingest_accepted` (`GET /server/info`, polled every 10 ms)
+//!   has grown by the messages the SDK took; the rate is messages accepted per second, and `fail`
+//!   counts the messages the SDK dropped. Queries: `--plane-queries` round trips each of
+//!   `bus.get_recent` and `bus.query` (limit 100, store full), one at a time on a DEALER socket
+//!   of the bench's own, as a tool outside neko speaks to the RPC endpoint. Last, neko's RSS
+//!   (`VmRSS`) with the stores as filled (`n`: the records they hold).
 //!
-//! Latencies are in ms, percentiles nearest-rank over sorted samples. A run is one `POST /runs`
-//! with `wait_ms` (neko answers when the run is terminal); against a server that ignores
-//! `wait_ms` (the reference) the bench polls `GET /runs/{id}` back to back, competing with the
-//! server for the same cores. `--no-persist` measures neko without its run store. Failed
-//! requests are counted and shown; the exit status is non-zero if the server died.
+//! Latencies are in ms, percentiles nearest-rank over sorted samples; `per s` is runs, messages
+//! or queries per second, as the row says. A run is one `POST /runs` with `wait_ms` (neko
+//! answers when the run is terminal); against a server that ignores `wait_ms` (the reference)
+//! the bench polls `GET /runs/{id}` back to back, competing with the server for the same cores.
+//! `--no-persist` measures neko without its run store. Failed requests are counted and shown;
+//! the exit status is non-zero if the server died.
 
 mod neko;
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -50,9 +62,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Value, json};
+use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
-use neko::{Api, Neko, PYBENCH, Plugins, python_env_dir, send_signal, wait_for, wait_for_within};
+use neko::{
+    Api, Neko, PYBENCH, Plugins, STORE_MAXLEN, python_env_dir, send_signal, wait_for,
+    wait_for_within,
+};
 
 /// neko's default `start_window_ms`: a plugin killed sooner after it became ready counts as a
 /// failed start, and the restart backoff doubles.
@@ -65,8 +83,8 @@ const PYTHON_ENV_TIMEOUT: Duration = Duration::from_secs(300);
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Drive the server at this URL instead of starting neko (skips cold, scale, restart and the
-    /// Python figures).
+    /// Drive the server at this URL instead of starting neko (skips cold, scale, restart, the
+    /// Python figures and plane).
     #[arg(long)]
     url: Option<String>,
     /// The neko binary to start [default: `neko` next to this executable].
@@ -102,6 +120,9 @@ struct Args {
     /// Seconds each concurrent figure lasts.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
+    /// Message-plane queries measured per op, one at a time (after --warmup unmeasured ones).
+    #[arg(long, default_value_t = 2000)]
+    plane_queries: usize,
     /// Print a JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -121,17 +142,19 @@ enum Figure {
     PyCold,
     PySeq,
     PyConcurrent,
+    Plane,
 }
 
 impl Figure {
     /// The figures that need a neko the bench starts (skipped with `--url`).
-    const SPAWNING: [Figure; 6] = [
+    const SPAWNING: [Figure; 7] = [
         Figure::Cold,
         Figure::Scale,
         Figure::Restart,
         Figure::PyCold,
         Figure::PySeq,
         Figure::PyConcurrent,
+        Figure::Plane,
     ];
 }
 
@@ -178,6 +201,10 @@ impl Args {
                 self.duration,
                 self.warmup
             ),
+            Figure::Plane => format!(
+                "--plane-queries {} --warmup {}",
+                self.plane_queries, self.warmup
+            ),
         });
         words.join(" ")
     }
@@ -185,7 +212,6 @@ impl Args {
 
 /// Nearest-rank summary of latency samples, in ms.
 struct Stats {
-    n: usize,
     p50: f64,
     p90: f64,
     p99: f64,
@@ -205,7 +231,6 @@ impl Stats {
             ms(samples[r.clamp(1, samples.len()) - 1])
         };
         Some(Stats {
-            n: samples.len(),
             p50: rank(50.0),
             p90: rank(90.0),
             p99: rank(99.0),
@@ -259,9 +284,13 @@ impl Samples {
 /// One line of the report.
 struct Row {
     name: String,
+    /// Latency samples, or what a row without them counts (messages accepted, records held).
+    n: usize,
     stats: Option<Stats>,
-    /// Successful runs per second, for the run figures.
+    /// Successful runs, messages accepted or queries answered per second.
     per_s: Option<f64>,
+    /// Memory, for the RSS row.
+    mib: Option<f64>,
     failures: Failures,
     command: String,
 }
@@ -273,15 +302,22 @@ struct Report {
 }
 
 impl Report {
+    /// A row of latency samples; with `elapsed`, the successes per second too.
     fn add(&mut self, name: String, samples: Samples, elapsed: Option<Duration>, command: String) {
-        let per_s = elapsed.map(|e| samples.latencies.len() as f64 / e.as_secs_f64());
-        let row = Row {
+        let n = samples.latencies.len();
+        self.push(Row {
             name,
+            n,
             stats: Stats::new(samples.latencies),
-            per_s,
+            per_s: elapsed.map(|e| n as f64 / e.as_secs_f64()),
+            mib: None,
             failures: samples.failures,
             command,
-        };
+        });
+    }
+
+    /// Any row, latency samples or not.
+    fn push(&mut self, row: Row) {
         eprintln!("neko-bench: done: {}", row.name);
         self.rows.push(row);
     }
@@ -295,12 +331,13 @@ impl Report {
                 json!({
                     "figure": r.name,
                     "unit": "ms",
-                    "n": s.map_or(0, |s| s.n),
+                    "n": r.n,
                     "p50": s.map(|s| round2(s.p50)),
                     "p90": s.map(|s| round2(s.p90)),
                     "p99": s.map(|s| round2(s.p99)),
                     "max": s.map(|s| round2(s.max)),
-                    "runs_per_s": r.per_s.map(round2),
+                    "per_s": r.per_s.map(round2),
+                    "mib": r.mib.map(round2),
                     "failures": r.failures.count,
                     "first_failure": r.failures.first,
                     "cores": self.cores,
@@ -314,24 +351,26 @@ impl Report {
     fn print_table(&self, target: &str) {
         let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
         println!(
-            "neko-bench against {target} ({} cores); latencies in ms",
+            "neko-bench against {target} ({} cores); latencies in ms, per s: runs, messages or \
+             queries",
             self.cores
         );
         println!(
-            "{:<46} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5} {:>5}",
-            "figure", "n", "p50", "p90", "p99", "max", "runs/s", "fail", "cores"
+            "{:<46} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>5} {:>5}",
+            "figure", "n", "p50", "p90", "p99", "max", "per s", "MiB", "fail", "cores"
         );
         for r in &self.rows {
             let s = r.stats.as_ref();
             println!(
-                "{:<46} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>5} {:>5}",
+                "{:<46} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>5} {:>5}",
                 r.name,
-                s.map_or(0, |s| s.n),
+                r.n,
                 cell(s.map(|s| s.p50)),
                 cell(s.map(|s| s.p90)),
                 cell(s.map(|s| s.p99)),
                 cell(s.map(|s| s.max)),
                 cell(r.per_s),
+                cell(r.mib),
                 r.failures.count,
                 self.cores
             );
@@ -405,11 +444,14 @@ async fn measure(args: &Args, report: &mut Report) -> Result<()> {
                 cold_start(args, report, bin, figure).await?;
             }
         }
-        if py_runs || args.wants(Figure::PyCold) {
+        if py_runs || args.wants(Figure::PyCold) || args.wants(Figure::Plane) {
             prepare_python(bin).await?;
         }
         if args.wants(Figure::PyCold) {
             cold_start(args, report, bin, Figure::PyCold).await?;
+        }
+        if args.wants(Figure::Plane) {
+            message_plane(args, report, bin).await?;
         }
     }
     // The entries the run figures call.
@@ -718,4 +760,291 @@ async fn restart_after_kill(
     let name = format!("restart: kill -9 → {plugin}/{entry} succeeds");
     report.add(name, samples, None, args.command(Figure::Restart, None));
     Ok(())
+}
+
+/// A producer of the `plane` figure: an entry that pushes `n` messages and returns, under
+/// `taken`, how many its SDK took (the rest it dropped).
+struct Producer {
+    plugin: &'static str,
+    entry: &'static str,
+    n: u64,
+    taken: &'static str,
+    /// The row's name.
+    name: &'static str,
+}
+
+/// The `plane` figure's producers, in order. The Python normal mode sends a frame per message
+/// (a socket send each), so it pushes fewer.
+const PRODUCERS: [Producer; 3] = [
+    Producer {
+        plugin: "echo",
+        entry: "push",
+        n: 500_000,
+        taken: "pushed",
+        name: "plane ingest: echo/push (Rust SDK), msgs",
+    },
+    Producer {
+        plugin: PYBENCH,
+        entry: "push_fast",
+        n: 200_000,
+        taken: "submitted",
+        name: "plane ingest: pybench fast_mode, msgs",
+    },
+    Producer {
+        plugin: PYBENCH,
+        entry: "push_normal",
+        n: 50_000,
+        taken: "submitted",
+        name: "plane ingest: pybench normal mode, msgs",
+    },
+];
+
+/// Upper bound of the wait for the plane to accept what one producer pushed.
+const INGEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often that wait reads the plane's counters.
+const INGEST_POLL: Duration = Duration::from_millis(10);
+/// Records each measured query asks for (and, the store being full, gets).
+const QUERY_LIMIT: usize = 100;
+/// Upper bound of one RPC round trip (the plane's own deadline for a store call is 5 s).
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `plane`: on a neko of its own with echo and pybench, each [`PRODUCERS`] row, then the query
+/// latencies against the full `messages` store, then neko's RSS with every store as filled.
+async fn message_plane(args: &Args, report: &mut Report, bin: &Path) -> Result<()> {
+    let plugins = Plugins {
+        echo: 1,
+        pybench: true,
+    };
+    let mut neko = Neko::spawn(bin, plugins, 5, !args.no_persist).await?;
+    let api = Api::new(&neko.base)?;
+    let ids = plugins.ids();
+    wait_for(Some(&mut neko), "the plugins to run", || async {
+        api.all_running(&ids).await.then_some(())
+    })
+    .await?;
+    let command = args.command(Figure::Plane, None);
+    for producer in &PRODUCERS {
+        let row = ingest(&api, &mut neko, producer, command.clone()).await?;
+        report.push(row);
+    }
+
+    let plane = api.message_plane(&neko.admin_token).await?;
+    // The queries are meant to run against a full store.
+    let messages = store_records(&plane, "messages");
+    if messages != STORE_MAXLEN as u64 {
+        bail!("the messages store holds {messages} records after the pushes, not {STORE_MAXLEN}");
+    }
+    let endpoint = plane["endpoints"]["rpc"]
+        .as_str()
+        .with_context(|| format!("no RPC endpoint in /server/info: {plane}"))?;
+    let mut dealer = DealerSocket::new();
+    dealer
+        .connect(endpoint)
+        .await
+        .with_context(|| format!("connecting to {endpoint}"))?;
+    let recent = json!({"store": "messages", "topic": "all", "limit": QUERY_LIMIT, "light": false});
+    // bus.query with every filter strict validation knows, all but plugin_id off: a scan of the
+    // store that stops after `limit` matches.
+    let mut query = recent.clone();
+    for (key, value) in [
+        ("plugin_id", json!(PYBENCH)),
+        ("source", Value::Null),
+        ("kind", Value::Null),
+        ("type", Value::Null),
+        ("priority_min", Value::Null),
+        ("since_ts", Value::Null),
+        ("until_ts", Value::Null),
+    ] {
+        query[key] = value;
+    }
+    for (op, op_args, name) in [
+        (
+            "bus.get_recent",
+            &recent,
+            "plane rpc: bus.get_recent, limit 100",
+        ),
+        (
+            "bus.query",
+            &query,
+            "plane rpc: bus.query plugin_id, limit 100",
+        ),
+    ] {
+        let warmup = rpc_round_trips(&mut dealer, op, op_args, args.warmup).await;
+        if let Some(first) = warmup.failures.first {
+            eprintln!(
+                "neko-bench: {} warm-up {op} failed (first: {first})",
+                warmup.failures.count
+            );
+        }
+        let started = Instant::now();
+        let samples = rpc_round_trips(&mut dealer, op, op_args, args.plane_queries).await;
+        report.add(
+            name.into(),
+            samples,
+            Some(started.elapsed()),
+            command.clone(),
+        );
+        neko.ensure_running()?;
+    }
+
+    // What the stores hold now: the messages store full, plus neko's own records.
+    let plane = api.message_plane(&neko.admin_token).await?;
+    let records = store_records(&plane, "");
+    report.push(Row {
+        name: "plane: neko RSS, n = records in the stores".into(),
+        n: records as usize,
+        stats: None,
+        per_s: None,
+        mib: Some(neko.rss_mib()?),
+        failures: Failures::default(),
+        command,
+    });
+    neko.ensure_running()
+}
+
+/// Records held by `store` ("": by every store) in `message_plane` of `GET /server/info`.
+fn store_records(plane: &Value, store: &str) -> u64 {
+    let stores = plane["stats"]["stores"].as_array().into_iter().flatten();
+    stores
+        .filter(|s| store.is_empty() || s["store"] == store)
+        .filter_map(|s| s["records"].as_u64())
+        .sum()
+}
+
+/// `message_plane.stats.ingest_accepted` of `GET /server/info`.
+async fn ingest_accepted(api: &Api, admin_token: &str) -> Result<u64> {
+    let plane = api.message_plane(admin_token).await?;
+    plane["stats"]["ingest_accepted"]
+        .as_u64()
+        .with_context(|| format!("no ingest_accepted in /server/info: {plane}"))
+}
+
+/// One ingest row: from the POST of `producer`'s run until the plane's accepted counter has grown
+/// by the messages its SDK took (the run returns once they are queued, not sent).
+async fn ingest(api: &Api, neko: &mut Neko, producer: &Producer, command: String) -> Result<Row> {
+    let Producer {
+        plugin, entry, n, ..
+    } = *producer;
+    let token = neko.admin_token.clone();
+    let before = ingest_accepted(api, &token).await?;
+    let started = Instant::now();
+    let (_, record) = api
+        .run_with(plugin, entry, json!({"n": n}))
+        .await
+        .with_context(|| format!("run of {plugin}/{entry}"))?;
+    let result = &record["result"];
+    let taken = result[producer.taken].as_u64().with_context(|| {
+        format!(
+            "{plugin}/{entry} returned no `{}`: {result}",
+            producer.taken
+        )
+    })?;
+    // The last count seen, for the error when the plane falls short.
+    let seen = Cell::new(before);
+    let accepted_at = wait_for_within(
+        Some(neko),
+        "the message plane to accept the messages",
+        INGEST_TIMEOUT,
+        || async {
+            if let Ok(accepted) = ingest_accepted(api, &token).await {
+                seen.set(accepted);
+                if accepted >= before + taken {
+                    return Some(Instant::now());
+                }
+            }
+            tokio::time::sleep(INGEST_POLL).await;
+            None
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "{plugin}/{entry}: the plane accepted {} of {taken}",
+            seen.get() - before
+        )
+    })?;
+    let elapsed = accepted_at - started;
+    let dropped = n - taken;
+    eprintln!(
+        "neko-bench: {plugin}/{entry}: {taken} of {n} taken by the SDK, accepted in {elapsed:?}; \
+         SDK figures: {}",
+        result.get("stats").unwrap_or(result)
+    );
+    Ok(Row {
+        name: producer.name.into(),
+        n: taken as usize,
+        stats: None,
+        per_s: Some(taken as f64 / elapsed.as_secs_f64()),
+        mib: None,
+        failures: Failures {
+            count: dropped as usize,
+            first: (dropped > 0).then(|| format!("the SDK dropped {dropped} of {n} pushes")),
+        },
+        command,
+    })
+}
+
+/// The parts of an RPC reply the bench checks.
+#[derive(Deserialize)]
+struct RpcReply {
+    req_id: String,
+    ok: bool,
+    #[serde(default)]
+    result: Option<RpcItems>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RpcItems {
+    items: Vec<IgnoredAny>,
+}
+
+/// `count` round trips of `op` with `op_args`, one after the other; a reply that is an error or
+/// holds other than [`QUERY_LIMIT`] items is a failure.
+async fn rpc_round_trips(
+    dealer: &mut DealerSocket,
+    op: &str,
+    op_args: &Value,
+    count: usize,
+) -> Samples {
+    let mut samples = Samples::default();
+    for i in 0..count {
+        let req_id = format!("neko-bench:{i}");
+        samples.add(rpc_round_trip(dealer, op, op_args, &req_id).await);
+    }
+    samples
+}
+
+/// One request in the reference's envelope (msgpack); the time until its reply arrived.
+async fn rpc_round_trip(
+    dealer: &mut DealerSocket,
+    op: &str,
+    op_args: &Value,
+    req_id: &str,
+) -> Result<Duration> {
+    let envelope =
+        json!({"v": 1, "op": op, "req_id": req_id, "args": op_args, "from_plugin": null});
+    let frame = rmp_serde::to_vec_named(&envelope)?;
+    let started = Instant::now();
+    dealer.send(ZmqMessage::from(frame)).await?;
+    let (latency, reply) = loop {
+        let left = RPC_TIMEOUT.saturating_sub(started.elapsed());
+        let message = tokio::time::timeout(left, dealer.recv())
+            .await
+            .with_context(|| format!("{op}: no reply within {RPC_TIMEOUT:?}"))??;
+        let latency = started.elapsed();
+        // The reply is the last frame.
+        let last = message.into_vec().pop().context("an empty reply")?;
+        let reply: RpcReply = rmp_serde::from_slice(&last).context("an unreadable reply")?;
+        // Else a late reply to an earlier request that timed out.
+        if reply.req_id == req_id {
+            break (latency, reply);
+        }
+    };
+    match reply.result {
+        Some(r) if reply.ok && r.items.len() == QUERY_LIMIT => Ok(latency),
+        Some(r) if reply.ok => bail!("{op}: {} items, not {QUERY_LIMIT}", r.items.len()),
+        _ => bail!("{op} failed: {}", reply.error.unwrap_or_default()),
+    }
 }

@@ -17,6 +17,10 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Upper bound of anything the bench waits for: neko's address line, a plugin to run, a run to end.
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Records neko keeps per (store, topic): the built-in `[message_plane] store_maxlen`, written
+/// out so the `plane` figure's "full store" stays 20,000 records whatever the default becomes.
+pub const STORE_MAXLEN: usize = 20_000;
+
 /// Id of the bundled Python bench plugin (`bench/plugins/pybench`).
 pub const PYBENCH: &str = "pybench";
 
@@ -81,6 +85,8 @@ pub struct Neko {
     child: Child,
     /// `http://127.0.0.1:PORT`, from neko's first stdout line.
     pub base: String,
+    /// The admin bearer token, from neko's second stdout line (for `GET /server/info`).
+    pub admin_token: String,
     /// Taken just before the process was spawned.
     pub spawned_at: Instant,
     /// neko's stderr (its log), shown when it dies.
@@ -132,12 +138,14 @@ impl Neko {
             "# neko-bench: the built-in defaults (config/neko.toml), except that the restart figure\n\
              # kills the plugin more often than the default max_restarts = 5 per minute allows,\n\
              # that every neko the bench starts shares one Python environment, built once, that\n\
-             # --no-persist turns the run store off, and that the message plane takes free ports.\n\
+             # --no-persist turns the run store off, and that the message plane takes free ports\n\
+             # (store_maxlen is the default, fixed for the plane figure).\n\
              [restart_policy]\nmax_restarts = {max_restarts}\n\n\
              [python]\nenv_dir = {env_dir}\n\n\
              [runs]\npersist = {persist}\n\n\
              [message_plane]\nrpc_endpoint = \"tcp://127.0.0.1:0\"\n\
-             pub_endpoint = \"tcp://127.0.0.1:0\"\ningest_endpoint = \"tcp://127.0.0.1:0\"\n"
+             pub_endpoint = \"tcp://127.0.0.1:0\"\ningest_endpoint = \"tcp://127.0.0.1:0\"\n\
+             store_maxlen = {STORE_MAXLEN}\n"
         );
         std::fs::write(&config, settings)?;
         let log = dir.path().join("neko.log");
@@ -172,6 +180,7 @@ impl Neko {
         let mut neko = Neko {
             child,
             base: String::new(),
+            admin_token: String::new(),
             spawned_at,
             log,
             _dir: dir,
@@ -179,24 +188,28 @@ impl Neko {
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(first)) = lines.next() {
-                let _ = tx.send(first);
+            // neko prints its address, then its admin token, together.
+            if let (Some(Ok(address)), Some(Ok(token))) = (lines.next(), lines.next()) {
+                let _ = tx.send((address, token));
             }
             // Keep draining so neko never blocks on a full pipe.
             for _ in lines {}
         });
-        let first = match tokio::time::timeout(WAIT_TIMEOUT, rx).await {
-            Ok(Ok(line)) => line,
+        let (address, token) = match tokio::time::timeout(WAIT_TIMEOUT, rx).await {
+            Ok(Ok(lines)) => lines,
             Ok(Err(_)) => bail!(
-                "neko closed stdout before printing its address{}",
+                "neko closed stdout before printing its address and token{}",
                 neko.log_tail()
             ),
-            Err(_) => bail!("neko printed no address within {WAIT_TIMEOUT:?}"),
+            Err(_) => bail!("neko printed no address and token within {WAIT_TIMEOUT:?}"),
         };
-        neko.base = first
-            .strip_prefix("neko listening on ")
-            .with_context(|| format!("unexpected first line from neko: {first:?}"))?
-            .to_string();
+        let after = |line: &str, prefix: &str| {
+            line.strip_prefix(prefix)
+                .map(str::to_string)
+                .with_context(|| format!("unexpected line from neko: {line:?}"))
+        };
+        neko.base = after(&address, "neko listening on ")?;
+        neko.admin_token = after(&token, "admin token: ")?;
         Ok(neko)
     }
 
@@ -206,6 +219,19 @@ impl Neko {
             None => Ok(()),
             Some(status) => bail!("neko died ({status}){}", self.log_tail()),
         }
+    }
+
+    /// neko's resident memory (`VmRSS` in `/proc/<pid>/status`), in MiB.
+    pub fn rss_mib(&self) -> Result<f64> {
+        let path = format!("/proc/{}/status", self.child.id());
+        let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no VmRSS in {path}"))?;
+        Ok(kib / 1024.0)
     }
 
     /// The last lines of neko's log, ready to append to an error message.
@@ -363,16 +389,45 @@ impl Api {
         p["pid"].as_u64().and_then(|pid| u32::try_from(pid).ok())
     }
 
+    /// `message_plane` of `GET /server/info` (admin): bound endpoints and the plane's counters.
+    pub async fn message_plane(&self, admin_token: &str) -> Result<Value> {
+        let url = format!("{}/server/info", self.base);
+        let mut info = self
+            .send(self.client.get(url).bearer_auth(admin_token))
+            .await
+            .context("GET /server/info")?;
+        match info.get_mut("message_plane").map(Value::take) {
+            Some(plane @ Value::Object(_)) => Ok(plane),
+            _ => bail!("GET /server/info: no `message_plane` object"),
+        }
+    }
+
+    /// A run of `plugin`/`entry` with the arguments the run figures use; see [`Api::run_with`].
+    pub async fn run(&self, plugin: &str, entry: &str) -> Result<Duration> {
+        let (latency, _) = self.run_with(plugin, entry, json!({"bench": true})).await?;
+        Ok(latency)
+    }
+
     /// `POST /runs` with `wait_ms` (neko answers with the terminal record), then, if the server
     /// answered `queued` (the reference ignores `wait_ms`), `GET /runs/{id}?wait_ms=` back to
     /// back until the run is terminal. Returns the time from sending the POST to receiving the
-    /// first terminal record; a run that ends in any state but `succeeded` is an error.
-    pub async fn run(&self, plugin: &str, entry: &str) -> Result<Duration> {
+    /// first terminal record, and that record; a run that ends in any state but `succeeded` is an
+    /// error. Each request may take `wait_ms` plus [`HTTP_TIMEOUT`], so a run that lasts longer
+    /// than [`HTTP_TIMEOUT`] (the plane figure's pushes) is not cut short.
+    pub async fn run_with(
+        &self,
+        plugin: &str,
+        entry: &str,
+        args: Value,
+    ) -> Result<(Duration, Value)> {
         let started = Instant::now();
         let wait_ms = WAIT_TIMEOUT.as_millis() as u64;
-        let body = json!({"plugin_id": plugin, "entry_id": entry, "args": {"bench": true}, "wait_ms": wait_ms});
+        let request_timeout = WAIT_TIMEOUT + HTTP_TIMEOUT;
+        let body =
+            json!({"plugin_id": plugin, "entry_id": entry, "args": args, "wait_ms": wait_ms});
+        let post = self.client.post(format!("{}/runs", self.base));
         let mut record = self
-            .send(self.client.post(format!("{}/runs", self.base)).json(&body))
+            .send(post.json(&body).timeout(request_timeout))
             .await
             .context("POST /runs")?;
         let run_id = record["run_id"]
@@ -382,7 +437,7 @@ impl Api {
         let url = format!("{}/runs/{run_id}?wait_ms={wait_ms}", self.base);
         loop {
             match record["status"].as_str() {
-                Some("succeeded") => return Ok(started.elapsed()),
+                Some("succeeded") => return Ok((started.elapsed(), record)),
                 Some("queued" | "running") => {}
                 Some(status @ ("failed" | "timeout" | "canceled")) => {
                     bail!("run ended {status}: {}", record["error"])
@@ -394,7 +449,7 @@ impl Api {
             }
             tokio::task::yield_now().await;
             record = self
-                .send(self.client.get(&url))
+                .send(self.client.get(&url).timeout(request_timeout))
                 .await
                 .with_context(|| format!("GET /runs/{run_id}"))?;
         }
