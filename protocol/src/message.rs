@@ -81,7 +81,20 @@ pub struct Hello {
     /// The plugin-level input schema (a Python plugin class's `input_schema`), if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_schema: Option<Value>,
+    /// Custom events other plugins may call (`plugin.call` with this `event_type`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventSpec>,
 }
+
+/// A custom event a plugin serves besides its entries (the reference's `@custom_event`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventSpec {
+    pub event_type: String,
+    pub id: String,
+}
+
+/// The `event_type` of ordinary entries.
+pub const PLUGIN_ENTRY: &str = "plugin_entry";
 
 /// One entry a plugin declares.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +143,13 @@ pub struct Trigger {
     /// The run this call belongs to, when it comes from `POST /runs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
+    /// A custom event's type when the call is for one (then `entry_id` is the event's id);
+    /// absent for entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    /// The plugin whose call this is, for plugin-to-plugin calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
 }
 
 /// RESULT: the outcome of a TRIGGER. Exactly one of `data` (when `ok`) and `error` is meaningful.
@@ -237,6 +257,10 @@ pub struct Request {
     /// The op's arguments (a JSON object).
     #[serde(default)]
     pub args: Value,
+    /// The TRIGGER whose handler makes this request, if any: a plugin-to-plugin call made while
+    /// serving a call waits *in* that call, which is what the deadlock detector follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
 }
 
 /// RESPONSE: the outcome of a REQUEST.

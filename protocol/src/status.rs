@@ -90,11 +90,13 @@ pub enum ErrorCode {
     Canceled,
     /// The run was in flight when the supervisor stopped or died.
     SupervisorRestarted,
+    /// A plugin-to-plugin call was refused because it would make a plugin wait on itself.
+    Deadlock,
     Other(String),
 }
 
 impl ErrorCode {
-    const NAMED: [(ErrorCode, &'static str); 12] = [
+    const NAMED: [(ErrorCode, &'static str); 13] = [
         (Self::ValidationError, "VALIDATION_ERROR"),
         (Self::DependencyMissing, "DEPENDENCY_MISSING"),
         (Self::NotReady, "NOT_READY"),
@@ -107,6 +109,7 @@ impl ErrorCode {
         (Self::PluginCrashed, "PLUGIN_CRASHED"),
         (Self::Canceled, "CANCELED"),
         (Self::SupervisorRestarted, "SUPERVISOR_RESTARTED"),
+        (Self::Deadlock, "DEADLOCK"),
     ];
 
     /// The name used on the wire.

@@ -686,6 +686,8 @@ impl ProcessHostState {
             args: req.args,
             timeout_ms: timeout.as_millis() as u64,
             run_id: req.run_id.clone(),
+            event_type: None,
+            caller: None,
         }));
         if let Err(e) = sent {
             let _ = reply.send(Err(WireError::new(

@@ -179,6 +179,7 @@ impl Context {
             request_id: format!("req-{n}"),
             op: op.to_owned(),
             args,
+            call_id: self.call_id().map(str::to_owned),
         };
         let (reply, answer) = oneshot::channel();
         self.plugin

@@ -173,6 +173,7 @@ impl Plugin {
             pid: std::process::id(),
             entries: specs,
             input_schema: None,
+            events: Vec::new(),
         };
         link.send(Message::Hello(hello))
             .await
