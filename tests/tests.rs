@@ -5,6 +5,7 @@ mod helper;
 
 mod gateway;
 mod message_plane;
+mod plugin_calls;
 mod plugins;
 mod python;
 mod run_features;

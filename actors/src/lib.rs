@@ -8,6 +8,8 @@
 //!   [`process_host`] per launch, which owns the OS process ([`process_host::child`]) and the
 //!   ZeroMQ link ([`process_host::link`]).
 //! - [`plugin_config`]: answers plugins' config requests from their plugin.toml.
+//! - [`deadlock_detector`]: the wait-for graph of plugin-to-plugin calls; refuses cycles.
+//! - [`plugin_query`]: answers plugins' `plugins.query` requests.
 //! - [`python_env`]: the managed Python environment (venv, SDK, plugin requirements).
 //! - [`run_tracker`]: runs, exports, blobs and their state machine, stored by [`run_db`]
 //!   (SQLite); [`run_token`] signs run tokens.
@@ -18,10 +20,12 @@
 //! No HTTP here: the gateway in the `neko` crate turns requests into these actors' messages.
 
 pub mod clock;
+pub mod deadlock_detector;
 pub mod error;
 pub mod manifest;
 pub mod message_plane;
 pub mod plugin_config;
+pub mod plugin_query;
 pub mod plugin_supervisor;
 pub mod process_host;
 pub mod python_env;

@@ -73,6 +73,9 @@ pub struct PluginManifest {
     /// Entries declared in `[plugin].entries` (or the top-level `entries`), known before the plugin
     /// runs. The authoritative list comes from the plugin's HELLO.
     pub entries_preview: Vec<EntrySpec>,
+    /// `[plugin.safety].reentrant`: the plugin is written for calls back into itself (A → B → A,
+    /// self-calls), so the deadlock detector lets them through. Off by default.
+    pub reentrant: bool,
     /// Non-fatal findings, ready to show to a user.
     pub warnings: Vec<String>,
     /// The whole parsed file, for the plugin's own configuration tables.
@@ -107,6 +110,16 @@ pub enum Runtime {
         /// string split on whitespace). `None` when absent or empty.
         build: Option<Vec<String>>,
     },
+}
+
+impl PluginManifest {
+    /// The SDK version shown for the plugin: its `supported` range, else the host SDK's version.
+    pub fn sdk_version(&self) -> String {
+        self.sdk
+            .supported
+            .clone()
+            .unwrap_or_else(|| HOST_SDK_VERSION.to_string())
+    }
 }
 
 impl Runtime {
@@ -429,6 +442,7 @@ pub fn parse_manifest(text: &str, config_path: &Path) -> Result<PluginManifest, 
     let sdk = parse_sdk(plugin, &mut warnings)?;
     let dependencies = parse_dependencies(plugin, &mut warnings)?;
     let entries_preview = parse_entries(&raw, plugin, &mut warnings)?;
+    let reentrant = parse_reentrant(plugin)?;
 
     let plugin_runtime = match raw.get("plugin_runtime") {
         None => None,
@@ -462,9 +476,28 @@ pub fn parse_manifest(text: &str, config_path: &Path) -> Result<PluginManifest, 
         auto_start,
         restart,
         entries_preview,
+        reentrant,
         warnings,
         raw,
     })
+}
+
+/// `[plugin.safety].reentrant` (a boolean, default false). The table's other key,
+/// `sync_call_in_handler`, is read by the SDKs.
+fn parse_reentrant(plugin: Section<'_>) -> Result<bool, ManifestError> {
+    let safety = match plugin.table.get("safety") {
+        None => return Ok(false),
+        Some(Value::Table(table)) => Section {
+            name: "[plugin.safety]",
+            table,
+        },
+        Some(other) => return Err(wrong_type(plugin.key("safety"), "a table", other)),
+    };
+    match safety.table.get("reentrant") {
+        None => Ok(false),
+        Some(Value::Boolean(flag)) => Ok(*flag),
+        Some(other) => Err(wrong_type(safety.key("reentrant"), "a boolean", other)),
+    }
 }
 
 /// What [`scan`] found.
@@ -1747,6 +1780,20 @@ mod tests {
     }
 
     // -- parse_manifest: valid files ------------------------------------------------------------
+
+    /// `[plugin.safety].reentrant` opts a plugin into calls back into itself; a wrong type is an
+    /// error naming the key, and the SDK-only key beside it is accepted.
+    #[test]
+    fn reads_the_reentrant_flag() {
+        assert!(!parse(&python("a", "")).reentrant);
+        let on = python(
+            "a",
+            "[plugin.safety]\nreentrant = true\nsync_call_in_handler = \"reject\"\n",
+        );
+        assert!(parse(&on).reentrant);
+        let bad = parse_err(&python("a", "[plugin.safety]\nreentrant = \"yes\"\n"));
+        assert!(bad.contains("[plugin.safety].reentrant"), "{bad}");
+    }
 
     /// Every `[plugin]` key of a full Python manifest lands in its field.
     #[test]

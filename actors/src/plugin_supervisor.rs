@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use neko_protocol::{EntrySpec, ErrorCode, PluginId, PluginState, WireError};
+use neko_protocol::{EntrySpec, ErrorCode, EventSpec, PluginId, PluginState, WireError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -25,6 +25,7 @@ use crate::clock::iso_now;
 use crate::error::Error;
 use crate::manifest::PluginManifest;
 use crate::message_plane::{MessagePlaneHandle, StoreName};
+use crate::process_host::calls::caller_gone;
 use crate::process_host::{
     ExitReport, HostSettings, ProcessHost, ProcessHostArgs, ProcessHostMsg, TriggerReply,
     TriggerRequest, child,
@@ -80,6 +81,9 @@ pub enum PluginSupervisorMsg {
     AwaitStartup(RpcReplyPort<()>),
     /// A run's client canceled it: forward to the plugin's host, if it runs.
     CancelRun { plugin_id: PluginId, run_id: String },
+    /// The caller of a plugin-to-plugin call no longer waits (its own call ended, or it exited):
+    /// cancel the callee's side, which answers `CANCELED` at once.
+    CancelCall { plugin_id: PluginId, call: u64 },
     /// Stop every plugin (supervisor shutdown); answers when all processes are gone.
     StopAll(RpcReplyPort<()>),
     /// A host spawned its process.
@@ -93,6 +97,7 @@ pub enum PluginSupervisorMsg {
         plugin_id: PluginId,
         launch: u64,
         entries: Vec<EntrySpec>,
+        events: Vec<EventSpec>,
         sdk: String,
         input_schema: Option<Value>,
     },
@@ -236,6 +241,9 @@ impl Actor for PluginSupervisor {
                     let _ = host.actor.cast(ProcessHostMsg::CancelRun(run_id));
                 }
             }
+            PluginSupervisorMsg::CancelCall { plugin_id, call } => {
+                state.cancel_call(&plugin_id, call)
+            }
             PluginSupervisorMsg::StopAll(reply) => state.stop_all(reply),
             PluginSupervisorMsg::HostSpawned {
                 plugin_id,
@@ -246,9 +254,10 @@ impl Actor for PluginSupervisor {
                 plugin_id,
                 launch,
                 entries,
+                events,
                 sdk,
                 input_schema,
-            } => state.host_ready(plugin_id, launch, entries, sdk, input_schema),
+            } => state.host_ready(plugin_id, launch, entries, events, sdk, input_schema),
             PluginSupervisorMsg::HostExited {
                 plugin_id,
                 launch,
@@ -334,16 +343,7 @@ impl PluginSupervisorState {
             policy,
             tracker: RestartTracker::default(),
             host: None,
-            lifecycle: Lifecycle {
-                state,
-                pid: None,
-                restarts: 0,
-                last_exit: None,
-                error: None,
-                entries: Vec::new(),
-                sdk: None,
-                input_schema: None,
-            },
+            lifecycle: Lifecycle::new(state),
             want: Want::Stopped,
             generation: 0,
             restart_timer: None,
@@ -642,6 +642,23 @@ impl PluginSupervisorState {
         }
     }
 
+    fn cancel_call(&mut self, id: &PluginId, call: u64) {
+        let Some(slot) = self.slots.get_mut(id) else {
+            return;
+        };
+        if let Some(host) = &slot.host {
+            let _ = host.actor.cast(ProcessHostMsg::CancelCall(call));
+        }
+        let parked = slot
+            .waiting_calls
+            .iter()
+            .position(|w| w.req.via.as_ref().is_some_and(|v| v.id == call));
+        if let Some(i) = parked {
+            let w = slot.waiting_calls.swap_remove(i);
+            let _ = w.reply.send(Err(caller_gone()));
+        }
+    }
+
     fn call_wait_expired(&mut self, id: &PluginId, wait_id: u64) {
         let Some(slot) = self.slots.get_mut(id) else {
             return;
@@ -750,6 +767,7 @@ impl PluginSupervisorState {
         id: PluginId,
         launch: u64,
         entries: Vec<EntrySpec>,
+        events: Vec<EventSpec>,
         sdk: String,
         input_schema: Option<Value>,
     ) {
@@ -766,6 +784,7 @@ impl PluginSupervisorState {
             PluginState::Stopping
         };
         slot.lifecycle.entries = entries;
+        slot.lifecycle.events = events;
         slot.lifecycle.sdk = Some(sdk);
         slot.lifecycle.input_schema = input_schema;
         slot.lifecycle.error = None;

@@ -1,10 +1,11 @@
 //! RootSupervisor: the top of the tree. Starts the MessagePlane, then StatusManager, Registry,
-//! PythonEnv, PluginSupervisor and RunTracker in that order and restarts the latter five
+//! PythonEnv, PluginSupervisor and RunTracker in that order and restarts those five
 //! `rest_for_one`: when one fails, it and every child started after it are restarted (they hold
 //! references to it), so no actor ever talks to a dead peer. Nobody holds a direct reference to
-//! the MessagePlane (producers look its handle up in the published references each time), so it
-//! alone is restarted when it fails: a broken store never takes a plugin down. The current
-//! references are published on a `watch` channel that the gateway reads.
+//! the MessagePlane or the DeadlockDetector (users look them up in the published references each
+//! time), so each of those is restarted alone when it fails: a broken store or call graph never
+//! takes a plugin down. The current references are published on a `watch` channel that the
+//! gateway reads.
 //!
 //! The root also owns the bridge that copies run and export changes into the `runs` and `export`
 //! stores of the message plane (the reference's bus mirror).
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{broadcast, watch};
 
+use crate::deadlock_detector::{DeadlockDetector, DeadlockDetectorMsg};
 use crate::message_plane::{
     MessagePlane, MessagePlaneHandle, MessagePlaneMsg, MessagePlaneSettings, StoreName,
 };
@@ -64,6 +66,8 @@ pub struct TreeRefs {
     pub plane: ActorRef<MessagePlaneMsg>,
     /// How neko itself reaches the message plane (publish records, read stores).
     pub messages: MessagePlaneHandle,
+    /// The wait-for graph of plugin-to-plugin calls.
+    pub calls: ActorRef<DeadlockDetectorMsg>,
 }
 
 /// The RootSupervisor actor.
@@ -87,6 +91,7 @@ enum Child {
     Python,
     Plugins,
     Runs,
+    Calls,
 }
 
 /// Messages of the root (none but supervision events; the enum keeps the actor's type explicit).
@@ -118,6 +123,7 @@ impl Actor for RootSupervisor {
         )
         .await?;
         let runs = spawn_runs(&cell, &args, &plugins).await?;
+        let calls = spawn_calls(&cell, publish.subscribe()).await?;
         let refs = TreeRefs {
             status,
             registry,
@@ -126,6 +132,7 @@ impl Actor for RootSupervisor {
             runs,
             plane,
             messages,
+            calls,
         };
         publish.send_replace(Some(refs.clone()));
         let bridge = tokio::spawn(mirror_runs(
@@ -196,6 +203,12 @@ impl Actor for RootSupervisor {
             state.publish.send_replace(Some(state.refs.clone()));
             return Ok(());
         }
+        if which == Child::Calls {
+            tracing::error!(actor = ?which, reason = %why, restart_count = state.restarts.len(), "deadlock detector failed; restarting it (calls in flight are forgotten, not failed)");
+            state.refs.calls = spawn_calls(&myself.get_cell(), state.publish.subscribe()).await?;
+            state.publish.send_replace(Some(state.refs.clone()));
+            return Ok(());
+        }
         tracing::error!(actor = ?which, reason = %why, restart_count = state.restarts.len(), "supervision tree actor failed; restarting it and the actors after it");
         state.restart_from(&myself.get_cell(), which).await?;
         Ok(())
@@ -225,6 +238,7 @@ impl RootState {
             (Child::Python, self.refs.python.get_id()),
             (Child::Plugins, self.refs.plugins.get_id()),
             (Child::Runs, self.refs.runs.get_id()),
+            (Child::Calls, self.refs.calls.get_id()),
         ]
         .into_iter()
         .find(|(_, a)| *a == id)
@@ -332,6 +346,20 @@ async fn mirror_runs(
             handle.publish(store, "all", event.payload(*rev));
         }
     }
+}
+
+async fn spawn_calls(
+    sup: &ActorCell,
+    tree: watch::Receiver<Option<TreeRefs>>,
+) -> Result<ActorRef<DeadlockDetectorMsg>, ActorProcessingErr> {
+    let (a, _) = Actor::spawn_linked(
+        Some(unique_name("deadlock_detector")),
+        DeadlockDetector,
+        tree,
+        sup.clone(),
+    )
+    .await?;
+    Ok(a)
 }
 
 async fn spawn_status(sup: &ActorCell) -> Result<ActorRef<StatusManagerMsg>, ActorProcessingErr> {

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use neko_protocol::{EntrySpec, PluginId, PluginState};
+use neko_protocol::{EntrySpec, EventSpec, PluginId, PluginState};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use serde_json::Value;
@@ -36,6 +36,26 @@ pub struct Lifecycle {
     pub sdk: Option<String>,
     /// The plugin-level input schema from the last HELLO.
     pub input_schema: Option<Value>,
+    /// Custom events other plugins may call, from the last HELLO.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventSpec>,
+}
+
+impl Lifecycle {
+    /// A plugin in `state` that has never run.
+    pub fn new(state: PluginState) -> Self {
+        Self {
+            state,
+            pid: None,
+            restarts: 0,
+            last_exit: None,
+            error: None,
+            entries: Vec::new(),
+            sdk: None,
+            input_schema: None,
+            events: Vec::new(),
+        }
+    }
 }
 
 /// A status dict the plugin reported itself (`ctx.update_status`).

@@ -2,9 +2,10 @@
 //! sends one message to an actor, and maps the reply; no business state lives here.
 //!
 //! One file per route group: [`server`] (health, availability, server info), [`plugin`] (listing,
-//! status, start/stop/reload), [`runs`].
+//! status, start/stop/reload), [`runs`], [`calls`] (plugin-to-plugin calls in flight).
 
 mod blobs;
+mod calls;
 mod messages;
 mod plugin;
 mod runs;
@@ -85,6 +86,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/runs/{run_id}/blobs/{blob_id}", get(blobs::get_blob))
         .route("/plugin/messages", get(messages::messages))
         .route("/plugin/messages/stream", get(messages::stream))
+        .route("/calls", get(calls::calls))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use neko_actors::clock::{iso_from_unix, iso_now};
 use neko_actors::manifest::{DependencyConflicts, HOST_SDK_VERSION, PluginManifest, Runtime};
+use neko_actors::plugin_query::{entries_of, shown_status};
 use neko_actors::plugin_supervisor::{PluginSupervisorMsg, StartOutcome};
 use neko_actors::registry::RegistryMsg;
 use neko_actors::status_manager::{PluginStatus, StatusManagerMsg};
@@ -68,15 +69,10 @@ fn plugin_info(m: &PluginManifest, status: Option<&PluginStatus>) -> Value {
     let state = status
         .map(|s| s.lifecycle.state)
         .unwrap_or(PluginState::Stopped);
-    let live_entries: &[EntrySpec] = status.map(|s| &s.lifecycle.entries[..]).unwrap_or(&[]);
-    let entries: Vec<Value> = if live_entries.is_empty() {
-        m.entries_preview
-            .iter()
-            .map(|e| entry_info(&m.id, e))
-            .collect()
-    } else {
-        live_entries.iter().map(|e| entry_info(&m.id, e)).collect()
-    };
+    let entries: Vec<Value> = entries_of(m, status)
+        .iter()
+        .map(|e| entry_info(&m.id, e))
+        .collect();
     let (runtime, entry_point) = match &m.runtime {
         Runtime::Python { entry } => ("python", entry.clone()),
         Runtime::Native { command, .. } => ("native", command.clone()),
@@ -86,7 +82,7 @@ fn plugin_info(m: &PluginManifest, status: Option<&PluginStatus>) -> Value {
         "name": m.name,
         "description": m.description,
         "version": m.version,
-        "sdk_version": m.sdk.supported.clone().unwrap_or_else(|| HOST_SDK_VERSION.to_string()),
+        "sdk_version": m.sdk_version(),
         "sdk_recommended": m.sdk.recommended,
         "sdk_supported": m.sdk.supported,
         "sdk_untested": m.sdk.untested,
@@ -111,10 +107,7 @@ fn plugin_info(m: &PluginManifest, status: Option<&PluginStatus>) -> Value {
         // The reference reports a disabled plugin as never auto-started.
         "runtime_auto_start": m.enabled && m.auto_start,
         // The reference's vocabulary; neko's own lifecycle state is in "state".
-        "status": match state {
-            PluginState::Disabled => PluginState::Stopped,
-            other => other,
-        },
+        "status": shown_status(state),
         "state": state,
         "entries": entries,
     });

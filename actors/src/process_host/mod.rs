@@ -12,10 +12,11 @@
 //! If the host actor itself fails, ractor skips `post_stop`; the supervisor then kills the process
 //! group by the pid it was told in `HostSpawned`, and the reaper task still reaps the child.
 
+pub mod calls;
 pub mod child;
 pub mod link;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -23,14 +24,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use neko_protocol::{
-    Cancel, EntrySpec, Envelope, ErrorCode, FrameKey, Hello, Message, PROTOCOL_VERSION, PluginId,
-    Request, Response, Stop, Trigger, Welcome, WireError, env,
+    Cancel, EntrySpec, Envelope, ErrorCode, FrameKey, Hello, Message, PLUGIN_ENTRY,
+    PROTOCOL_VERSION, PluginId, Request, Response, Stop, Trigger, Welcome, WireError, env,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
 
+use crate::deadlock_detector::{CallEdge, next_call_id};
 use crate::manifest::{PluginManifest, Runtime};
 use crate::message_plane::MessagePlaneEndpoints;
 use crate::plugin_config;
@@ -102,6 +104,18 @@ pub struct TriggerRequest {
     pub run_id: Option<String>,
     /// Overrides the entry's own deadline (`_ctx.entry_timeout`).
     pub timeout: Option<Duration>,
+    /// A custom event's type when the call is for one (`entry_id` is then the event's id).
+    pub event_type: Option<String>,
+    /// The plugin-to-plugin call this is, when another plugin is the caller.
+    pub via: Option<CallVia>,
+}
+
+/// Which plugin-to-plugin call a TRIGGER serves.
+#[derive(Debug, Clone)]
+pub struct CallVia {
+    /// The call's id in the DeadlockDetector.
+    pub id: u64,
+    pub caller: PluginId,
 }
 
 /// Messages of a ProcessHost.
@@ -126,6 +140,10 @@ pub enum ProcessHostMsg {
     CancelRun(String),
     /// An answer to one of the plugin's REQUESTs, computed elsewhere.
     Respond(Response),
+    /// The caller of the plugin-to-plugin call `id` no longer waits: cancel the call here.
+    CancelCall(u64),
+    /// A plugin-to-plugin call this plugin made has ended: answer its REQUEST.
+    CallDone { id: u64, response: Response },
     /// The next step of a graceful stop.
     Escalate(StopStep),
 }
@@ -166,10 +184,18 @@ enum Phase {
 struct PendingCall {
     entry_id: String,
     run_id: Option<String>,
+    via: Option<CallVia>,
     /// When the deadline timer fires.
     deadline: Instant,
     reply: TriggerReply,
     timer: AbortHandle,
+}
+
+/// A plugin-to-plugin call the plugin made, as its host tracks it.
+struct OutgoingCall {
+    /// The TRIGGER whose handler waits for it; the call is canceled when that one ends early.
+    parent: Option<String>,
+    callee: PluginId,
 }
 
 /// A host's state.
@@ -189,7 +215,11 @@ pub struct ProcessHostState {
     ready_at: Option<Instant>,
     last_seen: Instant,
     entries: HashMap<String, EntrySpec>,
+    /// Custom events the plugin declared, as `(event_type, id)`.
+    events: HashSet<(String, String)>,
     calls: HashMap<String, PendingCall>,
+    /// Plugin-to-plugin calls this plugin is waiting for, by call id.
+    outgoing: HashMap<u64, OutgoingCall>,
     next_call: u64,
     stop_requested: bool,
     kill_reason: Option<String>,
@@ -247,7 +277,9 @@ impl Actor for ProcessHost {
             ready_at: None,
             last_seen: Instant::now(),
             entries: HashMap::new(),
+            events: HashSet::new(),
             calls: HashMap::new(),
+            outgoing: HashMap::new(),
             next_call: 0,
             stop_requested: false,
             kill_reason: None,
@@ -284,6 +316,11 @@ impl Actor for ProcessHost {
             ProcessHostMsg::CallExpired { call_id } => state.call_expired(&call_id),
             ProcessHostMsg::CancelRun(run_id) => state.cancel_run(&run_id),
             ProcessHostMsg::Respond(response) => state.respond(response),
+            ProcessHostMsg::CancelCall(id) => state.cancel_call(id),
+            ProcessHostMsg::CallDone { id, response } => {
+                state.outgoing.remove(&id);
+                state.respond(response);
+            }
             ProcessHostMsg::Escalate(step) => state.escalate(&myself, step),
         }
         Ok(())
@@ -559,6 +596,12 @@ impl ProcessHostState {
                 entries.push(e);
             }
         }
+        let events: Vec<_> = hello
+            .events
+            .into_iter()
+            .filter(|e| e.event_type != PLUGIN_ENTRY)
+            .filter(|e| self.events.insert((e.event_type.clone(), e.id.clone())))
+            .collect();
         self.phase = Phase::Ready;
         self.ready_at = Some(Instant::now());
         self.last_seen = Instant::now();
@@ -573,6 +616,7 @@ impl ProcessHostState {
             plugin_id: self.plugin_id.clone(),
             launch: self.launch,
             entries,
+            events,
             sdk: format!("{} {}", hello.sdk, hello.sdk_version),
             input_schema: hello.input_schema,
         });
@@ -583,6 +627,12 @@ impl ProcessHostState {
     fn request(&mut self, myself: &ActorRef<ProcessHostMsg>, req: Request) {
         let outcome = match req.op.as_str() {
             "run.update" | "export.push" => return self.forward_to_runs(myself, req),
+            "plugin.call" => return self.plugin_call(myself, req),
+            "plugins.query" => {
+                let refs = self.tree.borrow().clone();
+                tokio::spawn(calls::query(refs, req.args, myself.clone(), req.request_id));
+                return;
+            }
             "config.get" => {
                 plugin_config::config_get(self.plugin_id.as_str(), &self.manifest.config_path)
                     .map_err(|e| WireError::new(ErrorCode::Internal, e))
@@ -639,16 +689,107 @@ impl ProcessHostState {
         });
     }
 
-    /// Tells the plugin to stop working on the calls of `run_id`.
+    /// Tells the plugin to stop working on the calls of `run_id`, and cancels the calls to other
+    /// plugins those handlers wait for.
     fn cancel_run(&mut self, run_id: &str) {
-        for (call_id, call) in &self.calls {
-            if call.run_id.as_deref() == Some(run_id) {
-                tracing::info!(plugin_id = %self.plugin_id, %run_id, %call_id, "run canceled by its client");
-                let _ = self.link.send(Message::Cancel(Cancel {
-                    call_id: call_id.clone(),
-                }));
+        let canceled: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(_, call)| call.run_id.as_deref() == Some(run_id))
+            .map(|(call_id, _)| call_id.clone())
+            .collect();
+        for call_id in canceled {
+            tracing::info!(plugin_id = %self.plugin_id, %run_id, %call_id, "run canceled by its client");
+            let _ = self.link.send(Message::Cancel(Cancel {
+                call_id: call_id.clone(),
+            }));
+            self.cancel_outgoing(Some(&call_id));
+        }
+    }
+
+    /// A `plugin.call` request: check it, cut its deadline to what the waiting handler has left,
+    /// and route it (see [`calls`]).
+    fn plugin_call(&mut self, myself: &ActorRef<ProcessHostMsg>, req: Request) {
+        let call = match calls::parse_call_args(&req.args) {
+            Ok(call) => call,
+            Err(e) => return self.respond(Response::failure(req.request_id, e)),
+        };
+        // Only a call this launch is serving counts as the waiting handler; an unknown or
+        // finished one (a lie, or a background task) makes the request an outside call.
+        let parent = req
+            .call_id
+            .as_ref()
+            .and_then(|id| self.calls.get(id).map(|c| (id.clone(), c)));
+        let mut timeout = call.timeout;
+        if let Some((_, c)) = &parent {
+            let Some(left) = calls::time_left(c.deadline) else {
+                let e = WireError::deadline(format!("Entry '{}' has no time left", c.entry_id));
+                return self.respond(Response::failure(req.request_id, e));
+            };
+            timeout = timeout.min(left);
+        }
+        let edge = CallEdge {
+            id: next_call_id(),
+            caller: self.plugin_id.clone(),
+            caller_entry: parent.as_ref().map(|(_, c)| c.entry_id.clone()),
+            caller_reentrant: self.manifest.reentrant,
+            parent: parent
+                .as_ref()
+                .and_then(|(_, c)| c.via.as_ref().map(|v| v.id)),
+            callee: call.plugin_id.clone(),
+            event_type: call.event_type,
+            event_id: call.event_id,
+            timeout,
+            started: Instant::now(),
+            started_at: crate::clock::unix_now(),
+        };
+        self.outgoing.insert(
+            edge.id,
+            OutgoingCall {
+                parent: parent.map(|(id, _)| id),
+                callee: call.plugin_id,
+            },
+        );
+        let refs = self.tree.borrow().clone();
+        tokio::spawn(calls::route(
+            refs,
+            edge,
+            call.args,
+            myself.clone(),
+            req.request_id,
+        ));
+    }
+
+    /// Cancels the plugin-to-plugin calls waited for by the handler of `parent` (all of them
+    /// when `None`); each then ends with `CallDone`.
+    fn cancel_outgoing(&mut self, parent: Option<&str>) {
+        for (id, out) in &self.outgoing {
+            if parent.is_none() || out.parent.as_deref() == parent {
+                let _ = self.supervisor.cast(PluginSupervisorMsg::CancelCall {
+                    plugin_id: out.callee.clone(),
+                    call: *id,
+                });
             }
         }
+    }
+
+    /// The caller of a call this plugin serves went away: tell the plugin, answer at once.
+    fn cancel_call(&mut self, id: u64) {
+        let found = self
+            .calls
+            .iter()
+            .find(|(_, c)| c.via.as_ref().is_some_and(|v| v.id == id))
+            .map(|(call_id, _)| call_id.clone());
+        let Some(call_id) = found else { return };
+        let Some(call) = self.calls.remove(&call_id) else {
+            return;
+        };
+        call.timer.abort();
+        let _ = self.link.send(Message::Cancel(Cancel {
+            call_id: call_id.clone(),
+        }));
+        self.cancel_outgoing(Some(&call_id));
+        let _ = call.reply.send(Err(calls::caller_gone()));
     }
 
     fn trigger(
@@ -664,19 +805,33 @@ impl ProcessHostState {
             )));
             return;
         }
-        let Some(entry) = self.entries.get(&req.entry_id) else {
-            let _ = reply.send(Err(WireError::new(
-                ErrorCode::NotFound,
-                format!(
+        let declared = match &req.event_type {
+            None => self.entries.get(&req.entry_id).map(|e| e.timeout_ms),
+            Some(t) => self
+                .events
+                .contains(&(t.clone(), req.entry_id.clone()))
+                .then_some(None),
+        };
+        let Some(entry_timeout) = declared else {
+            let message = match (&req.via, &req.event_type) {
+                // The reference's words for a plugin-to-plugin call to something undeclared.
+                (Some(_), t) => format!(
+                    "Custom event '{}.{}' not found in plugin '{}'",
+                    t.as_deref().unwrap_or(PLUGIN_ENTRY),
+                    req.entry_id,
+                    self.plugin_id
+                ),
+                (None, _) => format!(
                     "Entry '{}' not found in plugin '{}'",
                     req.entry_id, self.plugin_id
                 ),
-            )));
+            };
+            let _ = reply.send(Err(WireError::new(ErrorCode::NotFound, message)));
             return;
         };
         let timeout = req
             .timeout
-            .or(entry.timeout_ms.map(Duration::from_millis))
+            .or(entry_timeout.map(Duration::from_millis))
             .unwrap_or(self.settings.default_call_timeout);
         self.next_call += 1;
         let call_id = format!("{}-{}", self.launch, self.next_call);
@@ -686,8 +841,8 @@ impl ProcessHostState {
             args: req.args,
             timeout_ms: timeout.as_millis() as u64,
             run_id: req.run_id.clone(),
-            event_type: None,
-            caller: None,
+            event_type: req.event_type,
+            caller: req.via.as_ref().map(|v| v.caller.to_string()),
         }));
         if let Err(e) = sent {
             let _ = reply.send(Err(WireError::new(
@@ -707,6 +862,7 @@ impl ProcessHostState {
             PendingCall {
                 entry_id: req.entry_id,
                 run_id: req.run_id,
+                via: req.via,
                 deadline: Instant::now() + timeout,
                 reply,
                 timer,
@@ -745,6 +901,7 @@ impl ProcessHostState {
         let _ = self.link.send(Message::Cancel(Cancel {
             call_id: call_id.to_string(),
         }));
+        self.cancel_outgoing(Some(call_id));
         let _ = call.reply.send(Err(WireError::deadline(format!(
             "Entry '{}' timed out",
             call.entry_id
@@ -865,6 +1022,8 @@ impl ProcessHostState {
                 format!("Plugin '{}' exited ({description})", self.plugin_id),
             )
         };
+        // The plugin no longer waits for anything it called.
+        self.cancel_outgoing(None);
         for (_, call) in self.calls.drain() {
             call.timer.abort();
             let _ = call.reply.send(Err(WireError::new(

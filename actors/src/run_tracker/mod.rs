@@ -958,6 +958,8 @@ async fn drive_run(
                 args: args.clone(),
                 run_id: Some(run_id.clone()),
                 timeout,
+                event_type: None,
+                via: None,
             };
             // No timeout here: the host always answers (deadline timer, process exit), and a host
             // that dies drops the reply port, which ends this call with an error.

@@ -41,6 +41,8 @@ class FakeSupervisor:
         self.dropped: list[str] = []
         self.config_extra: dict = {}
         self.requests: list[dict] = []
+        #: Answers for ops besides config.get: op → fn(request body) → {"ok", "result"?, "error"?}.
+        self.op_handlers: dict[str, Callable[[dict], dict]] = {}
         self.stderr_path = Path(self._sockdir) / "stderr.log"
 
     # -- process --------------------------------------------------------------------------------
@@ -129,6 +131,9 @@ class FakeSupervisor:
                 config.setdefault(section, {}).update(values)
             result = {"plugin_id": self.plugin_id, "config": config, "config_path": str(path), "last_modified": "2026-01-01T00:00:00Z"}
             self.send("response", {"request_id": body["request_id"], "ok": True, "result": result})
+        elif body["op"] in self.op_handlers:
+            answer = {"ok": True, "result": None, **self.op_handlers[body["op"]](body)}
+            self.send("response", {"request_id": body["request_id"], **answer})
         else:
             self.send(
                 "response",
@@ -172,7 +177,17 @@ class FakeSupervisor:
 
     _next = 0
 
-    def trigger(self, entry_id: str, args: Optional[dict] = None, *, timeout_ms: int = 30000, run_id: Optional[str] = None, call_id: Optional[str] = None) -> str:
+    def trigger(
+        self,
+        entry_id: str,
+        args: Optional[dict] = None,
+        *,
+        timeout_ms: int = 30000,
+        run_id: Optional[str] = None,
+        call_id: Optional[str] = None,
+        event_type: Optional[str] = None,
+        caller: Optional[str] = None,
+    ) -> str:
         FakeSupervisor._next += 1
         call_id = call_id or f"c-{FakeSupervisor._next}"
         args = dict(args or {})
@@ -180,6 +195,10 @@ class FakeSupervisor:
         if run_id:
             body["run_id"] = run_id
             args.setdefault("_ctx", {"run_id": run_id})
+        if event_type:
+            body["event_type"] = event_type
+        if caller:
+            body["caller"] = caller
         self.send("trigger", body)
         return call_id
 

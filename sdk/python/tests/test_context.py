@@ -140,11 +140,7 @@ def test_run_updates_and_exports_send_their_requests():
 def test_features_of_later_releases_name_themselves():
     ctx, transport = make_ctx()
     cases = [
-        (lambda: ctx.trigger_plugin_event("other", "plugin_entry", "x", {}), "calling other plugins"),
-        (lambda: ctx.query_plugins(), "querying plugins"),
         (lambda: ctx.query_memory("lan", "q"), "memory queries"),
-        (lambda: Plugins(ctx).list(), "querying plugins"),
-        (lambda: Plugins(ctx).call_entry("other:x"), "calling other plugins"),
         (lambda: PluginConfig(ctx).update({"a": 1}), "config writes"),
         (lambda: PluginConfig(ctx).set("a.b", 1), "config writes"),
         (lambda: PluginConfig(ctx).get_profiles_state(), "config profiles"),
@@ -157,7 +153,7 @@ def test_features_of_later_releases_name_themselves():
     assert transport.requests == []  # nothing was sent
     assert isinstance(ctx.bus, BusHub)
     assert set(PENDING_FEATURES) == {
-        "run.update", "export.push", "plugin.call", "plugins.query", "memory.query", "config.update",
+        "run.update", "export.push", "memory.query", "config.update",
         "config.profiles", "config.profile", "config.effective", "system.config",
     }
 

@@ -149,7 +149,7 @@ class Demo(NekoPluginBase):
     @plugin_entry(id="pending")
     def pending(self, **_):
         try:
-            self.plugins.list()
+            self.ctx.query_memory("lan", "q")
         except NotImplementedError as exc:
             return {"error": str(exc)}
 
@@ -258,7 +258,7 @@ def test_results_and_errors(sup):
         assert r["error"]["code"] == "NOT_FOUND"
         assert r["error"]["message"] == f"Entry '{entry_id}' not found in plugin 'demo'"
     r = sup.call("pending")
-    assert "querying plugins" in r["data"]["error"]
+    assert "memory queries" in r["data"]["error"]
 
 
 def test_entries_run_concurrently(sup):

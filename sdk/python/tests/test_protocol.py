@@ -135,9 +135,29 @@ def test_optional_fields_and_unknown_keys():
         signed({"v": 1, "seq": 3, "kind": "trigger", "extra": 1, "body": {"call_id": "c", "entry_id": "e", "args": {}, "timeout_ms": 0, "run_id": None, "future": [1]}}),
         LIMIT,
     )
-    assert env.body == {"call_id": "c", "entry_id": "e", "args": {}, "timeout_ms": 0, "run_id": None}
+    assert env.body == {"call_id": "c", "entry_id": "e", "args": {}, "timeout_ms": 0, "run_id": None, "event_type": None, "caller": None}
     hello = decode_payload(msgpack.packb({"v": 1, "seq": 1, "kind": "hello", "body": {"protocol": 1, "plugin_id": "p", "sdk": "s", "sdk_version": "0.1.0", "pid": 1, "entries": [{"id": "x"}]}}))
     assert hello.body["entries"] == [{"id": "x", "name": "", "description": "", "input_schema": {"type": "object", "properties": {}}, "timeout_ms": None, "kind": "action"}]
+    assert hello.body["events"] == []
+
+
+def test_plugin_to_plugin_fields():
+    # PROTOCOL.md §6: TRIGGER's event_type and caller, REQUEST's call_id, HELLO's events.
+    trigger = decode_payload(msgpack.packb({"v": 1, "seq": 1, "kind": "trigger", "body": {
+        "call_id": "c", "entry_id": "ping", "args": {}, "timeout_ms": 5, "event_type": "game", "caller": "alpha"}}))
+    assert (trigger.body["event_type"], trigger.body["caller"]) == ("game", "alpha")
+    request = decode_payload(msgpack.packb({"v": 1, "seq": 1, "kind": "request", "body": {
+        "request_id": "q", "op": "plugin.call", "args": {}, "call_id": "c-1"}}))
+    assert request.body["call_id"] == "c-1"
+    assert decode_payload(msgpack.packb({"v": 1, "seq": 1, "kind": "request", "body": {"request_id": "q", "op": "x"}})).body["call_id"] is None
+    hello = decode_payload(msgpack.packb({"v": 1, "seq": 1, "kind": "hello", "body": {
+        "protocol": 1, "plugin_id": "p", "sdk": "s", "sdk_version": "0.1.0", "pid": 1,
+        "events": [{"event_type": "game", "id": "ping", "extra": 1}]}}))
+    assert hello.body["events"] == [{"event_type": "game", "id": "ping"}]
+    for bad in ([{"event_type": "game"}], [{"event_type": 1, "id": "x"}], {"event_type": "game", "id": "x"}):
+        with pytest.raises(FrameError):
+            decode_payload(msgpack.packb({"v": 1, "seq": 1, "kind": "hello", "body": {
+                "protocol": 1, "plugin_id": "p", "sdk": "s", "sdk_version": "0.1.0", "pid": 1, "events": bad}}))
 
 
 def test_key_parsing():

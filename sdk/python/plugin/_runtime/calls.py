@@ -4,7 +4,8 @@
   out for handlers that accept neither `_ctx` nor `**kwargs`. Arguments that do not fit the
   signature are refused up front (VALIDATION_ERROR "Invalid call: ...").
 - `convert_return`: ok/fail envelopes, Ok/Err-style results and plain JSON values → an `Outcome`.
-- `outcome_from_exception`: an exception → INTERNAL "<Type>: <message>".
+- `outcome_from_exception`: an exception → INTERNAL "<Type>: <message>" (TIMEOUT for TimeoutError;
+  an error neko answered a request with keeps its own code).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from ..sdk.errors import code_name
+from ..sdk.errors import PluginCallError, RequestError, code_name
 from ..sdk.responses import is_envelope
 
 CTX_KEY = "_ctx"
@@ -148,7 +149,19 @@ def convert_return(entry_id: str, value: Any) -> Outcome:
 def outcome_from_exception(exc: BaseException) -> Outcome:
     name = type(exc).__name__
     text = str(exc)
-    return Outcome.failure("INTERNAL", f"{name}: {text}" if text else name, {"exception_type": name})
+    code = getattr(exc, "code", None)
+    if isinstance(exc, (RequestError, PluginCallError)) and isinstance(code, str) and code:
+        # An error neko answered (a refused or failed plugin call) keeps its code and details, so
+        # it travels up a call chain unchanged: A's run fails with the DEADLOCK that B met.
+        details = {"exception_type": name}
+        extra = _details(getattr(exc, "details", None))
+        if extra is not None:
+            details["details"] = extra
+        return Outcome.failure(code_name(code), text or name, details)
+    message = f"{name}: {text}" if text else name
+    if isinstance(exc, TimeoutError):
+        return Outcome.failure("TIMEOUT", message, {"exception_type": name})
+    return Outcome.failure("INTERNAL", message, {"exception_type": name})
 
 
 def compute_deadline(trigger_timeout_ms: int, entry_timeout_ms: Optional[int], worker_timeout_s: Optional[float] = None) -> Optional[float]:

@@ -38,14 +38,12 @@ from . import scope
 from .message_plane import MessagePlane, MessagePlaneConfig, receipt
 
 #: Request ops this SDK sends because the supervisor serves them.
-SERVED_OPS = frozenset({"config.get", "run.update", "export.push"})
+SERVED_OPS = frozenset({"config.get", "run.update", "export.push", "plugin.call", "plugins.query"})
 
 #: Ops whose features arrive later, with the words used in the NotImplementedError.
 PENDING_FEATURES = {
     "run.update": "run progress updates (ctx.run_update / ctx.run_progress)",
     "export.push": "run exports (ctx.export_push_*)",
-    "plugin.call": "calling other plugins (ctx.trigger_plugin_event, self.plugins.call*)",
-    "plugins.query": "querying plugins (ctx.query_plugins, self.plugins.list/require)",
     "memory.query": "memory queries (ctx.query_memory)",
     "config.update": "config writes (self.config.update/set, ctx.update_own_config)",
     "config.profiles": "config profiles (self.config.get_profiles_state)",
@@ -53,6 +51,15 @@ PENDING_FEATURES = {
     "config.effective": "config profiles (self.config.dump_effective with a profile name)",
     "system.config": "the system config (ctx.get_system_config)",
 }
+
+#: How much longer than a plugin call's own timeout the SDK waits for neko's answer: neko enforces
+#: the deadline itself and answers TIMEOUT, which should arrive before the SDK gives up.
+PLUGIN_CALL_GRACE_S = 1.0
+#: neko's default `timeout_ms` for `plugin.call` (used when no positive timeout is given).
+PLUGIN_CALL_DEFAULT_TIMEOUT_S = 10.0
+
+#: Values of `[plugin.safety] sync_call_in_handler` / `NEKO_PLUGIN_SYNC_CALL_POLICY`.
+SYNC_CALL_POLICIES = ("warn", "reject", "allow")
 
 #: The reference's limit for `export_push_binary`.
 EXPORT_INLINE_BINARY_MAX_BYTES = 256 * 1024
@@ -69,6 +76,29 @@ class Transport(Protocol):
 
     def forget(self, request_id: str) -> None:
         """Stops waiting for a request's response."""
+
+
+#: How often a blocking request made for a call checks whether that call was canceled.
+CANCEL_POLL_S = 0.05
+
+
+def _wait_in_call(future: concurrent.futures.Future, limit: Optional[float]) -> Optional[dict]:
+    """`future.result(limit)`, except that a wait made for a call (a sync handler) ends early, with
+    None, once that call is canceled or passes its deadline: its caller no longer waits, and neither
+    should the handler's thread. TimeoutError when `limit` passes."""
+    call = scope.current_call.get()
+    if call is None:
+        return future.result(limit)
+    end = None if limit is None else time.monotonic() + limit
+    while True:
+        if call.cancelled and not future.done():
+            return None
+        step = CANCEL_POLL_S if end is None else min(CANCEL_POLL_S, max(0.0, end - time.monotonic()))
+        done, _ = concurrent.futures.wait([future], timeout=step)
+        if done:
+            return future.result()
+        if end is not None and time.monotonic() >= end:
+            raise TimeoutError()
 
 
 def running_loop() -> Optional[asyncio.AbstractEventLoop]:
@@ -92,12 +122,16 @@ def sync_in_loop_error(name: str) -> RuntimeError:
     )
 
 
-def unwrap_response(op: str, body: dict, *, wrap_result: bool = True) -> Any:
-    """A RESPONSE body → its result, or RequestError (a RuntimeError) with the supervisor's message."""
+def unwrap_response(op: str, body: dict, *, wrap_result: bool = True, timeout_message: Optional[str] = None) -> Any:
+    """A RESPONSE body → its result, or RequestError (a RuntimeError) with the supervisor's message
+    and code. With `timeout_message`, a TIMEOUT answer raises TimeoutError(timeout_message) instead."""
     if not body.get("ok"):
         error = body.get("error") or {}
         message = error.get("message") or f"{op} failed"
-        raise RequestError(message, code=error.get("code") or "INTERNAL", details=error.get("details"))
+        code = error.get("code") or "INTERNAL"
+        if timeout_message is not None and code == "TIMEOUT":
+            raise TimeoutError(timeout_message)
+        raise RequestError(message, code=code, details=error.get("details"))
     result = body.get("result")
     if wrap_result and not isinstance(result, dict):
         return {"result": result}
@@ -154,6 +188,12 @@ class PluginContext:
         return call.call_id if call else None
 
     @property
+    def caller_plugin_id(self) -> Optional[str]:
+        """The plugin that made the current call (a plugin-to-plugin call), else None."""
+        call = scope.current_call.get()
+        return call.caller if call else None
+
+    @property
     def current_entry_id(self) -> Optional[str]:
         call = scope.current_call.get()
         return call.entry_id if call else None
@@ -194,16 +234,28 @@ class PluginContext:
         if op not in SERVED_OPS:
             raise not_available(op)
 
-    async def _request_async(self, op: str, args: dict, timeout: float = 5.0, *, wrap_result: bool = True) -> Any:
+    async def _request_async(
+        self,
+        op: str,
+        args: dict,
+        timeout: float = 5.0,
+        *,
+        wrap_result: bool = True,
+        wait: Optional[float] = None,
+        timeout_message: Optional[str] = None,
+    ) -> Any:
+        """`wait`: how long to wait for the RESPONSE (default `timeout`). `timeout_message`: when
+        set, both the SDK's own wait expiring and a TIMEOUT answer raise TimeoutError with it."""
         self._require_served(op)
+        limit = wait if wait is not None else timeout
         request_id, future = self._transport.start_request(op, args)
         try:
-            body = await asyncio.wait_for(asyncio.wrap_future(future), timeout if timeout and timeout > 0 else None)
+            body = await asyncio.wait_for(asyncio.wrap_future(future), limit if limit and limit > 0 else None)
         except TimeoutError:
-            raise TimeoutError(f"{op} timed out after {timeout}s") from None
+            raise TimeoutError(timeout_message or f"{op} timed out after {timeout}s") from None
         finally:
             self._transport.forget(request_id)
-        return unwrap_response(op, body, wrap_result=wrap_result)
+        return unwrap_response(op, body, wrap_result=wrap_result, timeout_message=timeout_message)
 
     def _request_sync(
         self,
@@ -214,20 +266,25 @@ class PluginContext:
         name: Optional[str] = None,
         check_policy: bool = False,
         wrap_result: bool = True,
+        wait: Optional[float] = None,
+        timeout_message: Optional[str] = None,
     ) -> Any:
         self._require_served(op)
         if running_loop() is not None:
             raise sync_in_loop_error(name or op)
         if check_policy:
             self._enforce_sync_call_policy(name or op)
+        limit = wait if wait is not None else timeout
         request_id, future = self._transport.start_request(op, args)
         try:
-            body = future.result(timeout if timeout and timeout > 0 else None)
+            body = _wait_in_call(future, limit if limit and limit > 0 else None)
         except TimeoutError:
-            raise TimeoutError(f"{op} timed out after {timeout}s") from None
+            raise TimeoutError(timeout_message or f"{op} timed out after {timeout}s") from None
         finally:
             self._transport.forget(request_id)
-        return unwrap_response(op, body, wrap_result=wrap_result)
+        if body is None:
+            raise RequestError(f"{op} abandoned: the current call was canceled or passed its deadline", code="CANCELED")
+        return unwrap_response(op, body, wrap_result=wrap_result, timeout_message=timeout_message)
 
     def _request(
         self,
@@ -238,25 +295,39 @@ class PluginContext:
         name: Optional[str] = None,
         check_policy: bool = False,
         wrap_result: bool = True,
+        wait: Optional[float] = None,
+        timeout_message: Optional[str] = None,
     ) -> Any:
         """Smart: a coroutine inside a running event loop, else the result."""
         self._require_served(op)
         if running_loop() is not None:
-            return self._request_async(op, args, timeout, wrap_result=wrap_result)
-        return self._request_sync(op, args, timeout, name=name, check_policy=check_policy, wrap_result=wrap_result)
+            return self._request_async(op, args, timeout, wrap_result=wrap_result, wait=wait, timeout_message=timeout_message)
+        return self._request_sync(
+            op, args, timeout, name=name, check_policy=check_policy, wrap_result=wrap_result, wait=wait, timeout_message=timeout_message
+        )
 
-    def _call(self, mode: str, op: str, build: Callable[[], dict], timeout: float, name: str, check_policy: bool = False) -> Any:
-        """Runs `op` in `mode` ("smart" | "sync" | "async"); `build` makes the args after the op check."""
+    def _call(
+        self,
+        mode: str,
+        op: str,
+        build: Callable[[], dict],
+        timeout: float,
+        name: str,
+        check_policy: bool = False,
+        **options: Any,
+    ) -> Any:
+        """Runs `op` in `mode` ("smart" | "sync" | "async"); `build` makes the args after the op check.
+        `options` (`wrap_result`, `wait`, `timeout_message`) go to the request helpers."""
         self._require_served(op)
         args = build()
         if mode == "async":
-            return self._request_async(op, args, timeout)
+            return self._request_async(op, args, timeout, **options)
         if mode == "sync":
             if running_loop() is not None:
                 # The reference's words for the `_sync` variants.
                 raise RuntimeError(f"{name}_sync cannot be used inside a running event loop; use 'await {name}(...)' instead")
-            return self._request_sync(op, args, timeout, name=name, check_policy=check_policy)
-        return self._request(op, args, timeout, name=name, check_policy=check_policy)
+            return self._request_sync(op, args, timeout, name=name, check_policy=check_policy, **options)
+        return self._request(op, args, timeout, name=name, check_policy=check_policy, **options)
 
     # -- A1: sync calls inside handlers -------------------------------------------------------
 
@@ -279,17 +350,22 @@ class PluginContext:
                 policy = None
         if not policy:
             policy = os.environ.get("NEKO_PLUGIN_SYNC_CALL_POLICY", "warn").strip().lower()
-        return "reject" if policy == "reject" else "warn"
+        return policy if policy in SYNC_CALL_POLICIES else "warn"
 
     def _enforce_sync_call_policy(self, name: str) -> None:
+        """The reference's A1 check for a sync request made inside a handler scope: `warn` logs,
+        `reject` raises RuntimeError before anything is sent, `allow` (a neko addition) does neither."""
         label = scope.handler_label.get()
         if not label:
+            return
+        policy = self._sync_call_policy()
+        if policy == "allow":
             return
         message = (
             f"Sync call '{name}' invoked inside handler ({label}). "
             f"This may block the command loop and cause deadlocks/timeouts."
         )
-        if self._sync_call_policy() == "reject":
+        if policy == "reject":
             raise RuntimeError(message)
         if os.environ.get("NEKO_PLUGIN_LOG_SYNC_CALL_WARNINGS", "true").strip().lower() not in ("0", "false", "no", "off"):
             self.logger.warning(message)
@@ -430,26 +506,48 @@ class PluginContext:
         fields = self._binary_fields(binary_data, mime)
         return self._call("async", "export.push", self._export_args(run_id, "binary", fields, description, metadata), timeout, "export_push_binary")
 
-    # -- other plugins, memory (later) ----------------------------------------------------------
+    # -- other plugins (§9b), memory (later) ----------------------------------------------------
 
-    def _trigger_args(self, target_plugin_id: str, event_type: str, event_id: str, args: Any, timeout: float) -> Callable[[], dict]:
-        return lambda: {
-            "plugin_id": target_plugin_id,
-            "event_type": event_type,
-            "event_id": event_id,
-            "args": dict(args or {}),
-            "timeout": timeout,
-        }
+    def _plugin_call(self, mode: str, target_plugin_id: str, event_type: str, event_id: str, args: Any, timeout: Any) -> Any:
+        """A `plugin.call` request. neko enforces `timeout_ms` (never more than what is left of the
+        current call's deadline) and answers TIMEOUT itself; the SDK waits a little longer. A TIMEOUT
+        answer, or no answer at all, raises the reference's TimeoutError; other failures raise
+        RequestError with neko's (or the callee's) code and message."""
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+            timeout = PLUGIN_CALL_DEFAULT_TIMEOUT_S
+        event_type = event_type or "plugin_entry"
+
+        def build() -> dict:
+            return {
+                "plugin_id": target_plugin_id,
+                "event_type": event_type,
+                "event_id": event_id,
+                "args": dict(args or {}),
+                "timeout_ms": max(1, int(timeout * 1000)),
+            }
+
+        return self._call(
+            mode,
+            "plugin.call",
+            build,
+            timeout,
+            "trigger_plugin_event",
+            mode != "async",
+            wrap_result=False,
+            wait=timeout + PLUGIN_CALL_GRACE_S,
+            timeout_message=f"Plugin {target_plugin_id} event {event_type}.{event_id} timed out after {timeout}s",
+        )
 
     def trigger_plugin_event(self, target_plugin_id: str, event_type: str, event_id: str, args: Any = None, timeout: float = 10.0) -> Any:
-        """Calls another plugin's entry/event and returns its raw result."""
-        return self._call("smart", "plugin.call", self._trigger_args(target_plugin_id, event_type, event_id, args, timeout), timeout, "trigger_plugin_event", True)
+        """Calls another plugin's entry (`event_type` "plugin_entry") or custom event through neko and
+        returns the callee's raw result (smart: a coroutine inside a running event loop)."""
+        return self._plugin_call("smart", target_plugin_id, event_type, event_id, args, timeout)
 
     def trigger_plugin_event_sync(self, target_plugin_id: str, event_type: str, event_id: str, args: Any = None, timeout: float = 10.0) -> Any:
-        return self._call("sync", "plugin.call", self._trigger_args(target_plugin_id, event_type, event_id, args, timeout), timeout, "trigger_plugin_event", True)
+        return self._plugin_call("sync", target_plugin_id, event_type, event_id, args, timeout)
 
     def trigger_plugin_event_async(self, target_plugin_id: str, event_type: str, event_id: str, args: Any = None, timeout: float = 10.0) -> Any:
-        return self._call("async", "plugin.call", self._trigger_args(target_plugin_id, event_type, event_id, args, timeout), timeout, "trigger_plugin_event")
+        return self._plugin_call("async", target_plugin_id, event_type, event_id, args, timeout)
 
     def query_plugins(self, filters: Optional[dict] = None, timeout: float = 5.0) -> Any:
         return self._call("smart", "plugins.query", lambda: {"filters": dict(filters or {})}, timeout, "query_plugins", True)

@@ -1,8 +1,10 @@
 """The plugin's handler tables, built once from the constructed instance.
 
-Only `@plugin_entry` members and plugin.toml `entries` that name an attribute are invocable.
-Lifecycle hooks, timers, `@message` handlers and custom events are kept for the runtime's own use
-(`@message` ones are fed by `message_dispatch`).
+Only `@plugin_entry` members and plugin.toml `entries` that name an attribute are invocable as
+entries. Custom events (`@custom_event`) are declared in HELLO's `events` and can be called by other
+plugins (a TRIGGER with `event_type`), with the same machinery as entries. Lifecycle hooks, timers
+and `@message` handlers are kept for the runtime's own use (`@message` ones are fed by
+`message_dispatch`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,20 @@ class RuntimeEntry:
     @property
     def id(self) -> str:
         return self.meta.id
+
+    @property
+    def is_custom_event(self) -> bool:
+        return self.meta.event_type != "plugin_entry"
+
+    @property
+    def label(self) -> str:
+        """The handler-scope label: `plugin_entry.<id>`, or `<event_type>.<id>` for a custom event."""
+        return f"{self.meta.event_type}.{self.meta.id}"
+
+    @property
+    def what(self) -> str:
+        """How messages name it: `Entry '<id>'` or `Custom event '<event_type>.<id>'`."""
+        return f"Custom event '{self.label}'" if self.is_custom_event else f"Entry '{self.meta.id}'"
 
     @property
     def timeout_ms(self) -> Optional[int]:
@@ -80,8 +96,28 @@ class HandlerTables:
     #: the class defines none. Sent in HELLO only when set.
     input_schema: Optional[dict] = None
 
+    #: Custom events wrapped as entries, made on their first call.
+    _event_entries: dict[tuple[str, str], RuntimeEntry] = field(default_factory=dict)
+
     def hello_entries(self) -> list[dict]:
         return [entry.hello_spec() for entry in self.entries.values()]
+
+    def hello_events(self) -> list[dict]:
+        """HELLO's `events`: the custom events other plugins may call."""
+        return [{"event_type": event_type, "id": event_id} for (event_type, event_id) in self.custom]
+
+    def event_entry(self, event_type: str, event_id: str) -> Optional[RuntimeEntry]:
+        """The custom event `<event_type>.<event_id>` as a callable entry, or None when undeclared."""
+        key = (event_type, event_id)
+        found = self._event_entries.get(key)
+        if found is None:
+            handler = self.custom.get(key)
+            if handler is None:
+                return None
+            meta, fn = handler
+            found = RuntimeEntry(meta, fn, getattr(fn, "__name__", event_id), is_async_callable(fn), worker_config_of(fn))
+            self._event_entries[key] = found
+        return found
 
     @property
     def auto_events(self) -> list[tuple[EventMeta, Callable[..., Any]]]:

@@ -130,6 +130,9 @@ class PluginHost:
             "pid": os.getpid(),
             "entries": self.tables.hello_entries(),
         }
+        events = self.tables.hello_events()
+        if events:
+            body["events"] = events
         if self.tables.input_schema is not None:
             body["input_schema"] = self.tables.input_schema
         return body
@@ -301,15 +304,31 @@ class PluginHost:
 
     def _dispatch(self, body: dict) -> None:
         call_id, entry_id = body["call_id"], body["entry_id"]
-        entry = self.tables.entries.get(entry_id)
+        event_type = body.get("event_type")
+        if event_type and event_type != "plugin_entry":
+            # A custom event another plugin calls (§9b); `entry_id` is the event's id.
+            entry = self.tables.event_entry(event_type, entry_id)
+            missing = f"Custom event '{event_type}.{entry_id}' not found"
+        else:
+            event_type = None
+            entry = self.tables.entries.get(entry_id)
+            missing = f"Entry '{entry_id}' not found in plugin '{self.env.plugin_id}'"
         if entry is None:
-            outcome = Outcome.failure("NOT_FOUND", f"Entry '{entry_id}' not found in plugin '{self.env.plugin_id}'")
-            self.link.post("result", outcome.body(call_id))
+            self.link.post("result", Outcome.failure("NOT_FOUND", missing).body(call_id))
             return
         if call_id in self.calls:
             self.logger.warning("TRIGGER reuses the id of a running call ({}); dropped", call_id)
             return
-        call = _Call(scope.CallScope(call_id, entry_id, run_id_of(body.get("run_id"), body.get("args"))))
+        caller = body.get("caller")
+        call = _Call(
+            scope.CallScope(
+                call_id,
+                entry_id,
+                run_id_of(body.get("run_id"), body.get("args")),
+                caller=caller if isinstance(caller, str) and caller else None,
+                event_type=event_type,
+            )
+        )
         self.calls[call_id] = call
         call.task = asyncio.ensure_future(self._serve(entry, body, call))
 
@@ -324,6 +343,7 @@ class PluginHost:
             self.logger.opt(exception=exc).error("call {} failed inside the runtime", call_id)
             outcome = outcome_from_exception(exc)
         finally:
+            call.scope.ended = True
             self.calls.pop(call_id, None)
         if not outcome.ok and outcome.code == "INVALID_RESPONSE":
             self.logger.warning("{}", outcome.message)
@@ -335,7 +355,7 @@ class PluginHost:
             kwargs = prepare_kwargs(entry.handler, args, call.scope.run_id)
         except InvalidCall as exc:
             return Outcome.failure("VALIDATION_ERROR", str(exc), {"exception_type": "TypeError"})
-        label = f"plugin_entry.{entry.id}"
+        label = entry.label
         run_id = call.scope.run_id
         work: asyncio.Future
         if entry.worker is not None:
@@ -361,8 +381,8 @@ class PluginHost:
                 return Outcome.failure("CANCELED", "canceled")
             if work not in done:
                 self._abandon(work, call)
-                self.logger.warning("entry '{}' passed its deadline of {} ms", entry.id, int(round(deadline * 1000)))
-                return Outcome.failure("TIMEOUT", f"Entry '{entry.id}' timed out after {int(round(deadline * 1000))}ms")
+                self.logger.warning("{} passed its deadline of {} ms", entry.what, int(round(deadline * 1000)))
+                return Outcome.failure("TIMEOUT", f"{entry.what} timed out after {int(round(deadline * 1000))}ms")
             result = self._result_of(entry, work)
             if isinstance(result, Outcome):
                 return result
@@ -381,16 +401,16 @@ class PluginHost:
             return Outcome.failure("CANCELED", "canceled")
         exc = work.exception()
         if exc is not None:
-            self._log_failure(entry.id, exc)
+            self._log_failure(entry, exc)
             return outcome_from_exception(exc)
         return work.result()
 
-    def _log_failure(self, entry_id: str, exc: BaseException) -> None:
+    def _log_failure(self, entry: RuntimeEntry, exc: BaseException) -> None:
         # The traceback starts at the plugin's code: the runtime's own frames say nothing useful.
         tb = exc.__traceback__
         while tb is not None and tb.tb_next is not None and os.path.dirname(tb.tb_frame.f_code.co_filename) == _RUNTIME_DIR:
             tb = tb.tb_next
-        self.logger.opt(exception=exc.with_traceback(tb)).error("entry '{}' raised {}: {}", entry_id, type(exc).__name__, exc)
+        self.logger.opt(exception=exc.with_traceback(tb)).error("{} raised {}: {}", entry.what, type(exc).__name__, exc)
 
     async def _async_call(self, entry: RuntimeEntry, kwargs: Optional[dict], label: str, run_id: Optional[str], call_scope: scope.CallScope, awaitable: Any = None) -> Any:
         # Runs on the handler loop, in its own task (and so its own copy of the context).
@@ -401,7 +421,7 @@ class PluginHost:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._log_failure(entry.id, exc)
+            self._log_failure(entry, exc)
             return outcome_from_exception(exc)
         return convert_return(entry.id, value)
 
@@ -410,7 +430,7 @@ class PluginHost:
             try:
                 value = scope.run_scoped(entry.handler, kwargs, label=label, run_id=run_id, call=call_scope)
             except Exception as exc:
-                self._log_failure(entry.id, exc)
+                self._log_failure(entry, exc)
                 return outcome_from_exception(exc)
             if inspect.isawaitable(value):
                 return _Awaitable(value)

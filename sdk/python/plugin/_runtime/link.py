@@ -19,6 +19,7 @@ import zmq
 import zmq.asyncio
 
 from ..sdk.logger import PluginLogger
+from . import scope
 from .protocol import P2S, Envelope, FrameError, Session
 
 #: How long close() lets queued messages leave the socket.
@@ -151,14 +152,21 @@ class Link:
     # -- requests ---------------------------------------------------------------------------------
 
     def start_request(self, op: str, args: dict) -> tuple[str, concurrent.futures.Future]:
+        """Sends a REQUEST. Called in the requesting code's own context: when that code runs for a
+        call (an entry or custom-event handler, sync or async, or what it started with a copy of its
+        context), the REQUEST carries that call's `call_id` (PROTOCOL.md §6, §9b)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         request_id = uuid.uuid4().hex
+        call_id = scope.current_call_id()
         with self._lock:
             state = self._state
             if state == "running":
                 self._pending[request_id] = future
         if state == "running":
-            self.post("request", {"request_id": request_id, "op": op, "args": args})
+            body = {"request_id": request_id, "op": op, "args": args}
+            if call_id:
+                body["call_id"] = call_id
+            self.post("request", body)
             return request_id, future
         if state == "new" and self.local_answer is not None:
             try:

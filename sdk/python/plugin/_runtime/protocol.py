@@ -149,6 +149,12 @@ def _entries(value: Any, where: str) -> list:
     return [_entry(v, f"{where}[{i}]") for i, v in enumerate(value)]
 
 
+def _events(value: Any, where: str) -> list:
+    if not isinstance(value, list):
+        raise _Bad(f"{where}: expected an array")
+    return [_fields(_map(v, f"{where}[{i}]"), _EVENT_FIELDS, f"{where}[{i}]") for i, v in enumerate(value)]
+
+
 # field name → (checker, presence) where presence is REQUIRED, OPTIONAL or a default factory.
 _ERROR_FIELDS = {
     "code": (_str, REQUIRED),
@@ -163,6 +169,11 @@ _ENTRY_FIELDS = {
     "timeout_ms": (_uint(_U64), OPTIONAL),
     "kind": (_str, lambda: "action"),
 }
+#: A custom event in HELLO's `events` (the reference's `@custom_event`).
+_EVENT_FIELDS = {
+    "event_type": (_str, REQUIRED),
+    "id": (_str, REQUIRED),
+}
 BODY_FIELDS: dict[str, dict] = {
     "hello": {
         "protocol": (_uint(_U16), REQUIRED),
@@ -173,6 +184,8 @@ BODY_FIELDS: dict[str, dict] = {
         "entries": (_entries, list),
         # The plugin-level input schema (the plugin class's `input_schema`); absent when it has none.
         "input_schema": (_json_map, OPTIONAL),
+        # Custom events other plugins may call besides the entries; absent when there are none.
+        "events": (_events, list),
     },
     "welcome": {
         "plugin_id": (_str, REQUIRED),
@@ -184,6 +197,10 @@ BODY_FIELDS: dict[str, dict] = {
         "args": (_json_value, REQUIRED),
         "timeout_ms": (_uint(_U64), REQUIRED),
         "run_id": (_str, OPTIONAL),
+        # Set when the call is for a custom event (then `entry_id` is the event's id).
+        "event_type": (_str, OPTIONAL),
+        # The calling plugin, for plugin-to-plugin calls.
+        "caller": (_str, OPTIONAL),
     },
     "result": {
         "call_id": (_str, REQUIRED),
@@ -199,6 +216,8 @@ BODY_FIELDS: dict[str, dict] = {
         "request_id": (_str, REQUIRED),
         "op": (_str, REQUIRED),
         "args": (_json_value, lambda: None),
+        # The TRIGGER whose handler sends the request; absent outside handlers.
+        "call_id": (_str, OPTIONAL),
     },
     "response": {
         "request_id": (_str, REQUIRED),

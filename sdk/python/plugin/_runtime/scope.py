@@ -2,7 +2,9 @@
 
 - `current_run_id`: the run of the current call (`ctx.run_id`), set in sync and async entry handlers
   (not in `@worker` threads, as in the reference).
-- `current_call`: the current call's `CallScope` (its cancel flag), set for every entry call.
+- `current_call`: the current call's `CallScope` (its cancel flag), set for every entry and custom-event
+  call (also in `@worker` threads). Every REQUEST sent while it is set carries its `call_id`, which is
+  how neko follows plugin-to-plugin calls made inside a call (deadlines, deadlock detection).
 - `handler_label`: the reference's "handler scope" label (`plugin_entry.<id>`, `lifecycle.startup`,
   `timer.<id>`, ...), used by the sync-call policy.
 """
@@ -27,10 +29,23 @@ class CallScope:
     entry_id: str
     run_id: Optional[str] = None
     flag: threading.Event = field(default_factory=threading.Event)
+    #: The calling plugin's id, for plugin-to-plugin calls (the TRIGGER's `caller`).
+    caller: Optional[str] = None
+    #: The custom event's type when the call is for one (None for entries).
+    event_type: Optional[str] = None
+    #: Set once the call's RESULT is sent: code still running for it (a thread it started) no
+    #: longer sends its `call_id`.
+    ended: bool = False
 
     @property
     def cancelled(self) -> bool:
         return self.flag.is_set()
+
+
+def current_call_id() -> Optional[str]:
+    """The id of the TRIGGER whose handler is running in this context, if any."""
+    call = current_call.get()
+    return call.call_id if call is not None and not call.ended else None
 
 
 def enter(label: Optional[str] = None, run_id: Optional[str] = None, call: Optional[CallScope] = None) -> None:

@@ -51,7 +51,15 @@ class PluginConfigError(RuntimeError):
 
 
 class PluginCallError(RuntimeError):
-    """A `self.plugins` call failed (bad reference, or the callee failed)."""
+    """A `self.plugins` call failed (bad reference, or the callee or neko answered an error).
+
+    `str()` is the message; `code` the error code when one is known (`DEADLOCK`, `NOT_FOUND`,
+    `PLUGIN_CRASHED`, the callee's own code, ...; None otherwise); `details` neko's details."""
+
+    def __init__(self, message: str = "", code: Optional[str] = None, details: Any = None):
+        super().__init__(message)
+        self.code = code
+        self.details = details
 
 
 class RequestError(RuntimeError):
