@@ -35,6 +35,9 @@
 //! - `py-seq`, `py-concurrent`: as `seq` and `concurrent`, against pybench's `noop_sync` (a plain
 //!   `def`, run on the SDK's thread pool) and `noop_async` (an `async def`, run on its event loop),
 //!   one row each, on a neko that has the echo plugin too.
+//! - `calls`: plugin-to-plugin call round trips (Rust → Rust between two echo copies, Python →
+//!   Python between two pybench copies), timed inside the calling plugin, one at a time and
+//!   `--call-concurrency` at once; see [`plugin_calls`].
 //! - `plane`: the message plane, on a neko of its own with echo and pybench (`store_maxlen` 20,000).
 //!   Ingest: a run of echo's `push` (Rust SDK, 500,000 messages), then of pybench's `push_fast`
 //!   (Python `fast_mode`, 200,000) and `push_normal` (a frame per message, 50,000), each timed from
@@ -123,6 +126,12 @@ struct Args {
     /// Message-plane queries measured per op, one at a time (after --warmup unmeasured ones).
     #[arg(long, default_value_t = 2000)]
     plane_queries: usize,
+    /// Plugin-to-plugin calls measured per row of the calls figure.
+    #[arg(long, default_value_t = 2000)]
+    calls: usize,
+    /// Calls in flight at once in the concurrent rows of the calls figure.
+    #[arg(long, default_value_t = 32)]
+    call_concurrency: usize,
     /// Print a JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -143,11 +152,12 @@ enum Figure {
     PySeq,
     PyConcurrent,
     Plane,
+    Calls,
 }
 
 impl Figure {
     /// The figures that need a neko the bench starts (skipped with `--url`).
-    const SPAWNING: [Figure; 7] = [
+    const SPAWNING: [Figure; 8] = [
         Figure::Cold,
         Figure::Scale,
         Figure::Restart,
@@ -155,6 +165,7 @@ impl Figure {
         Figure::PySeq,
         Figure::PyConcurrent,
         Figure::Plane,
+        Figure::Calls,
     ];
 }
 
@@ -200,6 +211,10 @@ impl Args {
                 clients.unwrap_or_default(),
                 self.duration,
                 self.warmup
+            ),
+            Figure::Calls => format!(
+                "--calls {} --call-concurrency {} --warmup {}",
+                self.calls, self.call_concurrency, self.warmup
             ),
             Figure::Plane => format!(
                 "--plane-queries {} --warmup {}",
@@ -444,7 +459,11 @@ async fn measure(args: &Args, report: &mut Report) -> Result<()> {
                 cold_start(args, report, bin, figure).await?;
             }
         }
-        if py_runs || args.wants(Figure::PyCold) || args.wants(Figure::Plane) {
+        if py_runs
+            || args.wants(Figure::PyCold)
+            || args.wants(Figure::Plane)
+            || args.wants(Figure::Calls)
+        {
             prepare_python(bin).await?;
         }
         if args.wants(Figure::PyCold) {
@@ -452,6 +471,9 @@ async fn measure(args: &Args, report: &mut Report) -> Result<()> {
         }
         if args.wants(Figure::Plane) {
             message_plane(args, report, bin).await?;
+        }
+        if args.wants(Figure::Calls) {
+            plugin_calls(args, report, bin).await?;
         }
     }
     // The entries the run figures call.
@@ -480,7 +502,7 @@ async fn measure(args: &Args, report: &mut Report) -> Result<()> {
     // only when a Python run figure needs it, so the other figures measure what they always did.
     let plugins = Plugins {
         echo: 1,
-        pybench: py_runs,
+        pybench: usize::from(py_runs),
     };
     let mut server = match &neko_bin {
         Some(bin) => Some(Neko::spawn(bin, plugins, u32::MAX, !args.no_persist).await?),
@@ -813,7 +835,7 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 async fn message_plane(args: &Args, report: &mut Report, bin: &Path) -> Result<()> {
     let plugins = Plugins {
         echo: 1,
-        pybench: true,
+        pybench: 1,
     };
     let mut neko = Neko::spawn(bin, plugins, 5, !args.no_persist).await?;
     let api = Api::new(&neko.base)?;
@@ -900,6 +922,64 @@ async fn message_plane(args: &Args, report: &mut Report, bin: &Path) -> Result<(
         command,
     });
     neko.ensure_running()
+}
+
+/// `calls`: plugin-to-plugin call round trips, on a neko of its own with two copies each of echo
+/// and pybench. Each row is one run of the caller's `call_loop` entry, which makes `--calls`
+/// calls to a trivial entry of the other copy (`--call-concurrency` at once in the concurrent
+/// rows) and times each call inside the caller, from the SDK call to its answer: the caller's
+/// SDK, neko's routing and deadlock check, the callee's SDK and back. HTTP is not in the figure.
+async fn plugin_calls(args: &Args, report: &mut Report, bin: &Path) -> Result<()> {
+    let plugins = Plugins {
+        echo: 2,
+        pybench: 2,
+    };
+    let mut neko = Neko::spawn(bin, plugins, 5, !args.no_persist).await?;
+    let api = Api::new(&neko.base)?;
+    let ids = plugins.ids();
+    wait_for(Some(&mut neko), "the plugins to run", || async {
+        api.all_running(&ids).await.then_some(())
+    })
+    .await?;
+    let command = args.command(Figure::Calls, None);
+    for (caller, callee, what) in [
+        ("echo", "echo-2:echo", "Rust → Rust, echo → echo-2"),
+        (PYBENCH, "pybench2:noop_async", "Python → Python, pybench → pybench2"),
+    ] {
+        for concurrency in [1, args.call_concurrency] {
+            let loop_args = |n: usize| json!({"target": callee, "n": n, "concurrency": concurrency});
+            api.run_with(caller, "call_loop", loop_args(args.warmup))
+                .await
+                .with_context(|| format!("warm-up calls from {caller}"))?;
+            let (_, record) = api
+                .run_with(caller, "call_loop", loop_args(args.calls))
+                .await
+                .with_context(|| format!("calls from {caller}"))?;
+            let result = &record["result"];
+            let latencies = result["latencies_us"]
+                .as_array()
+                .with_context(|| format!("{caller}/call_loop returned no latencies: {result}"))?;
+            let mut samples = Samples::default();
+            samples.latencies = latencies
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(Duration::from_micros)
+                .collect();
+            let failed = result["failed"].as_u64().unwrap_or(0) as usize;
+            samples.failures = Failures {
+                count: failed,
+                first: result["first_error"].as_str().map(str::to_owned),
+            };
+            let elapsed = Duration::from_secs_f64(result["elapsed_s"].as_f64().unwrap_or(0.0));
+            let name = match concurrency {
+                1 => format!("plugin call: {what}, sequential"),
+                c => format!("plugin call: {what}, {c} in flight"),
+            };
+            report.add(name, samples, Some(elapsed), command.clone());
+            neko.ensure_running()?;
+        }
+    }
+    Ok(())
 }
 
 /// Records held by `store` ("": by every store) in `message_plane` of `GET /server/info`.

@@ -42,22 +42,23 @@ const PYBENCH_FILES: [(&str, &str); 2] = [
 pub struct Plugins {
     /// Copies of the echo plugin: `echo`, `echo-2`, ..., `echo-n`.
     pub echo: usize,
-    /// Whether the Python plugin [`PYBENCH`] is installed too.
-    pub pybench: bool,
+    /// Copies of the Python plugin [`PYBENCH`]: `pybench`, `pybench2`, ..., `pybench<n>` (the
+    /// folder is the Python package, so no `-`).
+    pub pybench: usize,
 }
 
 impl Plugins {
     /// The pybench plugin alone.
     pub const PYBENCH_ALONE: Plugins = Plugins {
         echo: 0,
-        pybench: true,
+        pybench: 1,
     };
 
     /// `n` copies of the echo plugin and nothing else.
     pub fn echo(n: usize) -> Plugins {
         Plugins {
             echo: n,
-            pybench: false,
+            pybench: 0,
         }
     }
 
@@ -67,8 +68,11 @@ impl Plugins {
             1 => "echo".to_string(),
             _ => format!("echo-{i}"),
         });
-        echo.chain(self.pybench.then(|| PYBENCH.to_string()))
-            .collect()
+        let pybench = (1..=self.pybench).map(|i| match i {
+            1 => PYBENCH.to_string(),
+            _ => format!("{PYBENCH}{i}"),
+        });
+        echo.chain(pybench).collect()
     }
 }
 
@@ -118,11 +122,21 @@ impl Neko {
             );
             std::fs::write(folder.join("plugin.toml"), manifest)?;
         }
-        if plugins.pybench {
-            // The folder name is the Python package: entry = "plugins.pybench:PyBench".
-            let folder = plugins_dir.join(PYBENCH);
+        let pybench = Plugins {
+            echo: 0,
+            pybench: plugins.pybench,
+        };
+        for id in pybench.ids() {
+            // The folder name is the Python package: entry = "plugins.<id>:PyBench".
+            let folder = plugins_dir.join(&id);
             std::fs::create_dir_all(&folder)?;
             for (name, content) in PYBENCH_FILES {
+                let content = match name {
+                    "plugin.toml" => content
+                        .replace("id = \"pybench\"", &format!("id = \"{id}\""))
+                        .replace("plugins.pybench:", &format!("plugins.{id}:")),
+                    _ => content.to_string(),
+                };
                 std::fs::write(folder.join(name), content)?;
             }
         }

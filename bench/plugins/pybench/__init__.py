@@ -1,5 +1,8 @@
 """PyBench: trivial entries for neko-bench's Python run figures, and pushes for its plane figure."""
 
+import asyncio
+import time
+
 from plugin.sdk import NekoPluginBase, neko_plugin, plugin_entry
 
 PUSH_SCHEMA = {
@@ -38,6 +41,37 @@ class PyBench(NekoPluginBase):
     )
     def push_normal(self, n: int, **_):
         return self._push(n, fast_mode=False)
+
+    @plugin_entry(
+        id="call_loop",
+        name="Call loop",
+        description="Calls `target` ('plugin:entry') n times, `concurrency` at once; returns each call's latency",
+        timeout=600.0,
+    )
+    async def call_loop(self, target: str, n: int, concurrency: int = 1, **_):
+        latencies: list[int] = []
+        errors: list[str] = []
+
+        async def worker(count: int) -> None:
+            for _ in range(count):
+                started = time.perf_counter()
+                try:
+                    await self.plugins.call_entry(target, {}, timeout=10.0)
+                except Exception as exc:  # counted, the loop goes on
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                latencies.append(int((time.perf_counter() - started) * 1e6))
+
+        concurrency = max(1, min(concurrency, n or 1))
+        shares = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(share) for share in shares))
+        return {
+            "latencies_us": latencies,
+            "elapsed_s": time.perf_counter() - started,
+            "failed": len(errors),
+            "first_error": errors[0] if errors else None,
+        }
 
     def _push(self, n: int, fast_mode: bool) -> dict:
         # Returns as soon as the SDK took the messages (fast mode: queued for its batcher thread,
