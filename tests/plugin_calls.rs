@@ -31,11 +31,19 @@ supported = ">=0.1.0,<0.2.0"
 import asyncio
 from pathlib import Path
 
-from plugin.sdk import NekoPluginBase, neko_plugin, plugin_entry
+from plugin.sdk import NekoPluginBase, custom_event, neko_plugin, plugin_entry
 
 
 @neko_plugin
 class Caller(NekoPluginBase):
+    @custom_event(event_type="greet", id="hello")
+    def greet(self, name="nobody"):
+        return {"hi": name, "by": self.ctx.plugin_id}
+
+    @plugin_entry(id="relay_event")
+    async def relay_event(self, target, args=None):
+        return await self.plugins.call_event(target, args or {})
+
     @plugin_entry(id="relay")
     def relay(self, target, args=None, timeout=10.0):
         # A synchronous handler waiting on another plugin (the reference's deadlock shape).
@@ -118,6 +126,19 @@ async fn chains_run_and_cycles_are_refused_at_once() {
         json!({"value": 42, "by": "beta", "caller": "alpha"}),
         "{run}"
     );
+    // A custom event of another plugin (`pid:type:id`).
+    let run = neko
+        .run(
+            "alpha",
+            "relay_event",
+            json!({"target": "beta:greet:hello", "args": {"name": "neko"}}),
+        )
+        .await;
+    assert_eq!(run["result"], json!({"hi": "neko", "by": "beta"}), "{run}");
+    let run = neko
+        .run("alpha", "relay_event", json!({"target": "beta:greet:bye"}))
+        .await;
+    assert_eq!(run["error"]["code"], "NOT_FOUND", "{run}");
     // A → B → C, async relays.
     let run = neko
         .run(
