@@ -28,6 +28,9 @@ const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest deadline a plugin may ask for.
 const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// Calls one plugin may have in flight at once.
+pub const MAX_CALLS_IN_FLIGHT: usize = 4096;
+
 /// How long the actors answering a call's bookkeeping may take.
 const ACTOR_TIMEOUT: Duration = Duration::from_secs(5);
 

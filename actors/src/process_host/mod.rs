@@ -714,6 +714,17 @@ impl ProcessHostState {
             Ok(call) => call,
             Err(e) => return self.respond(Response::failure(req.request_id, e)),
         };
+        // A plugin that floods calls gets refusals, not unbounded tasks in neko.
+        if self.outgoing.len() >= calls::MAX_CALLS_IN_FLIGHT {
+            let e = WireError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "too many plugin calls in flight ({}); wait for some to finish",
+                    calls::MAX_CALLS_IN_FLIGHT
+                ),
+            );
+            return self.respond(Response::failure(req.request_id, e));
+        }
         // Only a call this launch is serving counts as the waiting handler; an unknown or
         // finished one (a lie, or a background task) makes the request an outside call.
         let parent = req
