@@ -422,4 +422,61 @@ mod tests {
         let per = t.elapsed() / n as u32;
         println!("detector enter+leave with 1000 calls in flight, chain depth 5: {per:?} per call");
     }
+
+    /// The same through the actor, as a host pays it: an Enter call (a round trip through the
+    /// mailbox) and a Leave cast, with 1,000 calls in flight.
+    #[tokio::test]
+    #[ignore]
+    async fn bench_detector_actor_round_trip_with_1000_calls_in_flight() {
+        let (detector, _) = Actor::spawn(None, DeadlockDetector, watch::channel(None).1)
+            .await
+            .unwrap();
+        let timeout = Some(Duration::from_secs(5));
+        let mut parents = Vec::new();
+        for chain in 0..250 {
+            let mut parent = None;
+            for depth in 0..4 {
+                let e = edge(
+                    &format!("p{chain}x{depth}"),
+                    "h",
+                    parent,
+                    &format!("p{chain}x{}", depth + 1),
+                    "h",
+                );
+                parent = Some(e.id);
+                detector
+                    .call(|r| DeadlockDetectorMsg::Enter(e, r), timeout)
+                    .await
+                    .unwrap();
+            }
+            parents.push(parent.unwrap());
+        }
+        let n = 50_000;
+        let t = Instant::now();
+        for i in 0..n {
+            let e = edge("leaf", "h", Some(parents[i % parents.len()]), "other", "h");
+            let id = e.id;
+            let entered = detector
+                .call(|r| DeadlockDetectorMsg::Enter(e, r), timeout)
+                .await
+                .unwrap();
+            assert!(matches!(entered, ractor::rpc::CallResult::Success(Ok(()))));
+            detector
+                .cast(DeadlockDetectorMsg::Leave {
+                    id,
+                    outcome: Ok(()),
+                })
+                .unwrap();
+        }
+        let per = t.elapsed() / n as u32;
+        let snap = detector
+            .call(DeadlockDetectorMsg::Snapshot, timeout)
+            .await
+            .unwrap();
+        assert!(matches!(snap, ractor::rpc::CallResult::Success(s) if s["in_flight"] == 1000));
+        println!(
+            "detector actor Enter call + Leave cast with 1000 calls in flight: {per:?} per call"
+        );
+        detector.stop(None);
+    }
 }

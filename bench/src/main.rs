@@ -944,10 +944,15 @@ async fn plugin_calls(args: &Args, report: &mut Report, bin: &Path) -> Result<()
     let command = args.command(Figure::Calls, None);
     for (caller, callee, what) in [
         ("echo", "echo-2:echo", "Rust → Rust, echo → echo-2"),
-        (PYBENCH, "pybench2:noop_async", "Python → Python, pybench → pybench2"),
+        (
+            PYBENCH,
+            "pybench2:noop_async",
+            "Python → Python, pybench → pybench2",
+        ),
     ] {
         for concurrency in [1, args.call_concurrency] {
-            let loop_args = |n: usize| json!({"target": callee, "n": n, "concurrency": concurrency});
+            let loop_args =
+                |n: usize| json!({"target": callee, "n": n, "concurrency": concurrency});
             api.run_with(caller, "call_loop", loop_args(args.warmup))
                 .await
                 .with_context(|| format!("warm-up calls from {caller}"))?;
@@ -959,16 +964,17 @@ async fn plugin_calls(args: &Args, report: &mut Report, bin: &Path) -> Result<()
             let latencies = result["latencies_us"]
                 .as_array()
                 .with_context(|| format!("{caller}/call_loop returned no latencies: {result}"))?;
-            let mut samples = Samples::default();
-            samples.latencies = latencies
-                .iter()
-                .filter_map(Value::as_u64)
-                .map(Duration::from_micros)
-                .collect();
             let failed = result["failed"].as_u64().unwrap_or(0) as usize;
-            samples.failures = Failures {
-                count: failed,
-                first: result["first_error"].as_str().map(str::to_owned),
+            let samples = Samples {
+                latencies: latencies
+                    .iter()
+                    .filter_map(Value::as_u64)
+                    .map(Duration::from_micros)
+                    .collect(),
+                failures: Failures {
+                    count: failed,
+                    first: result["first_error"].as_str().map(str::to_owned),
+                },
             };
             let elapsed = Duration::from_secs_f64(result["elapsed_s"].as_f64().unwrap_or(0.0));
             let name = match concurrency {

@@ -11,11 +11,15 @@
 //! - `progress`: run progress (`run.update`) and an export (`export.push`) from inside a run.
 //! - `spin`: a synchronous handler that stops early when canceled, for CANCEL of blocking work.
 //! - `push`, `recent`: the message plane from Rust (push messages, read a store back).
+//! - `call`, `call_blocking`: a call to another plugin's entry (plugin-to-plugin, through neko),
+//!   from an async and from a synchronous handler, for routing, deadlocks and deadlines.
+//! - `plugins`: the list of plugins as a plugin sees it.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use neko_sdk::bus::Message;
+use neko_sdk::plugins::DEFAULT_CALL_TIMEOUT;
 use neko_sdk::{Context, Entry, EntryError, ErrorCode, Plugin, RunUpdate, args_without_ctx};
 use serde_json::{Value, json};
 
@@ -179,8 +183,148 @@ async fn main() -> ExitCode {
                 Ok(json!({"items": items}))
             },
         )
+        .entry(
+            Entry::new("call")
+                .name("Call")
+                .description(
+                    "Calls entry `target` (\"plugin_id:entry_id\") with `args` through neko and \
+                     returns its data, or fails with its error",
+                )
+                .input_schema(call_schema()),
+            |ctx: Context, args: Value| async move {
+                let call = CallArgs::parse(&args)?;
+                ctx.plugins()
+                    .call_entry(&call.target, call.args, call.timeout)
+                    .await
+            },
+        )
+        .sync_entry(
+            Entry::new("call_blocking")
+                .name("Call (blocking)")
+                .description(
+                    "`call` from a synchronous handler, subject to the sync call policy \
+                     ([plugin.safety] sync_call_in_handler)",
+                )
+                .input_schema(call_schema()),
+            |ctx: Context, args: Value| {
+                let call = CallArgs::parse(&args)?;
+                ctx.plugins()
+                    .call_entry_blocking(&call.target, call.args, call.timeout)
+            },
+        )
+        .entry(
+            Entry::new("call_loop")
+                .name("Call loop")
+                .description(
+                    "Calls `target` (\"plugin_id:entry_id\") `n` times, `concurrency` at once, \
+                     and returns each call's latency (neko-bench's calls figure)",
+                )
+                .timeout(Duration::from_secs(600))
+                .input_schema(json!({
+                    "type": "object",
+                    "properties": {
+                        "target": {"type": "string"},
+                        "n": {"type": "integer", "minimum": 0},
+                        "concurrency": {"type": "integer", "minimum": 1},
+                    },
+                    "required": ["target", "n"],
+                })),
+            |ctx: Context, args: Value| async move { call_loop(&ctx, &args).await },
+        )
+        .entry(
+            Entry::new("plugins")
+                .name("Plugins")
+                .description("Lists plugins as other plugins see them, filtered by `filters`")
+                .input_schema(json!({
+                    "type": "object",
+                    "properties": {"filters": {"type": "object"}},
+                })),
+            |ctx: Context, args: Value| async move {
+                let filters = args.get("filters").cloned().unwrap_or(Value::Null);
+                ctx.plugins().list(filters).await
+            },
+        )
         .run()
         .await
+}
+
+/// `call_loop`: `n` calls of `target` with `{}`, `concurrency` at once; `{"latencies_us":
+/// [...], "elapsed_s", "failed", "first_error"}`, the latencies timed around each SDK call.
+async fn call_loop(ctx: &Context, args: &Value) -> Result<Value, EntryError> {
+    let target = CallArgs::parse(args)?.target;
+    let n = optional_u64(args, "n", 0)? as usize;
+    let concurrency = (optional_u64(args, "concurrency", 1)? as usize).clamp(1, n.max(1));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..concurrency {
+        let share = n / concurrency + usize::from(w < n % concurrency);
+        let (ctx, target) = (ctx.clone(), target.clone());
+        workers.spawn(async move {
+            let (mut latencies, mut errors) = (Vec::with_capacity(share), Vec::new());
+            for _ in 0..share {
+                let t = Instant::now();
+                match ctx
+                    .plugins()
+                    .call_entry(&target, json!({}), DEFAULT_CALL_TIMEOUT)
+                    .await
+                {
+                    Ok(_) => latencies.push(t.elapsed().as_micros() as u64),
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            (latencies, errors)
+        });
+    }
+    let (mut latencies, mut errors) = (Vec::with_capacity(n), Vec::new());
+    while let Some(done) = workers.join_next().await {
+        let (l, e) =
+            done.map_err(|e| EntryError::internal(format!("a caller task failed: {e}")))?;
+        latencies.extend(l);
+        errors.extend(e);
+    }
+    Ok(json!({
+        "latencies_us": latencies,
+        "elapsed_s": started.elapsed().as_secs_f64(),
+        "failed": errors.len(),
+        "first_error": errors.first(),
+    }))
+}
+
+/// What `call` and `call_blocking` are asked to do.
+#[derive(Debug, PartialEq)]
+struct CallArgs {
+    /// `"plugin_id:entry_id"`; the SDK checks its shape.
+    target: String,
+    args: Value,
+    timeout: Duration,
+}
+
+impl CallArgs {
+    /// `{"target", "args"?, "timeout_ms"?}`; `args` defaults to `{}`, the timeout to the SDK's.
+    fn parse(args: &Value) -> Result<Self, EntryError> {
+        let target = args.get("target").and_then(Value::as_str).ok_or_else(|| {
+            EntryError::validation("target must be a string (\"plugin_id:entry_id\")")
+                .with_details(json!({"field": "target"}))
+        })?;
+        let default_ms = u64::try_from(DEFAULT_CALL_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
+        Ok(Self {
+            target: target.to_owned(),
+            args: args.get("args").cloned().unwrap_or_else(|| json!({})),
+            timeout: Duration::from_millis(optional_u64(args, "timeout_ms", default_ms)?),
+        })
+    }
+}
+
+fn call_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "target": {"type": "string", "description": "plugin_id:entry_id"},
+            "args": {"type": "object"},
+            "timeout_ms": {"type": "integer", "minimum": 1},
+        },
+        "required": ["target"],
+    })
 }
 
 /// `progress`: one `run.update` per step, then one text export.
@@ -346,6 +490,27 @@ mod tests {
         let err = optional_u64(&json!({"delay_ms": -1}), "delay_ms", 0).unwrap_err();
         assert_eq!(err.code, ErrorCode::ValidationError);
         assert_eq!(err.details, Some(json!({"field": "delay_ms"})));
+    }
+
+    #[test]
+    fn call_arguments_default_and_validate() {
+        let call = CallArgs::parse(&json!({"target": "calc:add"})).unwrap();
+        assert_eq!(
+            call,
+            CallArgs {
+                target: "calc:add".into(),
+                args: json!({}),
+                timeout: DEFAULT_CALL_TIMEOUT,
+            }
+        );
+        let call = CallArgs::parse(&json!({"target": "a:b", "args": {"x": 1}, "timeout_ms": 250}))
+            .unwrap();
+        assert_eq!(call.args, json!({"x": 1}));
+        assert_eq!(call.timeout, Duration::from_millis(250));
+        let err = CallArgs::parse(&json!({"args": {}})).unwrap_err();
+        assert_eq!(err.details, Some(json!({"field": "target"})));
+        let err = CallArgs::parse(&json!({"target": "a:b", "timeout_ms": "1"})).unwrap_err();
+        assert_eq!(err.details, Some(json!({"field": "timeout_ms"})));
     }
 
     #[test]

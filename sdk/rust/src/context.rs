@@ -1,6 +1,6 @@
 //! [`Context`]: what a handler or lifecycle hook knows about the plugin and its call, and what it
 //! can do besides returning (report status, notice a cancel, ask the supervisor through requests:
-//! run progress and exports).
+//! run progress, exports, calls to other plugins through [`Context::plugins`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,11 +11,14 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use neko_protocol::{ErrorCode, Message, Request, StatusUpdate};
 use serde_json::{Map, Value, json};
+use tokio::runtime::Handle;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::bus::Bus;
 use crate::error::EntryError;
+use crate::plugins::Plugins;
 use crate::request::{DEFAULT_REQUEST_TIMEOUT, EXPORT_BINARY_MAX_BYTES, Outgoing, RunUpdate};
+use crate::sync_call::PolicySetting;
 
 /// A handle passed to every handler and hook. Cloning is cheap (two `Arc`s), so it can be moved
 /// into spawned tasks and blocking closures.
@@ -41,6 +44,11 @@ pub(crate) struct PluginInfo {
     pub(crate) next_request: AtomicU64,
     /// The message plane, connected on first use.
     pub(crate) bus: Bus,
+    /// The runtime the plugin runs on, for blocking calls from threads the plugin spawned itself
+    /// (`None` when made outside a runtime, as in some tests).
+    pub(crate) runtime: Option<Handle>,
+    /// plugin.toml's sync call policy, cached.
+    pub(crate) sync_policy: PolicySetting,
 }
 
 impl PluginInfo {
@@ -57,6 +65,8 @@ impl PluginInfo {
             plugin_config,
             outbox,
             next_request: AtomicU64::new(1),
+            runtime: Handle::try_current().ok(),
+            sync_policy: PolicySetting::default(),
         }
     }
 }
@@ -95,6 +105,13 @@ impl Context {
     /// The message plane: push messages, query the stores.
     pub fn bus(&self) -> &Bus {
         &self.plugin.bus
+    }
+
+    /// Calls to other plugins' entries and events, and the list of plugins (PROTOCOL.md §9b).
+    /// Calls made from a handler wait *in* its call, so neko can spot deadlocks and cap their
+    /// deadline by the handler's own.
+    pub fn plugins(&self) -> Plugins {
+        Plugins::new(self.clone())
     }
 
     /// The plugin's folder (the one holding plugin.toml).
@@ -158,6 +175,16 @@ impl Context {
         }
     }
 
+    /// How long the request helpers wait (see [`Self::with_request_timeout`]).
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// The per-plugin facts, for the SDK's other modules.
+    pub(crate) fn info(&self) -> &PluginInfo {
+        &self.plugin
+    }
+
     /// Sends a REQUEST for `op` with `args` (a JSON object) and waits up to `timeout` for the
     /// supervisor's RESPONSE; returns its `result`. This is the generic form of the helpers below,
     /// for ops they do not cover (PROTOCOL.md §9a lists what the supervisor serves).
@@ -167,7 +194,8 @@ impl Context {
     /// serve), and with `NOT_READY` once the plugin is stopping and its link is closed.
     ///
     /// Requests are async. A synchronous handler (on tokio's blocking pool) can still send one
-    /// with `tokio::runtime::Handle::current().block_on(ctx.request(...))`.
+    /// with `tokio::runtime::Handle::current().block_on(ctx.request(...))`; calls to other plugins
+    /// have checked blocking forms ([`Plugins::call_entry_blocking`], ...).
     pub async fn request(
         &self,
         op: &str,
@@ -341,7 +369,7 @@ impl Context {
     }
 }
 
-fn shutting_down() -> EntryError {
+pub(crate) fn shutting_down() -> EntryError {
     EntryError::new(ErrorCode::NotReady, "the plugin is shutting down")
 }
 
@@ -378,13 +406,20 @@ impl CancelSignal {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use neko_protocol::{Response, WireError};
 
-    fn plugin() -> (Arc<PluginInfo>, mpsc::UnboundedReceiver<Outgoing>) {
+    pub(crate) fn plugin() -> (Arc<PluginInfo>, mpsc::UnboundedReceiver<Outgoing>) {
+        plugin_with_config(None)
+    }
+
+    /// A plugin whose plugin.toml is `config`, and the receiving end of its outbox.
+    pub(crate) fn plugin_with_config(
+        config: Option<PathBuf>,
+    ) -> (Arc<PluginInfo>, mpsc::UnboundedReceiver<Outgoing>) {
         let (outbox, rx) = mpsc::unbounded_channel();
-        let info = PluginInfo::new("echo".into(), PathBuf::from("/p/echo"), None, outbox);
+        let info = PluginInfo::new("echo".into(), PathBuf::from("/p/echo"), config, outbox);
         (Arc::new(info), rx)
     }
 
@@ -438,7 +473,8 @@ mod tests {
         assert_eq!(err.code, ErrorCode::NotReady);
     }
 
-    fn call_ctx(info: Arc<PluginInfo>, run_id: Option<&str>) -> Context {
+    /// A context serving call `c-1` of entry `work`.
+    pub(crate) fn call_ctx(info: Arc<PluginInfo>, run_id: Option<&str>) -> Context {
         Context::for_call(
             info,
             CallInfo {
@@ -451,7 +487,7 @@ mod tests {
     }
 
     /// Plays the I/O loop for one request: returns what was sent and answers it with `answer`.
-    async fn answer_next(
+    pub(crate) async fn answer_next(
         rx: &mut mpsc::UnboundedReceiver<Outgoing>,
         answer: impl FnOnce(&Request) -> Response,
     ) -> Request {

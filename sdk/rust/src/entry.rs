@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::context::Context;
 use crate::error::EntryError;
+use crate::sync_call::async_scope;
 
 /// A boxed, sendable future: what handlers and hooks are stored as.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -111,7 +112,7 @@ impl Handler {
                 let f = Arc::clone(f);
                 // The closure is called inside the future so that a panic while building the
                 // future is caught too.
-                let work = catch_panic(async move { f(ctx, args).await });
+                let work = catch_panic(async_scope(async move { f(ctx, args).await }));
                 Box::pin(async move {
                     work.await
                         .unwrap_or_else(|panic| Err(panicked(&entry_id, &panic)))

@@ -43,6 +43,9 @@
 //! - [`context`]: [`Context`], what a handler knows about its call and can do (status, cancel,
 //!   requests to the supervisor: [`Context::request`], run progress, exports).
 //! - [`bus`]: the message plane: [`bus::Bus::push_message`] (batched, bounded) and queries.
+//! - [`plugins`]: [`Plugins`], calls to other plugins and the list of plugins, routed by neko.
+//! - [`sync_call`]: blocking forms of async calls for synchronous handlers, and the policy
+//!   ([`SyncCallPolicy`]) that guards them while a call is served.
 //! - [`request`]: [`RunUpdate`] and the request limits; the I/O loop's table of open requests.
 //! - [`error`]: [`EntryError`] (a handler's failure, sent to the caller) and [`RunError`] (why a
 //!   plugin could not run).
@@ -60,7 +63,9 @@ pub mod entry;
 pub mod env;
 pub mod error;
 pub mod plugin;
+pub mod plugins;
 pub mod request;
+pub mod sync_call;
 
 mod call;
 mod link;
@@ -74,9 +79,11 @@ pub use error::{EntryError, RunError};
 pub use link::LinkError;
 pub use neko_protocol::ErrorCode;
 pub use plugin::Plugin;
+pub use plugins::Plugins;
 pub use request::RunUpdate;
 /// Re-exported so plugins name the same `serde_json` the SDK speaks.
 pub use serde_json;
+pub use sync_call::SyncCallPolicy;
 
 use serde_json::Value;
 

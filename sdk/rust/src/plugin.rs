@@ -21,6 +21,7 @@ use crate::env::PluginEnv;
 use crate::error::{EntryError, RunError};
 use crate::link::Link;
 use crate::serve::{Registered, Serve, ServeArgs};
+use crate::sync_call::async_scope;
 use crate::{SDK_NAME, SDK_VERSION, logging};
 
 /// `on_startup`, stored.
@@ -78,7 +79,7 @@ impl Plugin {
         Fut: Future<Output = Result<(), EntryError>> + Send + 'static,
     {
         self.on_startup = Some(Box::new(move |ctx| {
-            let fut: BoxFuture<Result<(), EntryError>> = Box::pin(hook(ctx));
+            let fut: BoxFuture<Result<(), EntryError>> = Box::pin(async_scope(hook(ctx)));
             fut
         }));
         self
@@ -91,7 +92,7 @@ impl Plugin {
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.on_shutdown = Some(Box::new(move |ctx| {
-            let fut: BoxFuture<()> = Box::pin(hook(ctx));
+            let fut: BoxFuture<()> = Box::pin(async_scope(hook(ctx)));
             fut
         }));
         self

@@ -117,6 +117,8 @@ impl FakeSupervisor {
             args,
             timeout_ms,
             run_id: None,
+            event_type: None,
+            caller: None,
         }))
         .await;
     }
@@ -129,6 +131,8 @@ impl FakeSupervisor {
             args: json!({"_ctx": {"run_id": run_id}}),
             timeout_ms: 5000,
             run_id: Some(run_id.into()),
+            event_type: None,
+            caller: None,
         }))
         .await;
     }
@@ -290,6 +294,8 @@ async fn serves_calls_ignores_forged_frames_and_stops() {
             args: json!({}),
             timeout_ms: 5000,
             run_id: None,
+            event_type: None,
+            caller: None,
         }))
         .unwrap();
     sup.send_frames(forged).await;
@@ -301,6 +307,8 @@ async fn serves_calls_ignores_forged_frames_and_stops() {
             args: json!({"a": 2, "b": 3}),
             timeout_ms: 5000,
             run_id: None,
+            event_type: None,
+            caller: None,
         }))
         .unwrap();
     sup.send_frames(replayed.clone()).await;
@@ -670,6 +678,103 @@ async fn requests_are_answered_refused_and_timed_out() {
             ErrorCode::ValidationError,
             "run_id is required (this entry may not be triggered via /runs)"
         )
+    );
+
+    sup.send(Message::Stop(Stop { grace_ms: 2000 })).await;
+    let outcome = within("run_with to return after STOP", plugin)
+        .await
+        .unwrap();
+    assert!(outcome.is_ok(), "{outcome:?}");
+}
+
+/// Plugin-to-plugin calls from handlers: an async and a synchronous handler each send
+/// `plugin.call` inside their own call (its `call_id`), and the callee's data or neko's refusal
+/// (code, message, details) is what they return. A blocking call from an async handler is refused
+/// without sending anything, and without panicking the runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_calls_wait_in_their_call() {
+    let (mut sup, endpoint) = FakeSupervisor::bind("tcp://127.0.0.1:0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("plugin.toml");
+    std::fs::write(
+        &config,
+        "[plugin.safety]\nsync_call_in_handler = \"allow\"\n",
+    )
+    .unwrap();
+    let mut env = test_env(&endpoint);
+    env.plugin_config = Some(config);
+    let plugin = Plugin::new()
+        .entry(
+            Entry::new("relay"),
+            |ctx: Context, _args: Value| async move {
+                ctx.plugins()
+                    .call_entry("beta:bounce", json!({"n": 1}), WAIT)
+                    .await
+            },
+        )
+        .sync_entry(
+            Entry::new("relay_blocking"),
+            |ctx: Context, _args: Value| {
+                ctx.plugins()
+                    .call_entry_blocking("beta:bounce", json!({"n": 1}), WAIT)
+            },
+        )
+        .entry(
+            Entry::new("misuse"),
+            |ctx: Context, _args: Value| async move {
+                ctx.plugins()
+                    .call_entry_blocking("beta:bounce", json!({}), WAIT)
+            },
+        );
+    let plugin = spawn_plugin(plugin, env, std::future::pending());
+    sup.handshake().await;
+
+    for entry in ["relay", "relay_blocking"] {
+        sup.trigger(&format!("{entry}-1"), entry, json!({}), 30_000)
+            .await;
+        let sent = sup.request().await;
+        assert_eq!(sent.op, "plugin.call");
+        assert_eq!(sent.call_id.as_deref(), Some(format!("{entry}-1").as_str()));
+        assert_eq!(
+            sent.args,
+            json!({"plugin_id": "beta", "event_type": "plugin_entry", "event_id": "bounce",
+                   "args": {"n": 1}, "timeout_ms": WAIT.as_millis() as u64})
+        );
+        sup.send(Message::Response(Response::success(
+            &sent.request_id,
+            json!({"bounced": 1}),
+        )))
+        .await;
+        let r = sup.result().await;
+        assert_eq!((r.ok, r.data), (true, json!({"bounced": 1})), "{entry}");
+
+        sup.trigger(&format!("{entry}-2"), entry, json!({}), 30_000)
+            .await;
+        let sent = sup.request().await;
+        let mut refusal = WireError::new(
+            ErrorCode::Deadlock,
+            "call would deadlock: echo.relay → beta.bounce → echo",
+        );
+        refusal.details = Some(json!({"cycle": ["echo", "beta", "echo"]}));
+        sup.send(Message::Response(Response::failure(
+            &sent.request_id,
+            refusal.clone(),
+        )))
+        .await;
+        let r = sup.result().await;
+        assert_eq!(r.error, Some(refusal), "{entry}");
+    }
+
+    sup.trigger("m-1", "misuse", json!({}), 30_000).await;
+    let r = sup.result().await;
+    let err = r.error.unwrap();
+    assert_eq!(err.code, ErrorCode::Internal);
+    assert!(
+        err.message.starts_with(
+            "Sync call 'plugins.call_entry_blocking' cannot be used inside a running event loop"
+        ),
+        "{}",
+        err.message
     );
 
     sup.send(Message::Stop(Stop { grace_ms: 2000 })).await;
