@@ -272,8 +272,9 @@ async fn recent_events(neko: &Neko) -> Vec<Value> {
         .collect()
 }
 
-/// A callee killed mid-call fails its waiting caller at once with PLUGIN_CRASHED; `GET /calls`
-/// shows the call and the wait-for edge while it is in flight.
+/// A callee killed mid-call fails its waiting caller at once with PLUGIN_CRASHED; a caller killed
+/// mid-call has its callee's handler cancelled; `GET /calls` shows the call and the wait-for edge
+/// while it is in flight.
 #[tokio::test]
 async fn a_crashed_callee_fails_its_caller_at_once() {
     let neko = Neko::start_mixed(&[], &[caller("alpha", ""), caller("beta", "")], "");
@@ -313,6 +314,33 @@ async fn a_crashed_callee_fails_its_caller_at_once() {
     wait_for_async(
         || async { neko.admin_get("/calls").await.1["in_flight"] == 0 },
         "the edge removed",
+    )
+    .await;
+
+    // The other side: a caller killed mid-call cancels the callee's handler at once.
+    neko.wait_running("beta").await;
+    let alpha = neko.wait_running("alpha").await;
+    let marker = neko.plugins_dir.join("beta").join("cancelled");
+    neko.create_run(
+        "alpha",
+        "arelay",
+        json!({"target": "beta:sleepy", "args": {"seconds": 60}, "timeout": 60}),
+    )
+    .await;
+    wait_for_async(
+        || async { neko.admin_get("/calls").await.1["in_flight"] == 1 },
+        "the second call in flight",
+    )
+    .await;
+    signal(alpha, libc::SIGKILL);
+    wait_for_async(
+        || async { marker.exists() },
+        "the callee's handler cancelled",
+    )
+    .await;
+    wait_for_async(
+        || async { neko.admin_get("/calls").await.1["in_flight"] == 0 },
+        "the edge removed after the caller died",
     )
     .await;
 }
