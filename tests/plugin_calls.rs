@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::helper::{Neko, PythonPlugin, echo_plugin, signal, wait_for_async};
+use crate::helper::{Neko, PluginDir, PythonPlugin, echo_plugin, signal, wait_for_async};
 
 /// A Python plugin that relays calls to others (sync and async) and serves a few leaf entries.
 /// `safety` is the body of its `[plugin.safety]` table.
@@ -86,6 +86,32 @@ class Caller(NekoPluginBase):
     }
 }
 
+/// Starts neko with these callers (`(id, [plugin.safety] body)`) and native plugins, and returns
+/// once all of them run.
+async fn start(callers: &[(&'static str, &str)], native: &[PluginDir]) -> Neko {
+    let python: Vec<PythonPlugin> = callers
+        .iter()
+        .map(|(id, safety)| caller(id, safety))
+        .collect();
+    let neko = Neko::start_mixed(native, &python, "");
+    for id in callers
+        .iter()
+        .map(|(id, _)| *id)
+        .chain(native.iter().map(|p| p.dir))
+    {
+        neko.wait_running(id).await;
+    }
+    neko
+}
+
+/// Asserts that `run` failed with `code` and a message containing `text`.
+fn assert_failed(run: &Value, code: &str, text: &str) {
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"]["code"], code, "{run}");
+    let message = run["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(text), "{text:?} not in {run}");
+}
+
 /// Runs `plugin.entry` and returns the terminal run with how long it took.
 async fn timed_run(neko: &Neko, plugin: &str, entry: &str, args: Value) -> (Value, Duration) {
     let t = Instant::now();
@@ -98,19 +124,16 @@ async fn timed_run(neko: &Neko, plugin: &str, entry: &str, args: Value) -> (Valu
 /// every call leaves an `events` record and no edge behind.
 #[tokio::test]
 async fn chains_run_and_cycles_are_refused_at_once() {
-    let neko = Neko::start_mixed(
-        &[echo_plugin("echo", "")],
+    let neko = start(
         &[
-            caller("alpha", ""),
-            caller("beta", ""),
-            caller("gamma", ""),
-            caller("loop", "reentrant = true"),
+            ("alpha", ""),
+            ("beta", ""),
+            ("gamma", ""),
+            ("loop", "reentrant = true"),
         ],
-        "",
-    );
-    for id in ["alpha", "beta", "gamma", "loop"] {
-        neko.wait_running(id).await;
-    }
+        &[echo_plugin("echo", "")],
+    )
+    .await;
 
     // A → B: the callee's data, and the callee knows its caller.
     let run = neko
@@ -157,13 +180,7 @@ async fn chains_run_and_cycles_are_refused_at_once() {
         json!({"target": "beta:relay", "args": {"target": "alpha:double", "args": {"x": 1}, "timeout": 30}, "timeout": 30}),
     )
     .await;
-    assert_eq!(run["status"], "failed", "{run}");
-    assert_eq!(run["error"]["code"], "DEADLOCK", "{run}");
-    let message = run["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("alpha.relay → beta.relay → alpha"),
-        "{message}"
-    );
+    assert_failed(&run, "DEADLOCK", "alpha.relay → beta.relay → alpha");
     assert!(took < Duration::from_secs(10), "refused after {took:?}");
 
     // A self-call from a sync handler.
@@ -174,14 +191,7 @@ async fn chains_run_and_cycles_are_refused_at_once() {
             json!({"target": "alpha:double", "args": {"x": 1}}),
         )
         .await;
-    assert_eq!(run["error"]["code"], "DEADLOCK", "{run}");
-    assert!(
-        run["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("alpha.relay → alpha"),
-        "{run}"
-    );
+    assert_failed(&run, "DEADLOCK", "alpha.relay → alpha");
 
     // A → B → C → A names all three.
     let run = neko
@@ -191,13 +201,10 @@ async fn chains_run_and_cycles_are_refused_at_once() {
             json!({"target": "beta:relay", "args": {"target": "gamma:relay", "args": {"target": "alpha:double", "args": {"x": 1}}}}),
         )
         .await;
-    assert_eq!(run["error"]["code"], "DEADLOCK", "{run}");
-    assert!(
-        run["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("alpha.relay → beta.relay → gamma.relay → alpha"),
-        "{run}"
+    assert_failed(
+        &run,
+        "DEADLOCK",
+        "alpha.relay → beta.relay → gamma.relay → alpha",
     );
     neko.wait_logged(&["plugin call refused", "gamma.relay → alpha"])
         .await;
@@ -224,13 +231,10 @@ async fn chains_run_and_cycles_are_refused_at_once() {
     let run = neko
         .run("alpha", "arelay", json!({"target": "beta:nope"}))
         .await;
-    assert_eq!(run["error"]["code"], "NOT_FOUND", "{run}");
-    assert!(
-        run["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("Custom event 'plugin_entry.nope' not found"),
-        "{run}"
+    assert_failed(
+        &run,
+        "NOT_FOUND",
+        "Custom event 'plugin_entry.nope' not found",
     );
     let run = neko
         .run("alpha", "arelay", json!({"target": "ghost:x"}))
@@ -277,8 +281,7 @@ async fn recent_events(neko: &Neko) -> Vec<Value> {
 /// while it is in flight.
 #[tokio::test]
 async fn a_crashed_callee_fails_its_caller_at_once() {
-    let neko = Neko::start_mixed(&[], &[caller("alpha", ""), caller("beta", "")], "");
-    neko.wait_running("alpha").await;
+    let neko = start(&[("alpha", ""), ("beta", "")], &[]).await;
     let beta = neko.wait_running("beta").await;
     let created = neko
         .create_run(
@@ -350,9 +353,7 @@ async fn a_crashed_callee_fails_its_caller_at_once() {
 /// gives it TIMEOUT after about that long.
 #[tokio::test]
 async fn deadlines_propagate_and_cancel_the_callee() {
-    let neko = Neko::start_mixed(&[], &[caller("alpha", ""), caller("beta", "")], "");
-    neko.wait_running("alpha").await;
-    neko.wait_running("beta").await;
+    let neko = start(&[("alpha", ""), ("beta", "")], &[]).await;
     let marker = neko.plugins_dir.join("beta").join("cancelled");
 
     // The call's own timeout: 1 s, the callee would sleep 5 s.
@@ -394,18 +395,15 @@ async fn deadlines_propagate_and_cancel_the_callee() {
 /// async form is not checked. `plugins.list` filters work.
 #[tokio::test]
 async fn sync_call_policy_and_list_filters() {
-    let neko = Neko::start_mixed(
-        &[],
+    let neko = start(
         &[
-            caller("alpha", ""),
-            caller("strict", "sync_call_in_handler = \"reject\""),
-            caller("beta", ""),
+            ("alpha", ""),
+            ("strict", "sync_call_in_handler = \"reject\""),
+            ("beta", ""),
         ],
-        "",
-    );
-    for id in ["alpha", "strict", "beta"] {
-        neko.wait_running(id).await;
-    }
+        &[],
+    )
+    .await;
     let run = neko
         .run(
             "alpha",
@@ -490,9 +488,7 @@ async fn sync_call_policy_and_list_filters() {
 /// Rust → Rust through the echo plugin's `call` entry (async) and `call_blocking` (sync).
 #[tokio::test]
 async fn rust_plugins_call_each_other() {
-    let neko = Neko::start(&[echo_plugin("echo", ""), echo_plugin("echo2", "")]);
-    neko.wait_running("echo").await;
-    neko.wait_running("echo2").await;
+    let neko = start(&[], &[echo_plugin("echo", ""), echo_plugin("echo2", "")]).await;
     for entry in ["call", "call_blocking"] {
         let run = neko
             .run(
@@ -510,5 +506,5 @@ async fn rust_plugins_call_each_other() {
             json!({"target": "echo:add", "args": {"a": 2, "b": 3}}),
         )
         .await;
-    assert_eq!(run["error"]["code"], "DEADLOCK", "{run}");
+    assert_failed(&run, "DEADLOCK", "echo.call → echo");
 }

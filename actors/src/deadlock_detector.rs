@@ -386,28 +386,34 @@ mod tests {
             .unwrap();
     }
 
+    /// 1,000 calls in flight: 250 chains four deep, each a child of the one before.
+    fn thousand_calls() -> Vec<Vec<CallEdge>> {
+        (0..250)
+            .map(|chain| {
+                let mut parent = None;
+                (0..4)
+                    .map(|depth| {
+                        let caller = format!("p{chain}x{depth}");
+                        let callee = format!("p{chain}x{}", depth + 1);
+                        let e = edge(&caller, "h", parent, &callee, "h");
+                        parent = Some(e.id);
+                        e
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     /// The detector's cost per call (Enter + Leave) with 1,000 calls in flight:
     /// `cargo test -p neko-actors --release deadlock_detector -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn bench_detector_cost_with_1000_calls_in_flight() {
         let mut s = state();
-        // 1,000 calls in flight: 250 chains four deep.
-        let mut parents = Vec::new();
-        for chain in 0..250 {
-            let mut parent = None;
-            for depth in 0..4 {
-                let e = edge(
-                    &format!("p{chain}x{depth}"),
-                    "h",
-                    parent,
-                    &format!("p{chain}x{}", depth + 1),
-                    "h",
-                );
-                parent = Some(e.id);
-                s.enter(e).unwrap();
-            }
-            parents.push(parent.unwrap());
+        let chains = thousand_calls();
+        let parents: Vec<u64> = chains.iter().map(|c| c[3].id).collect();
+        for e in chains.into_iter().flatten() {
+            s.enter(e).unwrap();
         }
         assert_eq!(s.edges.len(), 1000);
         let n = 200_000;
@@ -432,24 +438,13 @@ mod tests {
             .await
             .unwrap();
         let timeout = Some(Duration::from_secs(5));
-        let mut parents = Vec::new();
-        for chain in 0..250 {
-            let mut parent = None;
-            for depth in 0..4 {
-                let e = edge(
-                    &format!("p{chain}x{depth}"),
-                    "h",
-                    parent,
-                    &format!("p{chain}x{}", depth + 1),
-                    "h",
-                );
-                parent = Some(e.id);
-                detector
-                    .call(|r| DeadlockDetectorMsg::Enter(e, r), timeout)
-                    .await
-                    .unwrap();
-            }
-            parents.push(parent.unwrap());
+        let chains = thousand_calls();
+        let parents: Vec<u64> = chains.iter().map(|c| c[3].id).collect();
+        for e in chains.into_iter().flatten() {
+            detector
+                .call(|r| DeadlockDetectorMsg::Enter(e, r), timeout)
+                .await
+                .unwrap();
         }
         let n = 50_000;
         let t = Instant::now();

@@ -830,13 +830,8 @@ const QUERY_LIMIT: usize = 100;
 /// Upper bound of one RPC round trip (the plane's own deadline for a store call is 5 s).
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `plane`: on a neko of its own with echo and pybench, each [`PRODUCERS`] row, then the query
-/// latencies against the full `messages` store, then neko's RSS with every store as filled.
-async fn message_plane(args: &Args, report: &mut Report, bin: &Path) -> Result<()> {
-    let plugins = Plugins {
-        echo: 1,
-        pybench: 1,
-    };
+/// A neko of a figure's own (the default restart limit), once all its plugins run.
+async fn spawn_running(args: &Args, bin: &Path, plugins: Plugins) -> Result<(Neko, Api)> {
     let mut neko = Neko::spawn(bin, plugins, 5, !args.no_persist).await?;
     let api = Api::new(&neko.base)?;
     let ids = plugins.ids();
@@ -844,6 +839,17 @@ async fn message_plane(args: &Args, report: &mut Report, bin: &Path) -> Result<(
         api.all_running(&ids).await.then_some(())
     })
     .await?;
+    Ok((neko, api))
+}
+
+/// `plane`: on a neko of its own with echo and pybench, each [`PRODUCERS`] row, then the query
+/// latencies against the full `messages` store, then neko's RSS with every store as filled.
+async fn message_plane(args: &Args, report: &mut Report, bin: &Path) -> Result<()> {
+    let plugins = Plugins {
+        echo: 1,
+        pybench: 1,
+    };
+    let (mut neko, api) = spawn_running(args, bin, plugins).await?;
     let command = args.command(Figure::Plane, None);
     for producer in &PRODUCERS {
         let row = ingest(&api, &mut neko, producer, command.clone()).await?;
@@ -934,13 +940,7 @@ async fn plugin_calls(args: &Args, report: &mut Report, bin: &Path) -> Result<()
         echo: 2,
         pybench: 2,
     };
-    let mut neko = Neko::spawn(bin, plugins, 5, !args.no_persist).await?;
-    let api = Api::new(&neko.base)?;
-    let ids = plugins.ids();
-    wait_for(Some(&mut neko), "the plugins to run", || async {
-        api.all_running(&ids).await.then_some(())
-    })
-    .await?;
+    let (mut neko, api) = spawn_running(args, bin, plugins).await?;
     let command = args.command(Figure::Calls, None);
     for (caller, callee, what) in [
         ("echo", "echo-2:echo", "Rust → Rust, echo → echo-2"),
