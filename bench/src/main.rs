@@ -24,7 +24,9 @@
 //!
 //! Figures (`--only` picks some):
 //! - `cold`: spawn → `/health` answers 200, and → the echo plugin is `running` in `/plugins`.
-//! - `scale`: spawn → all `--scale` copies of the echo plugin are `running`.
+//! - `scale`: spawn → all `--scale` copies of the echo plugin are `running` (a row per count).
+//! - `idle`: neko's RSS and its own CPU use with `--idle` echo plugins and `--idle-python` Python
+//!   plugins running and nothing else happening (a neko per count; see [`idle`]).
 //! - `restart`: `kill -9` of the echo plugin's pid → a run of its `echo` entry succeeds again. Kills
 //!   are spaced by neko's default `start_window_ms` so each one is a crash after running, which
 //!   restarts after the default `backoff_initial_ms` (200 ms ± 20 % jitter).
@@ -105,11 +107,20 @@ struct Args {
     /// Cold starts per cold-start figure.
     #[arg(long, default_value_t = 5)]
     cold_runs: usize,
-    /// Copies of the echo plugin for the scale figure.
-    #[arg(long, default_value_t = 16)]
-    scale: usize,
+    /// Copies of the echo plugin for the scale figure, one row per value.
+    #[arg(long, value_delimiter = ',', default_values_t = [10, 100])]
+    scale: Vec<usize>,
+    /// Echo plugins of the idle figure, one row per value.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 10, 100, 200])]
+    idle: Vec<usize>,
+    /// Python (pybench) plugins of the idle figure, one row per value.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 10, 100])]
+    idle_python: Vec<usize>,
+    /// Seconds over which the idle figure measures neko's CPU use.
+    #[arg(long, default_value_t = 5.0)]
+    idle_secs: f64,
     /// Kills for the restart figure.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 50)]
     kills: usize,
     /// Runs measured one at a time.
     #[arg(long, default_value_t = 2000)]
@@ -118,7 +129,7 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     warmup: usize,
     /// Concurrent clients, one figure per value.
-    #[arg(long, value_delimiter = ',', default_values_t = [8, 32])]
+    #[arg(long, value_delimiter = ',', default_values_t = [8, 32, 128])]
     clients: Vec<usize>,
     /// Seconds each concurrent figure lasts.
     #[arg(long, default_value_t = 5.0)]
@@ -153,11 +164,12 @@ enum Figure {
     PyConcurrent,
     Plane,
     Calls,
+    Idle,
 }
 
 impl Figure {
     /// The figures that need a neko the bench starts (skipped with `--url`).
-    const SPAWNING: [Figure; 8] = [
+    const SPAWNING: [Figure; 9] = [
         Figure::Cold,
         Figure::Scale,
         Figure::Restart,
@@ -166,6 +178,7 @@ impl Figure {
         Figure::PyConcurrent,
         Figure::Plane,
         Figure::Calls,
+        Figure::Idle,
     ];
 }
 
@@ -201,7 +214,17 @@ impl Args {
         words.push(format!("--only {}", name.get_name()));
         words.push(match figure {
             Figure::Cold | Figure::PyCold => format!("--cold-runs {}", self.cold_runs),
-            Figure::Scale => format!("--scale {} --cold-runs {}", self.scale, self.cold_runs),
+            Figure::Scale => format!(
+                "--scale {} --cold-runs {}",
+                list(&self.scale),
+                self.cold_runs
+            ),
+            Figure::Idle => format!(
+                "--idle {} --idle-python {} --idle-secs {}",
+                list(&self.idle),
+                list(&self.idle_python),
+                self.idle_secs
+            ),
             Figure::Restart => format!("--kills {}", self.kills),
             Figure::Seq | Figure::PySeq => {
                 format!("--seq-runs {} --warmup {}", self.seq_runs, self.warmup)
@@ -223,6 +246,15 @@ impl Args {
         });
         words.join(" ")
     }
+}
+
+/// `1,10,100` for a list option.
+fn list(values: &[usize]) -> String {
+    values
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Nearest-rank summary of latency samples, in ms.
@@ -304,8 +336,10 @@ struct Row {
     stats: Option<Stats>,
     /// Successful runs, messages accepted or queries answered per second.
     per_s: Option<f64>,
-    /// Memory, for the RSS row.
+    /// Memory, for the RSS rows.
     mib: Option<f64>,
+    /// neko's CPU use in % of one core, for the idle rows.
+    cpu: Option<f64>,
     failures: Failures,
     command: String,
 }
@@ -326,6 +360,7 @@ impl Report {
             stats: Stats::new(samples.latencies),
             per_s: elapsed.map(|e| n as f64 / e.as_secs_f64()),
             mib: None,
+            cpu: None,
             failures: samples.failures,
             command,
         });
@@ -353,6 +388,7 @@ impl Report {
                     "max": s.map(|s| round2(s.max)),
                     "per_s": r.per_s.map(round2),
                     "mib": r.mib.map(round2),
+                    "cpu_percent": r.cpu.map(round2),
                     "failures": r.failures.count,
                     "first_failure": r.failures.first,
                     "cores": self.cores,
@@ -370,14 +406,21 @@ impl Report {
              queries",
             self.cores
         );
+        let width = self
+            .rows
+            .iter()
+            .map(|r| r.name.chars().count())
+            .max()
+            .unwrap_or(6);
         println!(
-            "{:<46} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>5} {:>5}",
-            "figure", "n", "p50", "p90", "p99", "max", "per s", "MiB", "fail", "cores"
+            "{:<width$} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>6} {:>5} {:>5}",
+            "figure", "n", "p50", "p90", "p99", "max", "per s", "MiB", "CPU %", "fail", "cores"
         );
         for r in &self.rows {
             let s = r.stats.as_ref();
+            // `{:<width$}` counts chars, so names with arrows still line up.
             println!(
-                "{:<46} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>5} {:>5}",
+                "{:<width$} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>6} {:>5} {:>5}",
                 r.name,
                 r.n,
                 cell(s.map(|s| s.p50)),
@@ -386,6 +429,7 @@ impl Report {
                 cell(s.map(|s| s.max)),
                 cell(r.per_s),
                 cell(r.mib),
+                cell(r.cpu),
                 r.failures.count,
                 self.cores
             );
@@ -395,7 +439,7 @@ impl Report {
         }
         println!("\nto reproduce:");
         for r in &self.rows {
-            println!("  {:<46} {}", r.name, r.command);
+            println!("  {:<width$} {}", r.name, r.command);
         }
         for r in self.rows.iter().filter(|r| r.failures.count > 0) {
             let first = r.failures.first.as_deref().unwrap_or_default();
@@ -460,9 +504,9 @@ async fn measure(args: &Args, report: &mut Report) -> Result<()> {
             }
         }
         if py_runs
-            || args.wants(Figure::PyCold)
-            || args.wants(Figure::Plane)
-            || args.wants(Figure::Calls)
+            || [Figure::PyCold, Figure::Plane, Figure::Calls, Figure::Idle]
+                .iter()
+                .any(|&f| args.wants(f))
         {
             prepare_python(bin).await?;
         }
@@ -474,6 +518,9 @@ async fn measure(args: &Args, report: &mut Report) -> Result<()> {
         }
         if args.wants(Figure::Calls) {
             plugin_calls(args, report, bin).await?;
+        }
+        if args.wants(Figure::Idle) {
+            idle(args, report, bin).await?;
         }
     }
     // The entries the run figures call.
@@ -638,11 +685,21 @@ async fn cold_start(args: &Args, report: &mut Report, bin: &Path, figure: Figure
             Some("cold start: spawn → /health 200"),
             "cold start: spawn → echo running".to_string(),
         ),
-        Figure::Scale => (
-            Plugins::echo(args.scale),
-            None,
-            format!("cold start: spawn → {} plugins running", args.scale),
-        ),
+        Figure::Scale => {
+            for &n in &args.scale {
+                cold_start_of(
+                    args,
+                    report,
+                    bin,
+                    figure,
+                    Plugins::echo(n),
+                    None,
+                    format!("cold start: spawn → {n} echo plugins running"),
+                )
+                .await?;
+            }
+            return Ok(());
+        }
         Figure::PyCold => (
             Plugins::PYBENCH_ALONE,
             Some("cold start: spawn → /health 200 (pybench)"),
@@ -650,6 +707,29 @@ async fn cold_start(args: &Args, report: &mut Report, bin: &Path, figure: Figure
         ),
         _ => unreachable!("{figure:?} is not a cold-start figure"),
     };
+    cold_start_of(
+        args,
+        report,
+        bin,
+        figure,
+        plugins,
+        health_name,
+        running_name,
+    )
+    .await
+}
+
+/// `--cold-runs` cold starts of neko with `plugins`: rows for /health (when `health_name`) and
+/// for every plugin running.
+async fn cold_start_of(
+    args: &Args,
+    report: &mut Report,
+    bin: &Path,
+    figure: Figure,
+    plugins: Plugins,
+    health_name: Option<&str>,
+    running_name: String,
+) -> Result<()> {
     let ids = plugins.ids();
     let (mut health, mut running) = (Samples::default(), Samples::default());
     for _ in 0..args.cold_runs {
@@ -830,6 +910,68 @@ const QUERY_LIMIT: usize = 100;
 /// Upper bound of one RPC round trip (the plane's own deadline for a store call is 5 s).
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the idle figure lets a neko settle once its plugins run, before measuring.
+const IDLE_SETTLE: Duration = Duration::from_secs(2);
+/// Upper bound for a hundred Python plugins to start (imports compete for the cores).
+const IDLE_START_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `idle`: for each `--idle` count of echo plugins and each `--idle-python` count of pybench
+/// plugins, a neko of its own; once all run and it settled, neko's RSS (`VmRSS`) and its own CPU
+/// use (user + system, not its plugins') over `--idle-secs`, in % of one core.
+async fn idle(args: &Args, report: &mut Report, bin: &Path) -> Result<()> {
+    let command = args.command(Figure::Idle, None);
+    let rust = args.idle.iter().map(|&n| {
+        (
+            Plugins::echo(n),
+            format!("idle: {n} echo plugins, neko RSS and CPU"),
+        )
+    });
+    let python = args.idle_python.iter().map(|&n| {
+        let plugins = Plugins {
+            echo: 0,
+            pybench: n,
+        };
+        (
+            plugins,
+            format!("idle: {n} python plugins, neko RSS and CPU"),
+        )
+    });
+    for (plugins, name) in rust.chain(python) {
+        let mut neko = Neko::spawn(bin, plugins, 5, !args.no_persist).await?;
+        let api = Api::new(&neko.base)?;
+        let ids = plugins.ids();
+        wait_for_within(
+            Some(&mut neko),
+            "the plugins to run",
+            IDLE_START_TIMEOUT,
+            || async {
+                if api.all_running(&ids).await {
+                    return Some(());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                None
+            },
+        )
+        .await?;
+        tokio::time::sleep(IDLE_SETTLE).await;
+        let (cpu_before, started) = (neko.cpu_seconds()?, Instant::now());
+        tokio::time::sleep(Duration::from_secs_f64(args.idle_secs)).await;
+        let cpu = (neko.cpu_seconds()? - cpu_before) / started.elapsed().as_secs_f64() * 100.0;
+        neko.ensure_running()?;
+        report.push(Row {
+            name,
+            n: ids.len(),
+            stats: None,
+            per_s: None,
+            mib: Some(neko.rss_mib()?),
+            cpu: Some(cpu),
+            failures: Failures::default(),
+            command: command.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// A neko of a figure's own (the default restart limit), once all its plugins run.
 async fn spawn_running(args: &Args, bin: &Path, plugins: Plugins) -> Result<(Neko, Api)> {
     let mut neko = Neko::spawn(bin, plugins, 5, !args.no_persist).await?;
@@ -924,6 +1066,7 @@ async fn message_plane(args: &Args, report: &mut Report, bin: &Path) -> Result<(
         stats: None,
         per_s: None,
         mib: Some(neko.rss_mib()?),
+        cpu: None,
         failures: Failures::default(),
         command,
     });
@@ -1062,6 +1205,7 @@ async fn ingest(api: &Api, neko: &mut Neko, producer: &Producer, command: String
         stats: None,
         per_s: Some(taken as f64 / elapsed.as_secs_f64()),
         mib: None,
+        cpu: None,
         failures: Failures {
             count: dropped as usize,
             first: (dropped > 0).then(|| format!("the SDK dropped {dropped} of {n} pushes")),
