@@ -47,7 +47,8 @@
 //!   has grown by the messages the SDK took; the rate is messages accepted per second, and `fail`
 //!   counts the messages the SDK dropped. Queries: `--plane-queries` round trips each of
 //!   `bus.get_recent` and `bus.query` (limit 100, store full), one at a time on a DEALER socket
-//!   of the bench's own, as a tool outside neko speaks to the RPC endpoint. Last, neko's RSS
+//!   of the bench's own, as a tool outside neko speaks to the RPC endpoint; then as many again
+//!   from `--plane-clients` sockets at once. Last, neko's RSS
 //!   (`VmRSS`) with the stores as filled (`n`: the records they hold).
 //!
 //! Latencies are in ms, percentiles nearest-rank over sorted samples; `per s` is runs, messages
@@ -143,6 +144,9 @@ struct Args {
     /// Calls in flight at once in the concurrent rows of the calls figure.
     #[arg(long, default_value_t = 32)]
     call_concurrency: usize,
+    /// Clients querying the message plane at once in the concurrent query rows of plane.
+    #[arg(long, default_value_t = 8)]
+    plane_clients: usize,
     /// Print a JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -240,8 +244,8 @@ impl Args {
                 self.calls, self.call_concurrency, self.warmup
             ),
             Figure::Plane => format!(
-                "--plane-queries {} --warmup {}",
-                self.plane_queries, self.warmup
+                "--plane-queries {} --plane-clients {} --warmup {}",
+                self.plane_queries, self.plane_clients, self.warmup
             ),
         });
         words.join(" ")
@@ -1050,6 +1054,32 @@ async fn message_plane(args: &Args, report: &mut Report, bin: &Path) -> Result<(
         let samples = rpc_round_trips(&mut dealer, op, op_args, args.plane_queries).await;
         report.add(
             name.into(),
+            samples,
+            Some(started.elapsed()),
+            command.clone(),
+        );
+        neko.ensure_running()?;
+        // The same queries from several clients at once, each on a socket of its own.
+        let clients = args.plane_clients.max(1);
+        let mut tasks = Vec::with_capacity(clients);
+        for _ in 0..clients {
+            let mut socket = DealerSocket::new();
+            socket
+                .connect(endpoint)
+                .await
+                .with_context(|| format!("connecting to {endpoint}"))?;
+            let (op, op_args, count) = (op.to_string(), op_args.clone(), args.plane_queries);
+            tasks.push(tokio::spawn(async move {
+                rpc_round_trips(&mut socket, &op, &op_args, count / clients).await
+            }));
+        }
+        let started = Instant::now();
+        let mut samples = Samples::default();
+        for task in tasks {
+            samples.merge(task.await.context("a query client panicked")?);
+        }
+        report.add(
+            format!("{name}, {clients} clients"),
             samples,
             Some(started.elapsed()),
             command.clone(),
