@@ -3,6 +3,7 @@
 
 mod helper;
 
+mod chaos;
 mod gateway;
 mod message_plane;
 mod plugin_calls;

@@ -389,11 +389,18 @@ impl Neko {
 
     /// Whether a log line containing all of `parts` was written.
     pub fn logged(&self, parts: &[&str]) -> bool {
+        !self.log_lines(parts).is_empty()
+    }
+
+    /// The log lines written so far that contain all of `parts`.
+    pub fn log_lines(&self, parts: &[&str]) -> Vec<String> {
         self.logs
             .lock()
             .unwrap()
             .iter()
-            .any(|l| parts.iter().all(|p| l.contains(p)))
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .cloned()
+            .collect()
     }
 
     /// Waits for such a log line.

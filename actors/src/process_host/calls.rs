@@ -155,7 +155,10 @@ async fn call_through(refs: &TreeRefs, edge: CallEdge, args: Value) -> Result<Va
     {
         Ok(CallResult::Success(outcome)) => outcome,
         Ok(CallResult::Timeout) => Err(WireError::deadline("plugin call timed out")),
-        _ => Err(WireError::new(
+        // The callee's host took the call and stopped before answering (its process was killed
+        // at that moment): a crash, as for any call it was serving.
+        Ok(CallResult::SenderError) => Err(host_went_away()),
+        Err(_) => Err(WireError::new(
             ErrorCode::Internal,
             "the plugin supervisor did not answer",
         )),
@@ -209,6 +212,14 @@ pub fn caller_gone() -> WireError {
     WireError::new(
         ErrorCode::Canceled,
         "the calling plugin no longer waits for this call",
+    )
+}
+
+/// The answer to a call whose host stopped without answering it.
+pub fn host_went_away() -> WireError {
+    WireError::new(
+        ErrorCode::PluginCrashed,
+        "the plugin's host went away before answering",
     )
 }
 

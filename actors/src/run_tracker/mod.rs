@@ -28,6 +28,7 @@ use tokio::sync::broadcast;
 use crate::clock::{iso_from_unix, unix_now};
 use crate::plugin_supervisor::PluginSupervisorMsg;
 use crate::process_host::TriggerRequest;
+use crate::process_host::calls::host_went_away;
 use crate::run_db::{BlobMeta, RunDb, RunDbError, RunFilter};
 use crate::run_token::RunTokenSigner;
 
@@ -971,10 +972,7 @@ async fn drive_run(
                 .await
             {
                 Ok(ractor::rpc::CallResult::Success(outcome)) => outcome,
-                Ok(_) | Err(_) => Err(WireError::new(
-                    ErrorCode::PluginCrashed,
-                    "the plugin's host went away before answering",
-                )),
+                Ok(_) | Err(_) => Err(host_went_away()),
             }
         }
     };
