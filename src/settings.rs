@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use neko_actors::message_plane::MessagePlaneSettings;
+use neko_actors::process_host::child::ResourceLimits;
 use neko_actors::process_host::{HostSettings, Transport};
 use neko_actors::restart_policy::{RestartOverrides, RestartPolicy, RestartSettings};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,7 @@ pub struct Settings {
     pub plugins: PluginsSettings,
     pub supervision: SupervisionSettings,
     pub restart_policy: RestartSettings,
+    pub limits: LimitsSettings,
     pub runs: RunsSettings,
     pub python: PythonSection,
     pub message_plane: MessagePlaneSection,
@@ -113,6 +115,42 @@ impl Default for SupervisionSettings {
             term_grace_ms: 1_000,
             shutdown_timeout_ms: 30_000,
             max_frame_bytes: neko_protocol::DEFAULT_MAX_FRAME_BYTES,
+        }
+    }
+}
+
+/// `[limits]`: every plugin's resource limits; a plugin.toml may override each key in
+/// `[plugin_runtime]`. 0 = no limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSettings {
+    /// `RLIMIT_DATA` of each plugin process, in MiB (heap and other private writable memory, not
+    /// address space). Default 0: plugins' needs differ too much for one number to fit.
+    pub max_memory_mb: u64,
+    /// `RLIMIT_NOFILE` of each plugin process. Default 4096.
+    pub max_open_files: u64,
+    /// Frames per second a plugin may send on its protocol link; more within one second kills
+    /// it. Default 20 000.
+    pub max_message_rate: u64,
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        Self {
+            max_memory_mb: 0,
+            max_open_files: 4096,
+            max_message_rate: 100_000,
+        }
+    }
+}
+
+impl LimitsSettings {
+    /// As the hosts take them.
+    pub fn resource_limits(&self) -> ResourceLimits {
+        ResourceLimits {
+            max_memory_mb: self.max_memory_mb,
+            max_open_files: self.max_open_files,
+            max_message_rate: self.max_message_rate,
         }
     }
 }
@@ -455,6 +493,7 @@ impl Settings {
             term_grace: Duration::from_millis(s.term_grace_ms),
             default_call_timeout: Duration::from_millis(self.runs.default_timeout_ms),
             max_frame_bytes: s.max_frame_bytes,
+            limits: self.limits.resource_limits(),
         })
     }
 }

@@ -5,6 +5,7 @@ mod helper;
 
 mod chaos;
 mod gateway;
+mod limits;
 mod message_plane;
 mod plugin_calls;
 mod plugins;

@@ -29,6 +29,7 @@ use semver::{BuildMetadata, Prerelease, Version};
 use serde::{Serialize, Serializer};
 use toml::{Table, Value};
 
+use crate::process_host::child::LimitOverrides;
 use crate::restart_policy::{RestartOverrides, RestartType};
 
 /// The SDK version neko provides to plugins (the reference's `SDK_VERSION`). `[plugin.sdk]` ranges
@@ -70,6 +71,9 @@ pub struct PluginManifest {
     /// Restart-policy keys of `[plugin_runtime]`; merged with the global defaults by
     /// [`crate::restart_policy::RestartPolicy::new`].
     pub restart: RestartOverrides,
+    /// Resource-limit keys of `[plugin_runtime]` (`max_memory_mb`, `max_open_files`,
+    /// `max_message_rate`); merged with `[limits]` of neko's settings by the host.
+    pub limits: LimitOverrides,
     /// Entries declared in `[plugin].entries` (or the top-level `entries`), known before the plugin
     /// runs. The authoritative list comes from the plugin's HELLO.
     pub entries_preview: Vec<EntrySpec>,
@@ -460,6 +464,10 @@ pub fn parse_manifest(text: &str, config_path: &Path) -> Result<PluginManifest, 
         Some(section) => parse_restart_overrides(section)?,
         None => RestartOverrides::default(),
     };
+    let limits = match plugin_runtime {
+        Some(section) => parse_limit_overrides(section)?,
+        None => LimitOverrides::default(),
+    };
 
     Ok(PluginManifest {
         id,
@@ -475,6 +483,7 @@ pub fn parse_manifest(text: &str, config_path: &Path) -> Result<PluginManifest, 
         enabled,
         auto_start,
         restart,
+        limits,
         entries_preview,
         reentrant,
         warnings,
@@ -1348,6 +1357,15 @@ fn parse_restart_overrides(section: Section<'_>) -> Result<RestartOverrides, Man
         backoff_multiplier: section.number("backoff_multiplier")?,
         jitter: section.number("jitter")?,
         start_window_ms: section.non_negative("start_window_ms")?,
+    })
+}
+
+/// The resource-limit keys of `[plugin_runtime]`: non-negative integers, 0 = no limit.
+fn parse_limit_overrides(section: Section<'_>) -> Result<LimitOverrides, ManifestError> {
+    Ok(LimitOverrides {
+        max_memory_mb: section.non_negative("max_memory_mb")?,
+        max_open_files: section.non_negative("max_open_files")?,
+        max_message_rate: section.non_negative("max_message_rate")?,
     })
 }
 
@@ -2430,6 +2448,47 @@ start_window_ms = 500
             parse_err(&python("x", "").replace("[plugin]", "plugin_runtime = 1\n[plugin]")),
             "[plugin_runtime] must be a table, found an integer"
         );
+    }
+
+    /// The resource-limit keys of `[plugin_runtime]`: absent = the `[limits]` default, 0 kept as
+    /// written (it means "no limit"), wrong values are errors naming the key.
+    #[test]
+    fn limit_overrides_are_read_from_plugin_runtime() {
+        assert_eq!(parse(&python("x", "")).limits, LimitOverrides::default());
+        let m = parse(&python(
+            "x",
+            "[plugin_runtime]\nmax_memory_mb = 256\nmax_open_files = 64\nmax_message_rate = 0\n",
+        ));
+        assert_eq!(
+            m.limits,
+            LimitOverrides {
+                max_memory_mb: Some(256),
+                max_open_files: Some(64),
+                max_message_rate: Some(0),
+            }
+        );
+        // They are not restart-policy keys.
+        assert!(m.restart.is_empty());
+        let cases = [
+            (
+                "max_memory_mb = -1",
+                "[plugin_runtime].max_memory_mb must not be negative (got -1)",
+            ),
+            (
+                "max_open_files = \"many\"",
+                "[plugin_runtime].max_open_files must be a non-negative integer, found a string",
+            ),
+            (
+                "max_message_rate = 1.5",
+                "[plugin_runtime].max_message_rate must be a non-negative integer, found a float",
+            ),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(
+                parse_err(&python("x", &format!("[plugin_runtime]\n{line}\n"))),
+                expected
+            );
+        }
     }
 
     // -- version_matches --------------------------------------------------------------------------

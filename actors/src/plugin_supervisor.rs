@@ -302,6 +302,7 @@ impl Actor for PluginSupervisor {
                 pid,
                 kill_reason: Some("host actor failed".into()),
                 setup_failed: false,
+                limit_exceeded: None,
             };
             state.host_exited(&myself, plugin_id, launch, report).await;
         }
@@ -744,6 +745,7 @@ impl PluginSupervisorState {
                     pid: None,
                     kill_reason: None,
                     setup_failed: true,
+                    limit_exceeded: None,
                 };
                 // Same path as any failed start, so the restart policy applies.
                 Box::pin(self.exit_decision(myself, id, launch, report)).await;
@@ -873,6 +875,7 @@ impl PluginSupervisorState {
         let exit = json!({
             "pid": report.pid, "exit": report.description, "abnormal": report.abnormal,
             "kill_reason": report.kill_reason, "ready_for_ms": report.ready_for.map(|d| d.as_millis() as u64),
+            "limit_exceeded": report.limit_exceeded,
         });
         let decision = if report.setup_failed {
             Decision::GiveUp {
@@ -919,7 +922,11 @@ impl PluginSupervisorState {
             } => {
                 slot.lifecycle.state = PluginState::Restarting;
                 slot.lifecycle.restarts += 1;
-                slot.lifecycle.error = report.kill_reason.clone();
+                // Why it died, when neko knows: a kill by its host, or a resource limit.
+                slot.lifecycle.error = report
+                    .kill_reason
+                    .clone()
+                    .or_else(|| report.limit_exceeded.clone());
                 tracing::warn!(
                     plugin_id = %id,
                     pid = report.pid,
@@ -947,6 +954,9 @@ impl PluginSupervisorState {
                 tracing::info!(plugin_id = %id, pid = report.pid, exit = %report.description, restart_count = slot.lifecycle.restarts, "plugin exited; its restart policy does not restart it");
                 slot.lifecycle.state = PluginState::Stopped;
                 slot.want = Want::Stopped;
+                if report.limit_exceeded.is_some() {
+                    slot.lifecycle.error = report.limit_exceeded.clone();
+                }
             }
             Decision::GiveUp {
                 restarts_in_window,

@@ -514,6 +514,7 @@ mod tests {
                 term_grace: Duration::from_secs(1),
                 default_call_timeout: Duration::from_secs(5),
                 max_frame_bytes: 1 << 20,
+                limits: Default::default(),
             }),
             restart_defaults: RestartSettings::default(),
             python: PythonSettings {

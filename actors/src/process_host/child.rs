@@ -67,7 +67,82 @@ pub struct LaunchSpec {
     pub cwd: PathBuf,
     /// Extra environment (the `NEKO_*` variables, including the secret).
     pub env: Vec<(String, String)>,
+    /// The rlimits set in the child before exec.
+    pub limits: ResourceLimits,
 }
+
+/// A plugin's resource limits: `[limits]` in neko's settings, overridden per plugin by the same
+/// keys in plugin.toml's `[plugin_runtime]`. 0 means "no limit" (for `max_open_files`: keep the
+/// limit neko itself runs with).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ResourceLimits {
+    /// `RLIMIT_DATA` in MiB: the process's private writable memory (heap, anonymous mmaps, thread
+    /// stacks), not its address space. See DESIGN.md "Resource limits" for why not `RLIMIT_AS`.
+    pub max_memory_mb: u64,
+    /// `RLIMIT_NOFILE` (soft and hard): the highest file descriptor number + 1.
+    pub max_open_files: u64,
+    /// Frames per second the plugin may send on its protocol link (counted by its host).
+    pub max_message_rate: u64,
+}
+
+impl ResourceLimits {
+    /// These limits with each key `overrides` sets replaced.
+    pub fn with_overrides(self, overrides: &LimitOverrides) -> Self {
+        Self {
+            max_memory_mb: overrides.max_memory_mb.unwrap_or(self.max_memory_mb),
+            max_open_files: overrides.max_open_files.unwrap_or(self.max_open_files),
+            max_message_rate: overrides.max_message_rate.unwrap_or(self.max_message_rate),
+        }
+    }
+
+    /// The rlimits to set in the child, as `(resource, value)`, computed in the parent (so the
+    /// child between fork and exec only calls `setrlimit`). A value above the hard limit neko runs
+    /// under is lowered to it (raising a hard limit needs privileges), with a warning.
+    fn rlimits(&self, plugin_id: &PluginId) -> Vec<(RlimitResource, libc::rlim_t, &'static str)> {
+        let mut out = Vec::new();
+        let wanted = [
+            (
+                libc::RLIMIT_DATA,
+                self.max_memory_mb.saturating_mul(1024 * 1024),
+                "max_memory_mb",
+            ),
+            (libc::RLIMIT_NOFILE, self.max_open_files, "max_open_files"),
+        ];
+        for (resource, value, key) in wanted {
+            if value == 0 {
+                continue;
+            }
+            let mut value = value as libc::rlim_t;
+            let mut current = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes into the struct we pass; nothing else is touched.
+            if unsafe { libc::getrlimit(resource, &mut current) } == 0
+                && current.rlim_max != libc::RLIM_INFINITY
+                && value > current.rlim_max
+            {
+                tracing::warn!(plugin_id = %plugin_id, limit = key, wanted = value, hard_limit = current.rlim_max, "resource limit above neko's own hard limit; using the hard limit");
+                value = current.rlim_max;
+            }
+            out.push((resource, value, key));
+        }
+        out
+    }
+}
+
+/// The limit keys a plugin's `[plugin_runtime]` sets (`None`: the `[limits]` default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LimitOverrides {
+    pub max_memory_mb: Option<u64>,
+    pub max_open_files: Option<u64>,
+    pub max_message_rate: Option<u64>,
+}
+
+#[cfg(target_env = "gnu")]
+type RlimitResource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type RlimitResource = libc::c_int;
 
 // The spec carries the per-launch secret in `env`: never print it.
 impl std::fmt::Debug for LaunchSpec {
@@ -179,6 +254,14 @@ impl Tail {
         self.last(Self::LINES)
     }
 
+    /// The last lines, oldest first.
+    pub fn lines(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The last `n` lines, joined with ` | `.
     pub fn last(&self, n: usize) -> String {
         self.0
@@ -195,6 +278,12 @@ impl Tail {
 /// forwarded into the log. The caller must hand the child to [`reap`].
 pub fn spawn(plugin_id: &PluginId, spec: &LaunchSpec) -> std::io::Result<Spawned> {
     let supervisor_pid = std::process::id() as libc::pid_t;
+    let rlimits: Vec<(RlimitResource, libc::rlim_t)> = spec
+        .limits
+        .rlimits(plugin_id)
+        .into_iter()
+        .map(|(resource, value, _)| (resource, value))
+        .collect();
     let mut cmd = Command::new(&spec.program);
     cmd.args(&spec.args)
         .current_dir(&spec.cwd)
@@ -205,9 +294,20 @@ pub fn spawn(plugin_id: &PluginId, spec: &LaunchSpec) -> std::io::Result<Spawned
         // Its own group, so stop and kill reach every process the plugin started.
         .process_group(0);
     // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
-    // functions (prctl, getppid, _exit).
+    // functions (prctl, getppid, setrlimit, _exit); `rlimits` was allocated before the fork and is
+    // only read.
     unsafe {
         cmd.pre_exec(move || {
+            // Resource limits (soft = hard, so the plugin cannot raise them again).
+            for &(resource, value) in &rlimits {
+                let limit = libc::rlimit {
+                    rlim_cur: value,
+                    rlim_max: value,
+                };
+                if libc::setrlimit(resource, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             // Die with the supervisor, even when it is SIGKILLed and cannot clean up.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -256,6 +356,105 @@ pub fn describe_exit(status: &ExitStatus) -> String {
         (None, Some(sig)) => format!("killed by signal {sig} ({})", signal_name(sig)),
         _ => "unknown exit".to_string(),
     }
+}
+
+/// A resource limit a plugin ran into, as its status and the log show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitHit {
+    /// The setting: `max_memory_mb`, `max_open_files` or `max_message_rate`.
+    pub key: &'static str,
+    /// Its configured value.
+    pub limit: u64,
+    /// What was seen: a count and a time, or the line the process died with.
+    pub observed: String,
+    /// False when only the manner of death (a signal) points at the limit.
+    pub certain: bool,
+}
+
+impl LimitHit {
+    /// `exceeded max_memory_mb (limit 64 MiB): MemoryError`.
+    pub fn text(&self) -> String {
+        let unit = match self.key {
+            "max_memory_mb" => " MiB",
+            "max_message_rate" => " msgs/s",
+            _ => "",
+        };
+        let maybe = if self.certain { "" } else { "possibly " };
+        format!(
+            "{maybe}exceeded {} (limit {}{unit}): {}",
+            self.key, self.limit, self.observed
+        )
+    }
+}
+
+/// What a process prints when an allocation failed (Python, Rust, C++, Go, Node, libc).
+const OUT_OF_MEMORY_MARKERS: &[&str] = &[
+    "memoryerror",
+    "memory allocation of",
+    "out of memory",
+    "cannot allocate memory",
+    "bad_alloc",
+    "failed to allocate",
+    "enomem",
+];
+
+/// Whether an abnormal exit looks like the work of one of `limits` (set rlimits only), judging by
+/// the process's last output lines and the signal that ended it. An allocation refused under
+/// `RLIMIT_DATA` shows up as the runtime's out-of-memory error (Python `MemoryError`, Rust
+/// "memory allocation of N bytes failed" + SIGABRT, ...); EMFILE as "Too many open files".
+pub fn limit_exit_cause(
+    limits: &ResourceLimits,
+    status: &ExitStatus,
+    output: &[String],
+) -> Option<LimitHit> {
+    use std::os::unix::process::ExitStatusExt;
+    if status.success() {
+        return None;
+    }
+    let clip = |line: &str| -> String {
+        const MAX: usize = 200;
+        match line.char_indices().nth(MAX) {
+            Some((i, _)) => format!("{}…", &line[..i]),
+            None => line.to_string(),
+        }
+    };
+    let find = |markers: &[&str]| {
+        output.iter().rev().find(|line| {
+            let lower = line.to_ascii_lowercase();
+            markers.iter().any(|m| lower.contains(m))
+        })
+    };
+    if limits.max_open_files > 0
+        && let Some(line) = find(&["too many open files", "emfile"])
+    {
+        return Some(LimitHit {
+            key: "max_open_files",
+            limit: limits.max_open_files,
+            observed: clip(line.trim()),
+            certain: true,
+        });
+    }
+    if limits.max_memory_mb > 0 {
+        if let Some(line) = find(OUT_OF_MEMORY_MARKERS) {
+            return Some(LimitHit {
+                key: "max_memory_mb",
+                limit: limits.max_memory_mb,
+                observed: clip(line.trim()),
+                certain: true,
+            });
+        }
+        // A failed allocation that printed nothing: abort() (Rust, C++), or a crash on the null
+        // pointer a C allocator returned.
+        if let Some(sig @ (libc::SIGABRT | libc::SIGSEGV | libc::SIGBUS)) = status.signal() {
+            return Some(LimitHit {
+                key: "max_memory_mb",
+                limit: limits.max_memory_mb,
+                observed: format!("died by {}, as a failed allocation may", signal_name(sig)),
+                certain: false,
+            });
+        }
+    }
+    None
 }
 
 fn signal_name(sig: i32) -> &'static str {
@@ -339,5 +538,165 @@ async fn forward_lines(
     }
     if !buf.is_empty() {
         emit(&buf);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn exit_code(code: i32) -> ExitStatus {
+        ExitStatus::from_raw(code << 8)
+    }
+
+    fn killed_by(sig: i32) -> ExitStatus {
+        ExitStatus::from_raw(sig)
+    }
+
+    fn lines(text: &[&str]) -> Vec<String> {
+        text.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// A plugin's keys replace the defaults one by one; 0 stays 0 ("no limit").
+    #[test]
+    fn overrides_replace_defaults_key_by_key() {
+        let defaults = ResourceLimits {
+            max_memory_mb: 0,
+            max_open_files: 4096,
+            max_message_rate: 20_000,
+        };
+        assert_eq!(
+            defaults.with_overrides(&LimitOverrides::default()),
+            defaults
+        );
+        let merged = defaults.with_overrides(&LimitOverrides {
+            max_memory_mb: Some(128),
+            max_open_files: None,
+            max_message_rate: Some(0),
+        });
+        assert_eq!(
+            merged,
+            ResourceLimits {
+                max_memory_mb: 128,
+                max_open_files: 4096,
+                max_message_rate: 0,
+            }
+        );
+    }
+
+    /// Only set limits become rlimits; memory in bytes; nothing above neko's own hard limit.
+    #[test]
+    fn rlimits_cover_set_limits_only() {
+        let id = PluginId::new("x").unwrap();
+        assert!(ResourceLimits::default().rlimits(&id).is_empty());
+        let set = ResourceLimits {
+            max_memory_mb: 64,
+            max_open_files: 32,
+            max_message_rate: 10,
+        }
+        .rlimits(&id);
+        assert_eq!(
+            set,
+            vec![
+                (libc::RLIMIT_DATA, 64 * 1024 * 1024, "max_memory_mb"),
+                (libc::RLIMIT_NOFILE, 32, "max_open_files"),
+            ]
+        );
+        let mut hard = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut hard) },
+            0
+        );
+        if hard.rlim_max != libc::RLIM_INFINITY {
+            let huge = ResourceLimits {
+                max_open_files: u64::MAX,
+                ..Default::default()
+            }
+            .rlimits(&id);
+            assert_eq!(huge[0].1, hard.rlim_max);
+        }
+    }
+
+    /// The child runs under the rlimits (checked with the shell's `ulimit`).
+    #[tokio::test]
+    async fn spawned_process_runs_under_the_limits() {
+        let id = PluginId::new("limited").unwrap();
+        let spec = LaunchSpec {
+            program: PathBuf::from("/bin/sh"),
+            args: vec!["-c".into(), "ulimit -n; ulimit -d".into()],
+            cwd: std::env::temp_dir(),
+            env: Vec::new(),
+            limits: ResourceLimits {
+                max_memory_mb: 100,
+                max_open_files: 50,
+                max_message_rate: 0,
+            },
+        };
+        let spawned = spawn(&id, &spec).unwrap();
+        let tail = spawned.tail.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        reap(spawned, move |status| {
+            let _ = tx.send(status);
+        });
+        let status = rx.await.unwrap().unwrap();
+        assert!(status.success());
+        // `ulimit -d` is in KiB.
+        assert_eq!(tail.lines(), vec!["50".to_string(), "102400".to_string()]);
+    }
+
+    /// Exits are blamed on a limit only with evidence, and only when that limit is set.
+    #[test]
+    fn limit_exit_cause_needs_the_limit_and_evidence() {
+        let mem = ResourceLimits {
+            max_memory_mb: 64,
+            ..Default::default()
+        };
+        let py = lines(&["Traceback (most recent call last):", "MemoryError"]);
+        let hit = limit_exit_cause(&mem, &exit_code(1), &py).unwrap();
+        assert_eq!(
+            hit.text(),
+            "exceeded max_memory_mb (limit 64 MiB): MemoryError"
+        );
+        let rust = lines(&["memory allocation of 1073741824 bytes failed"]);
+        let hit = limit_exit_cause(&mem, &killed_by(libc::SIGABRT), &rust).unwrap();
+        assert!(hit.certain);
+        assert_eq!(hit.observed, "memory allocation of 1073741824 bytes failed");
+        // A silent abort is only "possibly" the limit.
+        let hit = limit_exit_cause(&mem, &killed_by(libc::SIGABRT), &[]).unwrap();
+        assert!(!hit.certain);
+        assert!(hit.text().starts_with("possibly exceeded max_memory_mb"));
+        // No limit set, a clean exit, or no evidence: no blame.
+        assert_eq!(
+            limit_exit_cause(&ResourceLimits::default(), &exit_code(1), &py),
+            None
+        );
+        assert_eq!(limit_exit_cause(&mem, &exit_code(0), &py), None);
+        assert_eq!(
+            limit_exit_cause(&mem, &exit_code(3), &lines(&["bad config"])),
+            None
+        );
+        assert_eq!(limit_exit_cause(&mem, &killed_by(libc::SIGKILL), &[]), None);
+        // EMFILE, with max_open_files set.
+        let files = ResourceLimits {
+            max_open_files: 32,
+            ..Default::default()
+        };
+        let emfile = lines(&["OSError: [Errno 24] Too many open files: '/dev/null'"]);
+        assert_eq!(
+            limit_exit_cause(&files, &exit_code(1), &emfile)
+                .unwrap()
+                .text(),
+            "exceeded max_open_files (limit 32): OSError: [Errno 24] Too many open files: '/dev/null'"
+        );
+        assert_eq!(limit_exit_cause(&mem, &exit_code(1), &emfile), None);
+        // Long lines are clipped.
+        let long = lines(&[&format!("MemoryError {}", "x".repeat(500))]);
+        let hit = limit_exit_cause(&mem, &exit_code(1), &long).unwrap();
+        assert!(hit.observed.chars().count() <= 201, "{}", hit.observed);
     }
 }

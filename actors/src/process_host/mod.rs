@@ -41,7 +41,7 @@ use crate::python_env::{PythonEnvMsg, PythonLaunch};
 use crate::root::TreeRefs;
 use crate::run_tracker::RunTrackerMsg;
 use crate::status_manager::StatusManagerMsg;
-use child::LaunchSpec;
+use child::{LaunchSpec, LimitHit, ResourceLimits};
 use link::Link;
 pub use link::Transport;
 
@@ -65,6 +65,8 @@ pub struct HostSettings {
     pub default_call_timeout: Duration,
     /// Largest frame payload accepted from a plugin.
     pub max_frame_bytes: usize,
+    /// `[limits]`: every plugin's resource limits unless its plugin.toml overrides them.
+    pub limits: ResourceLimits,
 }
 
 /// The ProcessHost actor.
@@ -171,6 +173,52 @@ pub struct ExitReport {
     /// No process could be started (program missing, build or environment failed): restarting
     /// would fail the same way, so the supervisor does not try.
     pub setup_failed: bool,
+    /// The resource limit the plugin ran into, if it did
+    /// (`exceeded max_message_rate (limit 20000 msgs/s): 20001 msgs in 0.62 s`); also at the end
+    /// of `description`.
+    pub limit_exceeded: Option<String>,
+}
+
+/// Window over which `max_message_rate` is counted.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Counts the frames a plugin sends in consecutive [`RATE_WINDOW`]s (each starting with the first
+/// frame after the previous one ended). Any burst of up to `limit` frames passes; more than `limit`
+/// within one window is a violation. Two numbers per host, no per-frame history.
+#[derive(Debug, Clone)]
+struct RateMeter {
+    /// Frames per window; 0 = unlimited.
+    limit: u64,
+    window_start: Option<Instant>,
+    count: u64,
+}
+
+impl RateMeter {
+    fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            window_start: None,
+            count: 0,
+        }
+    }
+
+    /// Counts one frame at `now`. `Some((count, elapsed))` when the window now holds more than the
+    /// limit: `count` frames within `elapsed` of its start.
+    fn record(&mut self, now: Instant) -> Option<(u64, Duration)> {
+        if self.limit == 0 {
+            return None;
+        }
+        let start = match self.window_start {
+            Some(start) if now.saturating_duration_since(start) < RATE_WINDOW => start,
+            _ => {
+                self.window_start = Some(now);
+                self.count = 0;
+                now
+            }
+        };
+        self.count += 1;
+        (self.count > self.limit).then(|| (self.count, now.saturating_duration_since(start)))
+    }
 }
 
 enum Phase {
@@ -224,6 +272,12 @@ pub struct ProcessHostState {
     stop_requested: bool,
     kill_reason: Option<String>,
     setup_failed: bool,
+    /// This launch's resource limits (`[limits]` with the plugin's overrides).
+    limits: ResourceLimits,
+    /// Frames received, against `limits.max_message_rate`.
+    rate: RateMeter,
+    /// The resource limit the plugin ran into.
+    limit_hit: Option<LimitHit>,
     /// The process's last output lines, quoted when it dies before it is ready.
     output: Option<child::Tail>,
     timers: Vec<AbortHandle>,
@@ -252,6 +306,7 @@ impl Actor for ProcessHost {
         )
         .await?;
         let plane = Some(args.plane.clone());
+        let limits = args.settings.limits.with_overrides(&args.manifest.limits);
         let prepare = tokio::spawn(prepare(
             args.manifest.clone(),
             link.endpoint().to_string(),
@@ -284,6 +339,9 @@ impl Actor for ProcessHost {
             stop_requested: false,
             kill_reason: None,
             setup_failed: false,
+            limits,
+            rate: RateMeter::new(limits.max_message_rate),
+            limit_hit: None,
             output: None,
             timers: Vec::new(),
         })
@@ -455,6 +513,7 @@ async fn launch_spec(
         args,
         cwd: manifest.dir.clone(),
         env,
+        limits: settings.limits.with_overrides(&manifest.limits),
     })
 }
 
@@ -536,6 +595,18 @@ impl ProcessHostState {
 
     fn frame(&mut self, myself: &ActorRef<ProcessHostMsg>, identity: Bytes, envelope: Envelope) {
         let kind = envelope.msg.kind();
+        if self.limit_hit.is_some() {
+            // Killed for a limit: what it still had queued is not worth handling.
+            return;
+        }
+        if let Some((count, elapsed)) = self.rate.record(Instant::now()) {
+            return self.exceeded(LimitHit {
+                key: "max_message_rate",
+                limit: self.limits.max_message_rate,
+                observed: format!("{count} msgs in {:.2} s", elapsed.as_secs_f64()),
+                certain: true,
+            });
+        }
         match (&self.phase, envelope.msg) {
             (Phase::Handshaking, Message::Hello(hello)) => self.hello(myself, identity, hello),
             (Phase::Ready | Phase::Stopping, msg) if self.link.is_peer(&identity) => {
@@ -933,6 +1004,21 @@ impl ProcessHostState {
         }
     }
 
+    /// The plugin ran into a resource limit the host enforces: log it, kill it.
+    fn exceeded(&mut self, hit: LimitHit) {
+        let reason = hit.text();
+        tracing::warn!(
+            plugin_id = %self.plugin_id,
+            pid = self.pid,
+            limit = hit.key,
+            limit_value = hit.limit,
+            observed = %hit.observed,
+            "plugin exceeded a resource limit: {reason}"
+        );
+        self.limit_hit = Some(hit);
+        self.kill(reason);
+    }
+
     /// Kills the process group now, recording why (the exit then counts as abnormal).
     fn kill(&mut self, reason: String) {
         tracing::warn!(plugin_id = %self.plugin_id, pid = self.pid, %reason, "killing plugin process");
@@ -1003,6 +1089,29 @@ impl ProcessHostState {
             Ok(s) => (child::describe_exit(s), !s.success()),
             Err(e) => (format!("wait failed: {e}"), true),
         };
+        // An exit the rlimits may have caused (the host does not see them being hit).
+        if self.limit_hit.is_none()
+            && self.kill_reason.is_none()
+            && let Ok(s) = &status
+        {
+            let lines = self
+                .output
+                .as_ref()
+                .map(child::Tail::lines)
+                .unwrap_or_default();
+            if let Some(hit) = child::limit_exit_cause(&self.limits, s, &lines) {
+                tracing::warn!(
+                    plugin_id = %self.plugin_id,
+                    pid = self.pid,
+                    limit = hit.key,
+                    limit_value = hit.limit,
+                    observed = %hit.observed,
+                    exit = %description,
+                    "plugin exited at a resource limit: {}", hit.text()
+                );
+                self.limit_hit = Some(hit);
+            }
+        }
         if self.ready_at.is_none() {
             if let Ok(s) = &status
                 && s.code() == Some(child::EXIT_CANNOT_START)
@@ -1014,6 +1123,9 @@ impl ProcessHostState {
             if !said.is_empty() {
                 description = format!("{description}: {said}");
             }
+        }
+        if let Some(hit) = &self.limit_hit {
+            description = format!("{description} — {}", hit.text());
         }
         self.finish(myself, description, abnormal);
     }
@@ -1049,6 +1161,7 @@ impl ProcessHostState {
             pid: self.pid,
             kill_reason: self.kill_reason.clone(),
             setup_failed: self.setup_failed,
+            limit_exceeded: self.limit_hit.as_ref().map(LimitHit::text),
         };
         tracing::info!(
             plugin_id = %self.plugin_id,
@@ -1058,6 +1171,7 @@ impl ProcessHostState {
             exit = %report.description,
             abnormal = report.abnormal,
             kill_reason = report.kill_reason.as_deref(),
+            limit_exceeded = report.limit_exceeded.as_deref(),
             "plugin process exited"
         );
         let _ = self.supervisor.cast(PluginSupervisorMsg::HostExited {
@@ -1068,5 +1182,47 @@ impl ProcessHostState {
         // The key is only for this launch; drop our copy as soon as we are done.
         self.key = FrameKey::new(Vec::new());
         myself.stop(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A burst of up to the limit passes; one more within the same second is a violation; a new
+    /// window starts fresh.
+    #[test]
+    fn rate_meter_counts_per_one_second_window() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut meter = RateMeter::new(3);
+        assert_eq!(meter.record(ms(0)), None);
+        assert_eq!(meter.record(ms(1)), None);
+        assert_eq!(meter.record(ms(2)), None);
+        assert_eq!(meter.record(ms(400)), Some((4, Duration::from_millis(400))));
+        // The next window starts with the first frame after the last one ended.
+        let mut meter = RateMeter::new(3);
+        for t in [0, 300, 600] {
+            assert_eq!(meter.record(ms(t)), None);
+        }
+        for t in [1000, 1001, 1002] {
+            assert_eq!(meter.record(ms(t)), None);
+        }
+        assert_eq!(meter.record(ms(1999)).map(|(n, _)| n), Some(4));
+        // Steady traffic at the limit never trips it.
+        let mut meter = RateMeter::new(10);
+        for i in 0..1000 {
+            assert_eq!(meter.record(ms(i * 100)), None, "frame {i}");
+        }
+    }
+
+    /// 0 = unlimited.
+    #[test]
+    fn rate_meter_zero_is_unlimited() {
+        let mut meter = RateMeter::new(0);
+        let now = Instant::now();
+        for _ in 0..100_000 {
+            assert_eq!(meter.record(now), None);
+        }
     }
 }
