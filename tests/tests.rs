@@ -3,6 +3,7 @@
 
 mod helper;
 
+mod bad_input;
 mod chaos;
 mod gateway;
 mod limits;

@@ -21,6 +21,13 @@ type HmacSha256 = Hmac<Sha256>;
 /// Length of the MAC frame.
 pub const MAC_LEN: usize = 32;
 
+/// Deepest nesting of maps and arrays a payload may have (the envelope itself is one level).
+/// Checked before decoding, without recursion: the decoder recurses once per level, and a frame
+/// nested hundreds deep would overflow a thread's stack (in a debug build well below the
+/// decoder's own limit of 1024). 128 is also serde_json's limit, so every value that passes can
+/// be stored as JSON and read back.
+pub const MAX_NESTING: usize = 128;
+
 /// Which way a frame travels; part of what the MAC covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -188,12 +195,78 @@ pub fn open_envelope(
     key.mac(dir, payload)
         .verify_slice(mac)
         .map_err(|_| CodecError::BadMac)?;
+    check_nesting(payload)?;
     let env: Envelope =
         rmp_serde::from_slice(payload).map_err(|e| CodecError::Decode(e.to_string()))?;
     if env.v != PROTOCOL_VERSION {
         return Err(CodecError::Version(env.v));
     }
     Ok(env)
+}
+
+/// Refuses a payload nested deeper than [`MAX_NESTING`]. Walks the msgpack heads iteratively;
+/// malformed or truncated bytes pass here and are refused by the decoder.
+fn check_nesting(payload: &[u8]) -> Result<(), CodecError> {
+    // Values still to read in each open container; the first entry is the top level.
+    let mut open: Vec<u64> = vec![1];
+    let mut pos = 0;
+    while let Some(left) = open.last_mut() {
+        if *left == 0 {
+            open.pop();
+            continue;
+        }
+        *left -= 1;
+        let Some((len, items)) = msgpack_head(payload, pos) else {
+            return Ok(());
+        };
+        pos += len;
+        if items > 0 {
+            if open.len() > MAX_NESTING {
+                return Err(CodecError::Decode(format!(
+                    "nested deeper than {MAX_NESTING} levels"
+                )));
+            }
+            open.push(items);
+        }
+    }
+    Ok(())
+}
+
+/// The msgpack value starting at `pos`: the bytes of its head and scalar body, and how many
+/// values a container holds (map keys and values both count); `None` past the end.
+fn msgpack_head(buf: &[u8], pos: usize) -> Option<(usize, u64)> {
+    let marker = *buf.get(pos)?;
+    let n = |width: usize| -> Option<usize> {
+        let bytes = buf.get(pos + 1..pos + 1 + width)?;
+        Some(bytes.iter().fold(0, |n, b| (n << 8) | usize::from(*b)))
+    };
+    let (len, items) = match marker {
+        0x80..=0x8f => (1, 2 * u64::from(marker & 0x0f)),
+        0x90..=0x9f => (1, u64::from(marker & 0x0f)),
+        0xa0..=0xbf => (1 + usize::from(marker & 0x1f), 0),
+        0xc4 | 0xd9 => (2 + n(1)?, 0),
+        0xc5 | 0xda => (3 + n(2)?, 0),
+        0xc6 | 0xdb => (5 + n(4)?, 0),
+        0xc7 => (3 + n(1)?, 0),
+        0xc8 => (4 + n(2)?, 0),
+        0xc9 => (6 + n(4)?, 0),
+        0xcc | 0xd0 => (2, 0),
+        0xcd | 0xd1 => (3, 0),
+        0xca | 0xce | 0xd2 => (5, 0),
+        0xcb | 0xcf | 0xd3 => (9, 0),
+        0xd4 => (3, 0),
+        0xd5 => (4, 0),
+        0xd6 => (6, 0),
+        0xd7 => (10, 0),
+        0xd8 => (18, 0),
+        0xdc => (3, n(2)? as u64),
+        0xdd => (5, n(4)? as u64),
+        0xde => (3, 2 * n(2)? as u64),
+        0xdf => (5, 2 * n(4)? as u64),
+        // Fixints, nil, bool, the reserved 0xc1: the marker alone.
+        _ => (1, 0),
+    };
+    (pos.checked_add(len)? <= buf.len()).then_some((len, items))
 }
 
 #[cfg(test)]

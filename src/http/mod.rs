@@ -90,8 +90,42 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::map_response(json_errors))
         .layer(cors())
         .with_state(state)
+}
+
+/// Axum's own rejections answer in plain text (a path segment that is not UTF-8, a WebSocket
+/// route opened without the upgrade, a body over the limit on a route that reads raw bytes);
+/// this turns every error that is not JSON yet into `{"detail": <that text>}`, as clients expect.
+async fn json_errors(response: axum::response::Response) -> axum::response::Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    use axum::response::IntoResponse;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let detail = if text.is_empty() {
+        status.canonical_reason().unwrap_or("Error").to_string()
+    } else {
+        text
+    };
+    let (json_parts, json_body) = ApiError::new(status, detail).into_response().into_parts();
+    parts.headers.remove(CONTENT_LENGTH);
+    if let Some(t) = json_parts.headers.get(CONTENT_TYPE) {
+        parts.headers.insert(CONTENT_TYPE, t.clone());
+    }
+    axum::response::Response::from_parts(parts, json_body)
 }
 
 /// The reference's CORS rules: the admin UI's dev server and the main server, and any loopback

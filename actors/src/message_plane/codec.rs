@@ -280,10 +280,14 @@ pub fn map_get<'a>(map: &'a [u8], key: &str) -> Option<&'a [u8]> {
     found
 }
 
+/// rmpv's depth budget for a value nested [`MAX_DEPTH`] deep: it spends two units per
+/// container level (and more on a leaf), so its own "depth" is not levels.
+pub const RMPV_DEPTH: usize = 2 * (MAX_DEPTH + 4);
+
 /// Decodes one msgpack value (stored bytes are well-formed; anything else reads as nil).
 pub fn to_value(bytes: &[u8]) -> Value {
     let mut rd = bytes;
-    rmpv::decode::read_value_with_max_depth(&mut rd, MAX_DEPTH + 1).unwrap_or(Value::Nil)
+    rmpv::decode::read_value_with_max_depth(&mut rd, RMPV_DEPTH).unwrap_or(Value::Nil)
 }
 
 // ----- msgpack writing (into a Vec, which cannot fail) -----

@@ -33,7 +33,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
-use super::codec::{Doc, json_to_value, py_eq, py_float, py_int, py_repr, py_str, py_truthy};
+use super::codec::{
+    Doc, RMPV_DEPTH, json_to_value, py_eq, py_float, py_int, py_repr, py_str, py_truthy,
+};
 use super::replay::Plan;
 use super::store::{Payload, QueryFilter, Rejected, StoreName, TOPIC_NAME_MAX};
 use super::topic_store::{StoreReply, StoreRequest, TopicStoreMsg};
@@ -203,7 +205,10 @@ pub(crate) fn decode(frame: &[u8]) -> (Option<Value>, Encoding) {
         return (Some(json_to_value(json)), Encoding::Json);
     }
     let mut rd = frame;
-    match rmpv::decode::read_value(&mut rd) {
+    // rmpv's default limit (1024 units) recurses deep enough to overflow a worker thread's
+    // stack; allow what a request can legitimately hold: a payload nested MAX_DEPTH deep inside
+    // the envelope and args maps (rmpv counts two units per container level, three per leaf).
+    match rmpv::decode::read_value_with_max_depth(&mut rd, RMPV_DEPTH) {
         Ok(v) if rd.is_empty() => (Some(v), Encoding::Msgpack),
         _ => (None, Encoding::Json),
     }
