@@ -50,6 +50,51 @@ class InvalidCall(Exception):
     """The arguments do not fit the handler's signature."""
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """What `prepare_kwargs` needs from a handler's signature (worked out once per handler)."""
+
+    sig: Optional[inspect.Signature]
+    #: `_ctx` is left out (the handler accepts neither `_ctx` nor `**kwargs`).
+    drop_ctx: bool = False
+    #: Any keyword arguments bind (`**kwargs` and no parameter without a default), so `bind` is skipped.
+    binds_anything: bool = False
+
+
+#: Handler → its shape. Entry handlers are made once (bound methods kept by the handler tables),
+#: so this stays small; it is emptied if it ever grows past `_SHAPE_CACHE_MAX`.
+_shapes: dict = {}
+_SHAPE_CACHE_MAX = 1024
+_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+def _shape_of(handler: Callable[..., Any]) -> _Shape:
+    try:
+        return _shapes[handler]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable (e.g. a bound method of an instance with __eq__ but no __hash__)
+        return _make_shape(handler)
+    shape = _make_shape(handler)
+    if len(_shapes) >= _SHAPE_CACHE_MAX:
+        _shapes.clear()
+    _shapes[handler] = shape
+    return shape
+
+
+def _make_shape(handler: Callable[..., Any]) -> _Shape:
+    try:
+        sig = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return _Shape(None)  # no signature to check (some builtins): pass everything
+    params = sig.parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    ctx_param = params.get(CTX_KEY)
+    drop_ctx = not takes_any and (ctx_param is None or ctx_param.kind is inspect.Parameter.POSITIONAL_ONLY)
+    binds_anything = takes_any and all(p.kind in _VARIADIC or p.default is not p.empty for p in params.values())
+    return _Shape(sig, drop_ctx, binds_anything)
+
+
 def prepare_kwargs(handler: Callable[..., Any], args: Any, run_id: Optional[str] = None) -> dict:
     if args is None:
         args = {}
@@ -58,17 +103,15 @@ def prepare_kwargs(handler: Callable[..., Any], args: Any, run_id: Optional[str]
     kwargs = dict(args)
     if run_id and CTX_KEY not in kwargs:
         kwargs[CTX_KEY] = {"run_id": run_id}
-    try:
-        sig = inspect.signature(handler)
-    except (TypeError, ValueError):
-        return kwargs  # no signature to check (some builtins): pass everything
-    params = sig.parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    ctx_param = params.get(CTX_KEY)
-    if not takes_any and (ctx_param is None or ctx_param.kind is inspect.Parameter.POSITIONAL_ONLY):
+    shape = _shape_of(handler)
+    if shape.sig is None:
+        return kwargs
+    if shape.drop_ctx:
         kwargs.pop(CTX_KEY, None)
+    if shape.binds_anything and all(type(k) is str for k in kwargs):
+        return kwargs
     try:
-        sig.bind(**kwargs)
+        shape.sig.bind(**kwargs)
     except TypeError as exc:
         raise InvalidCall(f"Invalid call: {exc}") from None
     return kwargs

@@ -27,7 +27,6 @@ import os
 import threading
 import time
 import tomllib
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
@@ -35,7 +34,7 @@ from typing import Any, Callable, Optional, Protocol
 from ..sdk.errors import RequestError
 from ..sdk.logger import PluginLogger, enable_plugin_file_logging
 from . import scope
-from .message_plane import MessagePlane, MessagePlaneConfig, receipt
+from .message_plane import MessagePlane, MessagePlaneConfig, receipt, uuid4_str
 
 #: Request ops this SDK sends because the supervisor serves them.
 SERVED_OPS = frozenset({"config.get", "run.update", "export.push", "plugin.call", "plugins.query"})
@@ -99,6 +98,11 @@ def _wait_in_call(future: concurrent.futures.Future, limit: Optional[float]) -> 
             return future.result()
         if end is not None and time.monotonic() >= end:
             raise TimeoutError()
+
+
+def _expire(answer: asyncio.Future) -> None:
+    if not answer.done():
+        answer.set_exception(TimeoutError())
 
 
 def running_loop() -> Optional[asyncio.AbstractEventLoop]:
@@ -248,12 +252,27 @@ class PluginContext:
         set, both the SDK's own wait expiring and a TIMEOUT answer raise TimeoutError with it."""
         self._require_served(op)
         limit = wait if wait is not None else timeout
-        request_id, future = self._transport.start_request(op, args)
+        start_async = getattr(self._transport, "start_request_async", None)
+        if start_async is None:  # a transport without the loop-native form
+            request_id, future = self._transport.start_request(op, args)
+            try:
+                body = await asyncio.wait_for(asyncio.wrap_future(future), limit if limit and limit > 0 else None)
+            except TimeoutError:
+                raise TimeoutError(timeout_message or f"{op} timed out after {timeout}s") from None
+            finally:
+                self._transport.forget(request_id)
+            return unwrap_response(op, body, wrap_result=wrap_result, timeout_message=timeout_message)
+        # The response arrives in a future of this loop; the wait is bounded by one timer (what
+        # asyncio.wait_for would do, without its extra future and task wake-ups).
+        request_id, answer = start_async(op, args)
+        timer = asyncio.get_running_loop().call_later(limit, _expire, answer) if limit and limit > 0 else None
         try:
-            body = await asyncio.wait_for(asyncio.wrap_future(future), limit if limit and limit > 0 else None)
+            body = await answer
         except TimeoutError:
             raise TimeoutError(timeout_message or f"{op} timed out after {timeout}s") from None
         finally:
+            if timer is not None:
+                timer.cancel()
             self._transport.forget(request_id)
         return unwrap_response(op, body, wrap_result=wrap_result, timeout_message=timeout_message)
 
@@ -574,6 +593,9 @@ class PluginContext:
 
     def _message_plane(self) -> MessagePlane:
         """The message-plane client, made on first use (no socket exists before a call needs one)."""
+        plane = self._plane
+        if plane is not None:
+            return plane
         with self._plane_lock:
             if self._plane is None:
                 if self._closed:
@@ -618,7 +640,7 @@ class PluginContext:
             message_id = f"{self.plugin_id}:{next(self._fast_ids)}"
             when: Any = time.time()
         else:
-            message_id = str(uuid.uuid4())
+            message_id = uuid4_str()  # str(uuid.uuid4()), without its per-id system call
             when = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
         if self._closed:  # e.g. a background thread still pushing while the plugin exits
             return receipt(False, message_id, "closed")

@@ -9,10 +9,12 @@ Two event loops in two threads:
   `async def` entries, async lifecycle hooks, async timers, `@message` handlers, and awaitables a
   sync handler returned.
 
-Sync handlers run on a thread pool, `@worker` handlers on a separate small pool. Each call has a
-deadline (the TRIGGER's `timeout_ms`, else the entry's own) and can be canceled; either way the
-caller gets its RESULT at once (from the I/O loop), the async task is cancelled on the handler loop
-(`call_soon_threadsafe(task.cancel)`), and a sync handler sees `ctx.cancelled` turn true.
+Sync handlers run on a thread pool, `@worker` handlers on a separate small pool. A handler's RESULT
+is sent by the thread it ran on as soon as it has its outcome (no hop back to the I/O loop). Each
+call has a deadline (the TRIGGER's `timeout_ms`, else the entry's own) and can be canceled; either
+way the caller gets its RESULT at once (from the I/O loop), the async task is cancelled on the
+handler loop, and a sync handler sees `ctx.cancelled` turn true. Exactly one RESULT is sent per
+call (`_Call.claim`).
 
 An `async def` handler that blocks (e.g. `time.sleep`) therefore only delays the other async
 handlers; heartbeats, CANCELs and the results of sync handlers keep flowing. A watchdog on the I/O
@@ -32,6 +34,7 @@ import inspect
 import os
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -78,12 +81,27 @@ class _Awaitable:
 @dataclass
 class _Call:
     scope: scope.CallScope
-    cancel_event: asyncio.Event = field(default_factory=asyncio.Event)
     task: Optional[asyncio.Task] = None
+    #: Set by `cancel` (CANCEL from neko); the call then ends with CANCELED.
+    canceled: bool = False
+    #: Woken by `cancel`: the future `_execute` is waiting on, if any (on the I/O loop).
+    waiter: Optional[asyncio.Future] = None
+    #: The deadline (I/O loop time, i.e. `time.monotonic()`), once `_execute` has set it.
+    end: Optional[float] = None
+    #: Taken by whoever sends the call's RESULT (exactly one is sent): the thread the handler ran on,
+    #: as soon as it has its outcome, or the I/O loop (cancel, deadline, runtime failures).
+    answered: threading.Lock = field(default_factory=threading.Lock)
+
+    def claim(self) -> bool:
+        """True once, for whoever sends the RESULT."""
+        return self.answered.acquire(blocking=False)
 
     def cancel(self) -> None:
         self.scope.flag.set()
-        self.cancel_event.set()
+        self.canceled = True
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class PluginHost:
@@ -242,14 +260,25 @@ class PluginHost:
     # -- background loops ---------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
+        # Messages are handled as they arrive (the link calls `_on_message` from its readable
+        # event, several per wakeup when several are waiting); this task only waits for a failure.
+        assert self.loop is not None
+        failed: asyncio.Future = self.loop.create_future()
+
+        def on_failure(exc: BaseException) -> None:
+            if not failed.done():
+                failed.set_exception(exc)
+
+        self.link.set_receiver(self._on_message, on_failure)
         try:
-            while True:
-                self._on_message(await self.link.recv())
+            await failed
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.logger.error("the link to neko failed: {}: {}", type(exc).__name__, exc)
             self._finish(1)
+        finally:
+            self.link.set_receiver(None)
 
     async def _heartbeat_loop(self, interval_s: float) -> None:
         # Sent from the I/O loop, which runs no plugin code: a blocking handler cannot stop them,
@@ -345,9 +374,27 @@ class PluginHost:
         finally:
             call.scope.ended = True
             self.calls.pop(call_id, None)
+        self._answer(call, outcome)
+
+    def _answer(self, call: _Call, outcome: Outcome) -> None:
+        """Sends the call's RESULT, unless it has been sent already (from any thread)."""
+        if not call.claim():
+            return
+        call.scope.ended = True
         if not outcome.ok and outcome.code == "INVALID_RESPONSE":
             self.logger.warning("{}", outcome.message)
-        self.link.post("result", outcome.body(call_id))
+        self.link.post("result", outcome.body(call.scope.call_id))
+
+    def _answer_early(self, call: _Call, outcome: Any) -> None:
+        """From the thread the handler ran on: sends its final outcome at once, without a hop back
+        to the I/O loop. Left to the I/O loop (which answers CANCELED or TIMEOUT, as before) once
+        the call is canceled or its deadline has passed."""
+        if not isinstance(outcome, Outcome) or call.canceled:
+            return
+        end = call.end
+        if end is not None and time.monotonic() >= end:
+            return
+        self._answer(call, outcome)
 
     async def _execute(self, entry: RuntimeEntry, args: Any, call: _Call, deadline: Optional[float]) -> Outcome:
         assert self.loop is not None
@@ -358,28 +405,24 @@ class PluginHost:
         label = entry.label
         run_id = call.scope.run_id
         work: asyncio.Future
+        end = call.end = None if deadline is None else self.loop.time() + deadline
         if entry.worker is not None:
             # As in the reference, worker threads see neither the run id nor the handler scope.
-            work = self.loop.run_in_executor(self.worker_pool, self._thread_call, entry, kwargs, None, None, call.scope)
+            work = self.loop.run_in_executor(self.worker_pool, self._thread_call, entry, kwargs, None, None, call)
         elif entry.is_async:
-            work = self.handlers.run(self._async_call(entry, kwargs, label, run_id, call.scope))
+            work = self.handlers.run(self._async_call(entry, kwargs, label, run_id, call))
         else:
-            work = self.loop.run_in_executor(self.sync_pool, self._thread_call, entry, kwargs, label, run_id, call.scope)
-        end = None if deadline is None else self.loop.time() + deadline
+            work = self.loop.run_in_executor(self.sync_pool, self._thread_call, entry, kwargs, label, run_id, call)
         while True:
-            canceled = asyncio.ensure_future(call.cancel_event.wait())
-            remaining = None if end is None else max(0.0, end - self.loop.time())
             try:
-                done, _ = await asyncio.wait({work, canceled}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                await self._wait_for_work(work, call, end)
             except asyncio.CancelledError:  # the runtime is stopping: the handler is abandoned too
-                canceled.cancel()
                 self._abandon(work, call)
                 raise
-            canceled.cancel()
-            if call.cancel_event.is_set():
+            if call.canceled:
                 self._abandon(work, call)
                 return Outcome.failure("CANCELED", "canceled")
-            if work not in done:
+            if not work.done():
                 self._abandon(work, call)
                 self.logger.warning("{} passed its deadline of {} ms", entry.what, int(round(deadline * 1000)))
                 return Outcome.failure("TIMEOUT", f"{entry.what} timed out after {int(round(deadline * 1000))}ms")
@@ -387,7 +430,29 @@ class PluginHost:
             if isinstance(result, Outcome):
                 return result
             # A sync handler returned an awaitable: await it on the handler loop, under the same deadline.
-            work = self.handlers.run(self._async_call(entry, None, label, run_id, call.scope, awaitable=result.value))
+            work = self.handlers.run(self._async_call(entry, None, label, run_id, call, awaitable=result.value))
+
+    async def _wait_for_work(self, work: asyncio.Future, call: _Call, end: Optional[float]) -> None:
+        """Returns once `work` is done, the call is canceled, or the loop's clock reaches `end`."""
+        if work.done() or call.canceled:
+            return
+        assert self.loop is not None
+        waiter = self.loop.create_future()
+
+        def wake(_: Any = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        work.add_done_callback(wake)
+        call.waiter = waiter
+        timer = None if end is None else self.loop.call_at(end, wake)
+        try:
+            await waiter
+        finally:
+            call.waiter = None
+            work.remove_done_callback(wake)
+            if timer is not None:
+                timer.cancel()
 
     def _abandon(self, work: asyncio.Future, call: _Call) -> None:
         call.scope.flag.set()
@@ -412,29 +477,35 @@ class PluginHost:
             tb = tb.tb_next
         self.logger.opt(exception=exc.with_traceback(tb)).error("{} raised {}: {}", entry.what, type(exc).__name__, exc)
 
-    async def _async_call(self, entry: RuntimeEntry, kwargs: Optional[dict], label: str, run_id: Optional[str], call_scope: scope.CallScope, awaitable: Any = None) -> Any:
+    async def _async_call(self, entry: RuntimeEntry, kwargs: Optional[dict], label: str, run_id: Optional[str], call: _Call, awaitable: Any = None) -> Any:
         # Runs on the handler loop, in its own task (and so its own copy of the context).
         name_task(label)
-        scope.enter(label, run_id, call_scope)
+        scope.enter(label, run_id, call.scope)
         try:
             value = await (awaitable if awaitable is not None else entry.handler(**(kwargs or {})))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._log_failure(entry, exc)
-            return outcome_from_exception(exc)
-        return convert_return(entry.id, value)
+            outcome = outcome_from_exception(exc)
+        else:
+            outcome = convert_return(entry.id, value)
+        self._answer_early(call, outcome)
+        return outcome
 
-    def _thread_call(self, entry: RuntimeEntry, kwargs: dict, label: Optional[str], run_id: Optional[str], call_scope: scope.CallScope) -> Any:
+    def _thread_call(self, entry: RuntimeEntry, kwargs: dict, label: Optional[str], run_id: Optional[str], call: _Call) -> Any:
         with self._busy_thread():
             try:
-                value = scope.run_scoped(entry.handler, kwargs, label=label, run_id=run_id, call=call_scope)
+                value = scope.run_scoped(entry.handler, kwargs, label=label, run_id=run_id, call=call.scope)
             except Exception as exc:
                 self._log_failure(entry, exc)
-                return outcome_from_exception(exc)
-            if inspect.isawaitable(value):
-                return _Awaitable(value)
-            return convert_return(entry.id, value)
+                outcome = outcome_from_exception(exc)
+            else:
+                if inspect.isawaitable(value):
+                    return _Awaitable(value)
+                outcome = convert_return(entry.id, value)
+            self._answer_early(call, outcome)
+            return outcome
 
     @contextmanager
     def _busy_thread(self) -> Iterator[None]:

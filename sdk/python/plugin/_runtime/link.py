@@ -1,29 +1,48 @@
 """The link to the supervisor: one ZeroMQ DEALER socket, the signed session over it, an outbox and
 the open requests.
 
-Only the runner's I/O loop (the main thread; plugin code runs elsewhere, see `host`) touches the
-socket. Everyone else (handler threads, the handler loop, timers, the context) calls `post(...)`,
-which hands the message to the I/O loop; one writer task seals and sends in queue order, so a STATUS
-a handler reported before returning goes out before its RESULT.
+The runner's I/O loop (the main thread; plugin code runs elsewhere, see `host`) reads the socket:
+its selector watches the socket's `ZMQ_FD` (`loop.add_reader`; a plain ZeroMQ socket, not a
+`zmq.asyncio` one), and every readable event drains what has arrived, up to `DRAIN_BATCH` frames
+per turn of the loop.
+
+Everyone (the I/O loop, handler threads, the handler loop, timers, the context) sends with
+`post(...)`: the message is sealed and handed to the socket at once (`NOBLOCK`) by the posting
+thread, under one lock, so messages leave in the order they were posted (a STATUS a handler
+reported before returning goes out before its RESULT) and no thread hop is needed. Only when the
+socket refuses (`EAGAIN`, its high-water mark) do messages wait in the outbox, which the I/O loop
+sends as soon as the socket takes them again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
+import os
 import threading
-import uuid
+import weakref
+from collections import deque
 from typing import Any, Callable, Optional
 
 import zmq
-import zmq.asyncio
 
 from ..sdk.logger import PluginLogger
 from . import scope
+from .handler_loop import Mailbox
 from .protocol import P2S, Envelope, FrameError, Session
 
 #: How long close() lets queued messages leave the socket.
 CLOSE_LINGER_MS = 1000
+#: Frames handled per turn of the I/O loop before it lets other callbacks run.
+DRAIN_BATCH = 64
+#: While the socket refuses sends (EAGAIN), the outbox is retried at least this often.
+RETRY_S = 0.01
+
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
 
 
 class Link:
@@ -33,88 +52,209 @@ class Link:
         self.session = Session(key, P2S, max_frame_bytes)
         self.logger = logger
         self.dropped = 0
-        self._zctx: Optional[zmq.asyncio.Context] = None
-        self._sock: Optional[zmq.asyncio.Socket] = None
+        self._zctx: Optional[zmq.Context] = None
+        self._sock: Optional[zmq.Socket] = None
+        self._fd: Optional[int] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._outbox: Optional[asyncio.Queue] = None
-        self._writer: Optional[asyncio.Task] = None
+        self._loop_thread: Optional[int] = None
         self._lock = threading.Lock()
         self._early: list[tuple[str, dict]] = []
-        self._pending: dict[str, concurrent.futures.Future] = {}
+        #: Open requests: request id → what delivers the RESPONSE body to whoever waits for it.
+        self._pending: dict[str, Callable[[dict], None]] = {}
+        self._mailboxes: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Mailbox]" = weakref.WeakKeyDictionary()
         self._state = "new"  # new → running (after WELCOME) → closed
         #: Answers requests made before the link runs (e.g. config reads in a plugin's __init__).
         self.local_answer: Optional[Callable[[str, dict], Any]] = None
+        # Receiving: verified envelopes wait in `_inbox` for `recv()`, unless a receiver takes them.
+        self._inbox: deque[Envelope] = deque()
+        self._recv_waiter: Optional[asyncio.Future] = None
+        self._receiver: Optional[Callable[[Envelope], None]] = None
+        self._on_failure: Optional[Callable[[BaseException], None]] = None
+        self._failure: Optional[BaseException] = None
+        self._drain_scheduled = False
+        # Sending: frames the socket refused (EAGAIN), in order. `_io` guards the socket, the
+        # session's sending side and this outbox: whichever thread posts a message sends it.
+        self._io = threading.Lock()
+        self._outbox: deque[list[bytes]] = deque()
+        self._retry: Optional[asyncio.TimerHandle] = None
+        self._flushed: Optional[asyncio.Event] = None
+        # Request ids: unique within the launch (a per-process prefix and a counter).
+        self._request_prefix = f"{os.getpid():x}-{os.urandom(4).hex()}-"
+        self._request_numbers = itertools.count(1)
 
     # -- socket ---------------------------------------------------------------------------------
 
     def connect(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._zctx = zmq.asyncio.Context()
+        self._loop_thread = threading.get_ident()
+        self._zctx = zmq.Context()
         sock = self._zctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
         sock.connect(self.endpoint)
         self._sock = sock
+        self._fd = sock.getsockopt(zmq.FD)
+        self._loop.add_reader(self._fd, self._on_readable)
 
     async def send_now(self, kind: str, body: dict) -> None:
         """Seals and sends at once (handshake only; afterwards everything goes through `post`)."""
         assert self._sock is not None
-        await self._sock.send_multipart(self.session.seal(kind, body))
+        self._send(kind, body)
+        await self.flush(None)
 
     async def recv(self) -> Envelope:
         """The next message that passes every check; refused frames are logged and skipped."""
         assert self._sock is not None
-        while True:
-            frames = await self._sock.recv_multipart()
+        while not self._inbox:
+            if self._failure is not None:
+                raise self._failure
+            assert self._loop is not None
+            waiter = self._loop.create_future()
+            self._recv_waiter = waiter
             try:
-                return self.session.open(frames)
-            except FrameError as exc:
-                self.dropped += 1
-                if self.dropped <= 10 or self.dropped % 1000 == 0:
-                    self.logger.warning("dropped a frame from the supervisor ({} so far): {}", self.dropped, exc)
+                await waiter
+            finally:
+                if self._recv_waiter is waiter:
+                    self._recv_waiter = None
+        return self._inbox.popleft()
+
+    def set_receiver(self, receiver: Optional[Callable[[Envelope], None]], on_failure: Optional[Callable[[BaseException], None]] = None) -> None:
+        """From now on every verified message goes to `receiver(envelope)` on the I/O loop as soon as
+        it arrives (messages already waiting for `recv()` first). When the receiver raises, or
+        receiving fails, `on_failure(exc)` is called once and messages are no longer delivered.
+        `None` goes back to `recv()`."""
+        self._receiver = receiver
+        self._on_failure = on_failure
+        if receiver is not None and (self._inbox or self._failure is not None):
+            self._schedule_drain()
+
+    def _on_readable(self) -> None:
+        self._drain_scheduled = False
+        sock = self._sock
+        if sock is None or self._failure is not None:
+            return
+        try:
+            handled = 0
+            while True:
+                receiver = self._receiver
+                if receiver is not None and self._inbox:
+                    receiver(self._inbox.popleft())
+                    handled += 1
+                else:
+                    with self._io:
+                        frames = sock.recv_multipart(_NOBLOCK) if sock.get(_EVENTS) & _POLLIN else None
+                    if frames is None:
+                        break
+                    try:
+                        envelope = self.session.open(frames)
+                    except FrameError as exc:
+                        self.dropped += 1
+                        if self.dropped <= 10 or self.dropped % 1000 == 0:
+                            self.logger.warning("dropped a frame from the supervisor ({} so far): {}", self.dropped, exc)
+                        continue
+                    if receiver is not None:
+                        receiver(envelope)
+                        handled += 1
+                    else:
+                        self._inbox.append(envelope)
+                        waiter = self._recv_waiter
+                        if waiter is not None and not waiter.done():
+                            waiter.set_result(None)
+                        handled += 1
+                if handled >= DRAIN_BATCH:  # let the loop's other callbacks run; go on next turn
+                    self._schedule_drain()
+                    break
+            if self._outbox:
+                self._send_outbox()
+        except zmq.Again:  # EVENTS said POLLIN, and yet: look again shortly
+            if self._loop is not None:
+                self._loop.call_later(RETRY_S, self._schedule_drain)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is not None:
+            return
+        self._failure = exc
+        waiter = self._recv_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        on_failure, self._receiver, self._on_failure = self._on_failure, None, None
+        if on_failure is not None:
+            on_failure(exc)
+
+    def _schedule_drain(self) -> None:
+        if not self._drain_scheduled and self._loop is not None:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._on_readable)
 
     # -- outbox -----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """After WELCOME: starts the writer and sends what was posted before."""
+        """After WELCOME: sends what was posted before; `post` sends from now on."""
         assert self._loop is not None
-        self._outbox = asyncio.Queue()
         with self._lock:
             self._state = "running"
             early, self._early = self._early, []
-        for item in early:
-            self._outbox.put_nowait(item)
-        self._writer = asyncio.ensure_future(self._write_loop())
+        for kind, body in early:
+            self._send(kind, body)
 
     def post(self, kind: str, body: dict) -> bool:
-        """Queues a message for the supervisor (thread-safe). False once the link is closed."""
+        """Sends a message to the supervisor (thread-safe). False once the link is closed."""
         with self._lock:
             if self._state == "closed":
                 return False
             if self._state == "new":
                 self._early.append((kind, body))
                 return True
-            loop, outbox = self._loop, self._outbox
-        try:
-            loop.call_soon_threadsafe(outbox.put_nowait, (kind, body))
-        except RuntimeError:  # the loop is closed
-            return False
+        self._send(kind, body)
         return True
 
-    async def _write_loop(self) -> None:
-        assert self._outbox is not None
-        while True:
-            kind, body = await self._outbox.get()
-            try:
-                await self._send(kind, body)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # never let one bad message stop the writer
-                self.logger.warning("could not send a {} message: {}: {}", kind, type(exc).__name__, exc)
-            finally:
-                self._outbox.task_done()
+    def _send(self, kind: str, body: dict) -> None:
+        """Seals and sends one message at once, from whichever thread posts it (under the socket
+        lock, so messages leave in the order they were posted), or queues it behind those the
+        socket has not taken yet. Never raises: a message that cannot be sent is logged and dropped."""
+        retry = readable = False
+        try:
+            with self._io:
+                sock = self._sock
+                if sock is None:  # closed
+                    return
+                frames = self._seal(kind, body)
+                if frames is None:
+                    return
+                if self._outbox:
+                    self._outbox.append(frames)
+                    retry = True
+                else:
+                    try:
+                        sock.send(frames[0], _NOBLOCK | _SNDMORE)
+                        sock.send(frames[1], _NOBLOCK)  # a multipart message is taken whole once its first part is
+                    except zmq.Again:
+                        self._outbox.append(frames)
+                        retry = True
+                    else:
+                        # The ZMQ FD is edge-triggered and a send may consume its edge: if messages
+                        # are waiting, they must be read without waiting for an event.
+                        readable = bool(sock.get(_EVENTS) & _POLLIN)
+        except Exception as exc:  # never let one bad message stop the others
+            self.logger.warning("could not send a {} message: {}: {}", kind, type(exc).__name__, exc)
+            return
+        if retry or readable:
+            if threading.get_ident() == self._loop_thread:
+                self._nudged(retry, readable)
+            else:
+                try:
+                    self._loop.call_soon_threadsafe(self._nudged, retry, readable)  # type: ignore[union-attr]
+                except RuntimeError:  # the loop is closed
+                    pass
 
-    async def _send(self, kind: str, body: dict) -> None:
-        assert self._sock is not None
+    def _nudged(self, retry: bool, readable: bool) -> None:  # on the I/O loop
+        if retry:
+            self._arm_retry()
+        if readable:
+            self._schedule_drain()
+
+    def _seal(self, kind: str, body: dict) -> Optional[list[bytes]]:
         try:
             frames = self.session.seal(kind, body)
             size = len(frames[1])
@@ -123,31 +263,81 @@ class Link:
             )
         except FrameError as exc:
             frames, problem = None, f"could not be encoded ({exc.detail})"
-        if problem is not None:
-            if kind != "result":
-                self.logger.warning("{} {}; not sent", kind, problem)
-                return
-            # The caller learns why instead of waiting for its deadline.
-            self.logger.warning("call {}: result {}; sending INVALID_RESPONSE instead", body.get("call_id"), problem)
-            frames = self.session.seal(
-                "result",
-                {
-                    "call_id": body.get("call_id", ""),
-                    "ok": False,
-                    "data": None,
-                    "error": {"code": "INVALID_RESPONSE", "message": f"result {problem}"},
-                },
-            )
-        await self._sock.send_multipart(frames)
+        if problem is None:
+            return frames
+        if kind != "result":
+            self.logger.warning("{} {}; not sent", kind, problem)
+            return None
+        # The caller learns why instead of waiting for its deadline.
+        self.logger.warning("call {}: result {}; sending INVALID_RESPONSE instead", body.get("call_id"), problem)
+        return self.session.seal(
+            "result",
+            {
+                "call_id": body.get("call_id", ""),
+                "ok": False,
+                "data": None,
+                "error": {"code": "INVALID_RESPONSE", "message": f"result {problem}"},
+            },
+        )
 
-    async def flush(self, timeout: float) -> None:
-        """Waits (at most `timeout` s) until everything posted so far has been handed to the socket."""
-        if self._outbox is None:
+    def _send_outbox(self) -> None:  # on the I/O loop
+        readable = False
+        with self._io:
+            outbox, sock = self._outbox, self._sock
+            while outbox and sock is not None:
+                try:
+                    sock.send(outbox[0][0], _NOBLOCK | _SNDMORE)
+                    sock.send(outbox[0][1], _NOBLOCK)
+                except zmq.Again:
+                    break
+                except Exception as exc:
+                    self.logger.warning("could not send a message: {}: {}", type(exc).__name__, exc)
+                outbox.popleft()
+                readable = True
+            if readable and sock is not None:
+                readable = bool(sock.get(_EVENTS) & _POLLIN)
+            pending = bool(outbox) and sock is not None
+        if readable:
+            self._schedule_drain()
+        if pending:
+            self._arm_retry()
             return
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._flushed is not None:
+            self._flushed.set()
+
+    def _arm_retry(self) -> None:
+        # The socket's FD also fires when it can send again (handled in `_on_readable`); the timer
+        # is a safety net.
+        if self._retry is None and self._loop is not None:
+            self._retry = self._loop.call_later(RETRY_S, self._retry_outbox)
+
+    def _retry_outbox(self) -> None:
+        self._retry = None
+        if self._outbox:
+            self._send_outbox()
+
+    async def flush(self, timeout: Optional[float]) -> None:
+        """Waits (at most `timeout` s) until everything posted so far has been handed to the socket."""
+        if not self._outbox:
+            return
+        if self._flushed is None:
+            self._flushed = asyncio.Event()
         try:
-            await asyncio.wait_for(self._outbox.join(), timeout)
+            await asyncio.wait_for(self._wait_flushed(), timeout)
         except TimeoutError:
             self.logger.warning("could not send every queued message before exiting")
+
+    async def _wait_flushed(self) -> None:
+        assert self._flushed is not None
+        while self._outbox:
+            self._flushed.clear()
+            self._send_outbox()
+            if not self._outbox:
+                return
+            await self._flushed.wait()
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -156,29 +346,59 @@ class Link:
         call (an entry or custom-event handler, sync or async, or what it started with a copy of its
         context), the REQUEST carries that call's `call_id` (PROTOCOL.md §6, §9b)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
-        request_id = uuid.uuid4().hex
+        request_id = self._start(op, args, lambda body: _set_concurrent(future, body))
+        return request_id, future
+
+    def start_request_async(self, op: str, args: dict) -> tuple[str, asyncio.Future]:
+        """`start_request` for code running on an event loop (the handler loop): the RESPONSE body
+        arrives in a future of that loop, handed over with one wakeup for however many responses
+        arrive meanwhile, instead of through a concurrent future and `asyncio.wrap_future`."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        mailbox = self._mailbox(loop)
+
+        def resolve(body: dict) -> None:
+            if asyncio._get_running_loop() is loop:  # e.g. answered locally, before the link runs
+                _set_async(future, body)
+                return
+            try:
+                mailbox.put(_set_async, future, body)
+            except RuntimeError:  # that loop is closed: nobody waits any more
+                pass
+
+        return self._start(op, args, resolve), future
+
+    def _mailbox(self, loop: asyncio.AbstractEventLoop) -> Mailbox:
+        with self._lock:
+            mailbox = self._mailboxes.get(loop)
+            if mailbox is None:
+                mailbox = self._mailboxes[loop] = Mailbox(loop)
+            return mailbox
+
+    def _start(self, op: str, args: dict, resolve: Callable[[dict], None]) -> str:
+        request_id = f"{self._request_prefix}{next(self._request_numbers)}"
         call_id = scope.current_call_id()
         with self._lock:
             state = self._state
             if state == "running":
-                self._pending[request_id] = future
+                self._pending[request_id] = resolve
         if state == "running":
             body = {"request_id": request_id, "op": op, "args": args}
             if call_id:
                 body["call_id"] = call_id
             self.post("request", body)
-            return request_id, future
+            return request_id
         if state == "new" and self.local_answer is not None:
             try:
-                future.set_result({"request_id": request_id, "ok": True, "result": self.local_answer(op, args), "error": None})
+                resolve({"request_id": request_id, "ok": True, "result": self.local_answer(op, args), "error": None})
             except LookupError:
                 raise RuntimeError(
                     f"'{op}' is not available before the plugin is connected to neko; "
                     f"call it from a @lifecycle(id='startup') handler or an entry"
                 ) from None
             except Exception as exc:
-                future.set_result({"request_id": request_id, "ok": False, "result": None, "error": {"code": "INTERNAL", "message": str(exc)}})
-            return request_id, future
+                resolve({"request_id": request_id, "ok": False, "result": None, "error": {"code": "INTERNAL", "message": str(exc)}})
+            return request_id
         raise RuntimeError(f"'{op}' cannot be sent: the plugin is {'stopping' if state == 'closed' else 'not connected'}")
 
     def forget(self, request_id: str) -> None:
@@ -187,12 +407,11 @@ class Link:
 
     def on_response(self, body: dict) -> None:
         with self._lock:
-            future = self._pending.pop(body.get("request_id", ""), None)
-        if future is None:
+            resolve = self._pending.pop(body.get("request_id", ""), None)
+        if resolve is None:
             self.logger.debug("response for no open request ({}); dropped", body.get("request_id"))
             return
-        if not future.done():
-            future.set_result(body)
+        resolve(body)
 
     # -- closing ----------------------------------------------------------------------------------
 
@@ -201,19 +420,33 @@ class Link:
         with self._lock:
             self._state = "closed"
             pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_result({"ok": False, "result": None, "error": {"code": "NOT_READY", "message": "the plugin is stopping"}})
+        for resolve in pending.values():
+            resolve({"ok": False, "result": None, "error": {"code": "NOT_READY", "message": "the plugin is stopping"}})
 
     async def close(self) -> None:
         self.mark_closed()
-        if self._writer is not None:
-            self._writer.cancel()
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._loop is not None and self._fd is not None:
             try:
-                await self._writer
-            except (asyncio.CancelledError, Exception):
+                self._loop.remove_reader(self._fd)
+            except Exception:
                 pass
-        if self._sock is not None:
-            self._sock.close(linger=CLOSE_LINGER_MS)
+            self._fd = None
+        with self._io:
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close(linger=CLOSE_LINGER_MS)
         if self._zctx is not None:
             self._zctx.term()
+
+
+def _set_concurrent(future: concurrent.futures.Future, body: dict) -> None:
+    if not future.done():
+        future.set_result(body)
+
+
+def _set_async(future: asyncio.Future, body: dict) -> None:
+    if not future.done():
+        future.set_result(body)

@@ -109,11 +109,53 @@ def not_available(feature: str) -> RuntimeError:
     return RuntimeError(f"message_plane is not available for {feature}")
 
 
+# -- ids ------------------------------------------------------------------------------------------
+
+#: Random bytes for `uuid4_str`, drawn from os.urandom in blocks (one system call per 256 ids
+#: instead of one per id), per thread.
+_RANDOM_BLOCK = 16 * 256
+_random = threading.local()
+
+
+def uuid4_str() -> str:
+    """`str(uuid.uuid4())`, made cheaper: the same 122 random bits from os.urandom, the same
+    version and variant bits and the same text form, without a UUID object per id."""
+    buf = getattr(_random, "buf", None)
+    pos = getattr(_random, "pos", _RANDOM_BLOCK)
+    if buf is None or pos >= _RANDOM_BLOCK:
+        buf, pos = os.urandom(_RANDOM_BLOCK), 0
+        _random.buf = buf
+    _random.pos = pos + 16
+    h = buf[pos:pos + 16].hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+def _forget_random() -> None:
+    # A forked child must not reuse the bytes its parent will use too.
+    _random.__dict__.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_random)
+
+
 # -- INGEST frames ------------------------------------------------------------------------------
+
+_packers = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    """This thread's msgpack packer (a Packer is not thread-safe; making one per call costs more
+    than the packing of a small payload)."""
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    return packer
+
 
 def pack_payload(payload: dict) -> bytes:
     """msgpack of one payload (bytes stay binary). TypeError if it holds something msgpack cannot."""
-    return msgpack.packb(payload, use_bin_type=True)
+    return _packer().pack(payload)
 
 
 def _item_prefix(store: str, topic: str) -> bytes:
@@ -124,17 +166,42 @@ def _item_prefix(store: str, topic: str) -> bytes:
 MESSAGES_ITEM_PREFIX = _item_prefix("messages", "all")
 
 
+#: producer → the packed start of its frames, `{"v": 1, "kind": "delta_batch", "from": producer,` (6 keys).
+_frame_heads: dict[str, bytes] = {}
+_TS_KEY = msgpack.packb("ts")
+_BATCH_ID_KEY = msgpack.packb("batch_id")
+_ITEMS_KEY = msgpack.packb("items")
+
+
+def _frame_head(producer: str) -> bytes:
+    head = _frame_heads.get(producer)
+    if head is None:
+        packer = msgpack.Packer(use_bin_type=True)
+        parts = [packer.pack_map_header(6)]
+        for key, value in (("v", PROTOCOL_VERSION), ("kind", "delta_batch"), ("from", producer)):
+            parts.append(packer.pack(key))
+            parts.append(packer.pack(value))
+        head = b"".join(parts)
+        if len(_frame_heads) < 64:
+            _frame_heads[producer] = head
+    return head
+
+
 def delta_batch_frame(producer: str, items: list[bytes]) -> bytes:
     """A `delta_batch` frame around items that are already packed (each a full item map)."""
-    packer = msgpack.Packer(use_bin_type=True)
-    parts = [packer.pack_map_header(6)]
-    for key, value in (("v", PROTOCOL_VERSION), ("kind", "delta_batch"), ("from", producer), ("ts", time.time()), ("batch_id", str(uuid.uuid4()))):
-        parts.append(packer.pack(key))
-        parts.append(packer.pack(value))
-    parts.append(packer.pack("items"))
-    parts.append(packer.pack_array_header(len(items)))
-    parts.extend(items)
-    return b"".join(parts)
+    packer = _packer()
+    return b"".join(
+        (
+            _frame_head(producer),
+            _TS_KEY,
+            packer.pack(time.time()),
+            _BATCH_ID_KEY,
+            packer.pack(uuid4_str()),
+            _ITEMS_KEY,
+            packer.pack_array_header(len(items)),
+            *items,
+        )
+    )
 
 
 # -- sockets per thread -------------------------------------------------------------------------
@@ -226,7 +293,8 @@ class FastBatcher:
         self.interval_s = cfg.flush_interval_ms / 1000.0
         self.reject_at = max(1, int(cfg.max_queue * cfg.reject_ratio))
         self._queue: deque[bytes] = deque()
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._first_at = 0.0
         self._stopping = False
         self._deadline: Optional[float] = None
@@ -241,12 +309,13 @@ class FastBatcher:
 
     def offer(self, item: bytes) -> bool:
         """Queues one packed item; False when it was refused (backpressure or stopping)."""
-        with self._cond:
-            size = len(self._queue)
+        with self._mutex:  # the condition's own lock (entering the Condition costs a Python call)
+            queue = self._queue
+            size = len(queue)
             if self._stopping or size >= self.reject_at:
                 self.rejected += 1
                 return False
-            self._queue.append(item)
+            queue.append(item)
             self.accepted += 1
             if size == 0:
                 self._first_at = time.monotonic()
@@ -427,7 +496,8 @@ class MessagePlane:
 
     def push(self, payload: dict, *, fast: bool) -> dict:
         """Hands one `messages/all` payload to INGEST; returns the receipt."""
-        self.require("ingest", "push_message", open_only=False)
+        if not self.config.ingest_endpoint:
+            self.require("ingest", "push_message", open_only=False)  # raises
         message_id = payload.get("message_id")
         if self._closed:
             return receipt(False, message_id, "closed")
@@ -441,12 +511,15 @@ class MessagePlane:
         return self._push_now(item, message_id)
 
     def _push_fast(self, item: bytes, message_id: Any) -> dict:
-        with self._lock:
-            if self._closed:
-                return receipt(False, message_id, "closed")
-            if self._batcher is None:
-                self._batcher = FastBatcher(self)
-            batcher = self._batcher
+        batcher = self._batcher
+        if batcher is None or self._closed:
+            with self._lock:
+                if self._closed:
+                    return receipt(False, message_id, "closed")
+                if self._batcher is None:
+                    self._batcher = FastBatcher(self)
+                batcher = self._batcher
+        # (close() stops the batcher before anything else: a push racing with it is refused by offer.)
         if batcher.offer(item):
             return receipt(True, message_id, None)
         with self._lock:

@@ -289,17 +289,34 @@ def encode_payload(v: int, seq: int, kind: str, body: dict) -> bytes:
 
 def open_frames(key: bytes, direction: str, frames: list, max_frame_bytes: int) -> Envelope:
     """Checks one received message (frames after any routing identity) sent in `direction`."""
+    return _open_frames(lambda payload: compute_mac(key, direction, payload), frames, max_frame_bytes)
+
+
+def _open_frames(mac_of: Callable[[bytes], bytes], frames: list, max_frame_bytes: int) -> Envelope:
     if len(frames) != 2:
         raise FrameError("frame_count", f"expected 2 frames [mac, payload], got {len(frames)}")
     mac, payload = bytes(frames[0]), bytes(frames[1])
     if len(payload) > max_frame_bytes:
         raise FrameError("too_large", f"payload of {len(payload)} bytes exceeds the limit of {max_frame_bytes}")
-    if not hmac.compare_digest(compute_mac(key, direction, payload), mac):
+    if not hmac.compare_digest(mac_of(payload), mac):
         raise FrameError("bad_mac", "bad signature (sender does not hold this plugin's secret)")
     env = decode_payload(payload)
     if env.v != PROTOCOL_VERSION:
         raise FrameError("version", f"unsupported protocol version {env.v}")
     return env
+
+
+def _mac_function(key: bytes, direction: str) -> Callable[[bytes], bytes]:
+    """`compute_mac(key, direction, ·)`, from an HMAC already keyed and fed the direction tag (the
+    key schedule and the tag are done once per session instead of once per frame)."""
+    base = hmac.new(key, direction.encode("ascii"), hashlib.sha256)
+
+    def mac_of(payload: bytes) -> bytes:
+        mac = base.copy()
+        mac.update(payload)
+        return mac.digest()
+
+    return mac_of
 
 
 class Session:
@@ -315,15 +332,21 @@ class Session:
         self.max_frame_bytes = max_frame_bytes
         self.next_out = 1
         self.last_in = 0
+        self._mac_out = _mac_function(key, self.outbound)
+        self._mac_in = _mac_function(key, self.inbound)
+        self._packer = msgpack.Packer(use_bin_type=True)
 
     def seal(self, kind: str, body: dict) -> list[bytes]:
         """Encodes and signs a message, consuming the next sequence number."""
-        payload = encode_payload(PROTOCOL_VERSION, self.next_out, kind, body)
+        try:
+            payload = self._packer.pack({"v": PROTOCOL_VERSION, "seq": self.next_out, "kind": kind, "body": body})
+        except Exception as exc:  # as encode_payload; the packer resets itself after a failure
+            raise FrameError("encode", f"{type(exc).__name__}: {exc}") from None
         self.next_out += 1
-        return [compute_mac(self._key, self.outbound, payload), payload]
+        return [self._mac_out(payload), payload]
 
     def open(self, frames: list) -> Envelope:
-        env = open_frames(self._key, self.inbound, frames, self.max_frame_bytes)
+        env = _open_frames(self._mac_in, frames, self.max_frame_bytes)
         if env.seq <= self.last_in:
             raise FrameError("replay", f"replayed or reordered frame: seq {env.seq} after {self.last_in}")
         self.last_in = env.seq
