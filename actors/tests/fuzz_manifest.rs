@@ -19,25 +19,14 @@ use std::path::Path;
 
 use neko_actors::manifest::{SdkRanges, parse_manifest, version_matches};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::TestRunner;
+
+#[path = "../../protocol/tests/support/fuzz.rs"]
+mod fuzz;
+use fuzz::{cases, config};
 use toml::{Table, Value};
 
 const PATH: &str = "/plugins/demo/plugin.toml";
-
-fn cases(default: u32) -> u32 {
-    std::env::var("NEKO_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
-
-fn config(default: u32) -> Config {
-    Config {
-        cases: cases(default),
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
 
 /// Parses `text`; checks what an answer must look like either way.
 fn check(text: &str) -> Result<(), TestCaseError> {

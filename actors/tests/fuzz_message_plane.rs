@@ -23,7 +23,11 @@ use neko_actors::message_plane::{
     StoreName, ValidateMode,
 };
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::TestRunner;
+
+#[path = "../../protocol/tests/support/fuzz.rs"]
+mod fuzz;
+use fuzz::{apply, cases, config, mutation};
 use ractor::{Actor, ActorRef};
 use rmpv::Value;
 use serde_json::{Value as J, json};
@@ -44,21 +48,6 @@ fn count_panics() {
             previous(info);
         }));
     });
-}
-
-fn cases(default: u32) -> u32 {
-    std::env::var("NEKO_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
-
-fn config(default: u32) -> Config {
-    Config {
-        cases: cases(default),
-        failure_persistence: None,
-        ..Config::default()
-    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -496,66 +485,6 @@ fn rpc_seeds() -> Vec<J> {
         ),
         env("bus.delete", json!({"store": "messages", "id": "i1"})),
     ]
-}
-
-/// One edit of a byte string.
-#[derive(Debug, Clone)]
-enum Mutation {
-    FlipBit(usize, u8),
-    Set(usize, u8),
-    Insert(usize, Vec<u8>),
-    Delete(usize, usize),
-    Truncate(usize),
-    Splice(usize, usize, usize),
-    /// A msgpack marker claiming a huge length.
-    HugeLength(usize, u8),
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    let idx = any::<usize>;
-    prop_oneof![
-        (idx(), 0u8..8).prop_map(|(i, b)| Mutation::FlipBit(i, b)),
-        (idx(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
-        (idx(), proptest::collection::vec(any::<u8>(), 1..8))
-            .prop_map(|(i, b)| Mutation::Insert(i, b)),
-        (idx(), 1usize..16).prop_map(|(i, n)| Mutation::Delete(i, n)),
-        idx().prop_map(Mutation::Truncate),
-        (idx(), idx(), 1usize..32).prop_map(|(a, b, n)| Mutation::Splice(a, b, n)),
-        (
-            idx(),
-            prop::sample::select(vec![0xc6u8, 0xc9, 0xdb, 0xdc, 0xdd, 0xde, 0xdf])
-        )
-            .prop_map(|(i, m)| Mutation::HugeLength(i, m)),
-    ]
-}
-
-fn apply(buf: &mut Vec<u8>, m: &Mutation) {
-    let len = buf.len();
-    let at = |i: usize| if len == 0 { 0 } else { i % len };
-    match m {
-        Mutation::FlipBit(i, b) if len > 0 => buf[at(*i)] ^= 1 << b,
-        Mutation::Set(i, v) if len > 0 => buf[at(*i)] = *v,
-        Mutation::Insert(i, bytes) => {
-            let i = if len == 0 { 0 } else { i % (len + 1) };
-            buf.splice(i..i, bytes.iter().copied());
-        }
-        Mutation::Delete(i, n) if len > 0 => {
-            let i = at(*i);
-            buf.drain(i..(i + n).min(len));
-        }
-        Mutation::Truncate(i) => buf.truncate(if len == 0 { 0 } else { i % len }),
-        Mutation::Splice(a, b, n) if len > 0 => {
-            let (a, b) = (at(*a), at(*b));
-            let n = (*n).min(len - a).min(len - b);
-            let span: Vec<u8> = buf[a..a + n].to_vec();
-            buf[b..b + n].copy_from_slice(&span);
-        }
-        Mutation::HugeLength(i, marker) => {
-            let i = if len == 0 { 0 } else { i % (len + 1) };
-            buf.splice(i..i, [*marker, 0xff, 0xff, 0xff, 0xff]);
-        }
-        _ => {}
-    }
 }
 
 /// Runs `target` over `strategy` against three fresh planes, then checks they are healthy.
