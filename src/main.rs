@@ -9,6 +9,26 @@ use neko::cli::{Cli, Command, LogFormat};
 use neko::settings::Settings;
 use tracing_subscriber::EnvFilter;
 
+// glibc's malloc was a quarter of neko's CPU under load (perf, 32 HTTP clients): every request,
+// frame and record allocates. mimalloc's thread-local free lists make that cheap.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc v2's `mi_option_arena_eager_commit` (mimalloc.h). Eager arena commit, its default
+/// on Linux, faults whole arenas in as huge pages: +13 MiB RSS at idle for nothing.
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// Runs from `.init_array`, before Rust's runtime makes the first allocation (which reserves the
+/// first arena), so the option applies to every arena.
+extern "C" fn configure_allocator() {
+    // SAFETY: sets a plain option value; no allocation has happened yet.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = configure_allocator;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
