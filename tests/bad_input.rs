@@ -646,7 +646,18 @@ async fn http_garbage_gets_json_4xx_and_never_5xx() {
         }
     }
 
-    // 8. A real blob: reachable by its id, never through a traversal or another run's path.
+    // 8. A real blob: reachable by its id, never through a traversal or another run's path. On a
+    // run of its own: the campaign above may have canceled `running_id` (POST .../cancel).
+    let running_id = neko
+        .create_run(
+            "echo",
+            "sleep",
+            json!({"ms": 300_000, "_ctx": {"entry_timeout": 600}}),
+        )
+        .await["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let (status, upload) = neko
         .post(
             &format!("/runs/{running_id}/uploads"),
