@@ -41,8 +41,6 @@ SERVED_OPS = frozenset({"config.get", "run.update", "export.push", "plugin.call"
 
 #: Ops whose features arrive later, with the words used in the NotImplementedError.
 PENDING_FEATURES = {
-    "run.update": "run progress updates (ctx.run_update / ctx.run_progress)",
-    "export.push": "run exports (ctx.export_push_*)",
     "memory.query": "memory queries (ctx.query_memory)",
     "config.update": "config writes (self.config.update/set, ctx.update_own_config)",
     "config.profiles": "config profiles (self.config.get_profiles_state)",
