@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from plugin._runtime import scope
-from plugin._runtime.context import PENDING_FEATURES, PluginContext
+from plugin._runtime.context import PENDING_FEATURES, SERVED_OPS, PluginContext
 from plugin.sdk import NekoPluginBase, PluginConfig, Plugins
 from plugin.sdk.bus import BusHub
 from plugin.sdk.errors import PluginCallError, PluginConfigError
@@ -153,9 +153,10 @@ def test_features_of_later_releases_name_themselves():
     assert transport.requests == []  # nothing was sent
     assert isinstance(ctx.bus, BusHub)
     assert set(PENDING_FEATURES) == {
-        "run.update", "export.push", "memory.query", "config.update",
+        "memory.query", "config.update",
         "config.profiles", "config.profile", "config.effective", "system.config",
     }
+    assert not set(PENDING_FEATURES) & SERVED_OPS  # a served op is never "pending"
 
 
 def test_message_plane_features_need_its_endpoints(monkeypatch):
