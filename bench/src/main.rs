@@ -59,6 +59,7 @@
 //! the exit status is non-zero if the server died.
 
 mod neko;
+mod skim;
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -68,9 +69,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
-use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::{Value, json};
+use skim::skim_reply;
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use neko::{
@@ -1244,22 +1244,6 @@ async fn ingest(api: &Api, neko: &mut Neko, producer: &Producer, command: String
     })
 }
 
-/// The parts of an RPC reply the bench checks.
-#[derive(Deserialize)]
-struct RpcReply {
-    req_id: String,
-    ok: bool,
-    #[serde(default)]
-    result: Option<RpcItems>,
-    #[serde(default)]
-    error: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct RpcItems {
-    items: Vec<IgnoredAny>,
-}
-
 /// `count` round trips of `op` with `op_args`, one after the other; a reply that is an error or
 /// holds other than [`QUERY_LIMIT`] items is a failure.
 async fn rpc_round_trips(
@@ -1288,7 +1272,7 @@ async fn rpc_round_trip(
     let frame = rmp_serde::to_vec_named(&envelope)?;
     let started = Instant::now();
     dealer.send(ZmqMessage::from(frame)).await?;
-    let (latency, reply) = loop {
+    let (latency, reply, last) = loop {
         let left = RPC_TIMEOUT.saturating_sub(started.elapsed());
         let message = tokio::time::timeout(left, dealer.recv())
             .await
@@ -1296,15 +1280,21 @@ async fn rpc_round_trip(
         let latency = started.elapsed();
         // The reply is the last frame.
         let last = message.into_vec().pop().context("an empty reply")?;
-        let reply: RpcReply = rmp_serde::from_slice(&last).context("an unreadable reply")?;
+        let reply = skim_reply(&last).context("an unreadable reply")?;
         // Else a late reply to an earlier request that timed out.
         if reply.req_id == req_id {
-            break (latency, reply);
+            break (latency, reply, last);
         }
     };
-    match reply.result {
-        Some(r) if reply.ok && r.items.len() == QUERY_LIMIT => Ok(latency),
-        Some(r) if reply.ok => bail!("{op}: {} items, not {QUERY_LIMIT}", r.items.len()),
-        _ => bail!("{op} failed: {}", reply.error.unwrap_or_default()),
+    match reply.items {
+        Some(QUERY_LIMIT) if reply.ok => Ok(latency),
+        Some(n) if reply.ok => bail!("{op}: {n} items, not {QUERY_LIMIT}"),
+        None if reply.ok => bail!("{op}: a reply without items"),
+        _ => {
+            let error = rmp_serde::from_slice::<Value>(&last)
+                .map(|reply| reply["error"].to_string())
+                .unwrap_or_default();
+            bail!("{op} failed: {error}")
+        }
     }
 }

@@ -16,7 +16,7 @@ use rmpv::Value;
 use serde::ser::{Error as _, SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 
-use super::store::Event;
+use super::store::{Event, IndexStr};
 
 /// Deepest nesting accepted in a payload (deeper ones are refused at ingest, so every later walk
 /// over stored bytes is bounded).
@@ -342,6 +342,11 @@ pub fn put_f64(out: &mut Vec<u8>, v: f64) {
 }
 
 pub fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_str_bytes(out, s.as_bytes());
+}
+
+/// A str whose bytes are known to be UTF-8.
+fn put_str_bytes(out: &mut Vec<u8>, s: &[u8]) {
     let n = s.len();
     if n < 32 {
         out.push(0xa0 | n as u8);
@@ -354,7 +359,7 @@ pub fn put_str(out: &mut Vec<u8>, s: &str) {
         out.push(0xdb);
         out.extend_from_slice(&(n as u32).to_be_bytes());
     }
-    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(s);
 }
 
 pub fn put_array_len(out: &mut Vec<u8>, n: usize) {
@@ -543,22 +548,23 @@ pub fn put_event(out: &mut Vec<u8>, e: &Event, light: bool) {
     }
     put_str(out, "index");
     put_map_len(out, 7);
-    let opt = |out: &mut Vec<u8>, key: &str, v: Option<&str>| {
+    // The index strings as stored: checked to be UTF-8 when the event was indexed.
+    let opt = |out: &mut Vec<u8>, key: &str, field: IndexStr| {
         put_str(out, key);
-        match v {
-            Some(s) => put_str(out, s),
+        match e.index_str_bytes(field) {
+            Some(s) => put_str_bytes(out, s),
             None => put_nil(out),
         }
     };
-    opt(out, "plugin_id", e.plugin_id());
-    opt(out, "source", e.source());
+    opt(out, "plugin_id", IndexStr::PluginId);
+    opt(out, "source", IndexStr::Source);
     put_str(out, "priority");
     put_int(out, e.priority());
-    opt(out, "kind", e.kind());
-    opt(out, "type", e.record_type());
+    opt(out, "kind", IndexStr::Kind);
+    opt(out, "type", IndexStr::Type);
     put_str(out, "timestamp");
     put_f64(out, e.timestamp());
-    opt(out, "id", e.id());
+    opt(out, "id", IndexStr::Id);
 }
 
 // ----- replies -----
@@ -574,7 +580,15 @@ pub enum Doc {
     Str(String),
     List(Vec<Doc>),
     Map(Vec<(&'static str, Doc)>),
-    Event { event: Event, light: bool },
+    Event {
+        event: Event,
+        light: bool,
+    },
+    /// A list of events, written straight from the store's answer.
+    Events {
+        events: Vec<Event>,
+        light: bool,
+    },
 }
 
 impl Doc {
@@ -584,6 +598,24 @@ impl Doc {
 
     pub fn opt_str(s: Option<impl Into<String>>) -> Self {
         s.map_or(Doc::Nil, |s| Doc::Str(s.into()))
+    }
+
+    /// About the size of the msgpack form, so a reply is written without growing its buffer.
+    pub fn size_hint(&self) -> usize {
+        match self {
+            Doc::Str(s) => s.len() + 5,
+            Doc::List(items) => 5 + items.iter().map(Doc::size_hint).sum::<usize>(),
+            Doc::Map(entries) => {
+                5 + entries
+                    .iter()
+                    .map(|(k, v)| k.len() + 1 + v.size_hint())
+                    .sum::<usize>()
+            }
+            // The keys, the index and the payload.
+            Doc::Event { event, .. } => event_size_hint(event),
+            Doc::Events { events, .. } => 5 + events.iter().map(event_size_hint).sum::<usize>(),
+            _ => 9,
+        }
     }
 
     pub fn write_msgpack(&self, out: &mut Vec<u8>) {
@@ -608,8 +640,19 @@ impl Doc {
                 }
             }
             Doc::Event { event, light } => put_event(out, event, *light),
+            Doc::Events { events, light } => {
+                put_array_len(out, events.len());
+                for event in events {
+                    put_event(out, event, *light);
+                }
+            }
         }
     }
+}
+
+/// The keys, the index and the payload.
+fn event_size_hint(event: &Event) -> usize {
+    192 + event.topic().len() + event.payload_msgpack().len()
 }
 
 impl Serialize for Doc {
@@ -640,6 +683,16 @@ impl Serialize for Doc {
                 light: *light,
             }
             .serialize(s),
+            Doc::Events { events, light } => {
+                let mut seq = s.serialize_seq(Some(events.len()))?;
+                for event in events {
+                    seq.serialize_element(&EventJson {
+                        event,
+                        light: *light,
+                    })?;
+                }
+                seq.end()
+            }
         }
     }
 }

@@ -646,12 +646,7 @@ fn dispatch(op: &str, args: &[(Value, Value)], cfg: &RpcConfig) -> Result<Prepar
 }
 
 fn items(events: Vec<super::store::Event>, light: bool) -> Doc {
-    Doc::List(
-        events
-            .into_iter()
-            .map(|event| Doc::Event { event, light })
-            .collect(),
-    )
+    Doc::Events { events, light }
 }
 
 /// The result of a store's answer.
@@ -755,9 +750,9 @@ pub(crate) fn finish(shape: Shape, reply: Result<StoreReply, Rejected>) -> Resul
 }
 
 /// The reply envelope in the request's encoding.
-pub(crate) fn encode(req_id: &str, outcome: &Result<Doc, RpcError>, enc: Encoding) -> Vec<u8> {
+pub(crate) fn encode(req_id: &str, outcome: Result<Doc, RpcError>, enc: Encoding) -> Vec<u8> {
     let (ok, result, error) = match outcome {
-        Ok(doc) => (true, doc.clone(), Doc::Nil),
+        Ok(doc) => (true, doc, Doc::Nil),
         Err(e) => (false, Doc::Nil, e.doc()),
     };
     let reply = Doc::Map(vec![
@@ -769,7 +764,7 @@ pub(crate) fn encode(req_id: &str, outcome: &Result<Doc, RpcError>, enc: Encodin
     ]);
     match enc {
         Encoding::Msgpack => {
-            let mut out = Vec::with_capacity(256);
+            let mut out = Vec::with_capacity(reply.size_hint());
             reply.write_msgpack(&mut out);
             out
         }
@@ -833,7 +828,7 @@ pub(crate) async fn answer(ctx: &RpcContext, mut frames: Vec<Bytes>) -> Option<Z
     if outcome.is_err() {
         c.rpc_errors.fetch_add(1, Ordering::Relaxed);
     }
-    frames.push(encode(&req_id, &outcome, enc).into());
+    frames.push(encode(&req_id, outcome, enc).into());
     ZmqMessage::try_from(frames).ok()
 }
 
@@ -1224,7 +1219,7 @@ mod tests {
         else {
             panic!("answered at once")
         };
-        let reply: J = serde_json::from_slice(&encode(&req_id, &outcome, enc)).unwrap();
+        let reply: J = serde_json::from_slice(&encode(&req_id, outcome, enc)).unwrap();
         assert_eq!(
             (
                 reply["v"].clone(),
@@ -1249,7 +1244,7 @@ mod tests {
         else {
             panic!("answered at once")
         };
-        let reply = super::super::codec::to_value(&encode(&req_id, &outcome, enc));
+        let reply = super::super::codec::to_value(&encode(&req_id, outcome, enc));
         let reply = serde_json::to_value(super::super::codec::JsonOf(&{
             let mut b = Vec::new();
             rmpv::encode::write_value(&mut b, &reply).unwrap();

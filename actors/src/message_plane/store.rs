@@ -324,8 +324,7 @@ fn scan_fields(
         };
         let head = r.head()?;
         *slot = Some(match head {
-            // UTF-8 is checked when the string is read ([`Event::span`]): one that is not is
-            // absent there, as it would be no Python str.
+            // UTF-8 is checked when the index is built (`span` below).
             Head::Str(s) => Val::Str(
                 Span {
                     start: (r.pos() - s.len() - base) as u32,
@@ -343,8 +342,9 @@ fn scan_fields(
         });
         r.skip_rest(head, MAX_DEPTH)?;
     }
+    // A string that is not UTF-8 is absent from the index, as it would be no Python str.
     let span = |v: Option<Val<'_>>| match v {
-        Some(Val::Str(s, _)) => Some(s),
+        Some(Val::Str(s, text)) if std::str::from_utf8(text).is_ok() => Some(s),
         _ => None,
     };
     let non_empty = |v: Option<Val<'_>>| span(v).filter(|s| s.len > 0);
@@ -381,6 +381,16 @@ fn scan_fields(
         _ => None,
     };
     Ok((fields, ts))
+}
+
+/// The string fields of an event's index.
+#[derive(Debug, Clone, Copy)]
+pub enum IndexStr {
+    PluginId,
+    Source,
+    Kind,
+    Type,
+    Id,
 }
 
 /// Index fields of a stored event.
@@ -430,11 +440,26 @@ impl Event {
     }
 
     fn span(&self, s: Option<Span>) -> Option<&str> {
+        std::str::from_utf8(self.span_bytes(s)?).ok()
+    }
+
+    fn span_bytes(&self, s: Option<Span>) -> Option<&[u8]> {
         let s = s?;
-        let bytes = self
-            .payload
-            .get(s.start as usize..(s.start + s.len) as usize)?;
-        std::str::from_utf8(bytes).ok()
+        self.payload
+            .get(s.start as usize..(s.start + s.len) as usize)
+    }
+
+    /// An index string's bytes, UTF-8 (checked when the event was indexed), for writers that
+    /// copy it without looking.
+    pub fn index_str_bytes(&self, field: IndexStr) -> Option<&[u8]> {
+        let f = &self.index.fields;
+        self.span_bytes(match field {
+            IndexStr::PluginId => f.plugin_id,
+            IndexStr::Source => f.source,
+            IndexStr::Kind => f.kind,
+            IndexStr::Type => f.record_type,
+            IndexStr::Id => f.id,
+        })
     }
 
     /// `index.plugin_id`: the payload's `plugin_id` when it is a string.
@@ -823,6 +848,32 @@ mod tests {
 
     fn seqs(events: &[Event]) -> Vec<u64> {
         events.iter().map(Event::seq).collect()
+    }
+
+    /// An index string that is not UTF-8 is absent from the index (no Python str), in every
+    /// form the index is read in; a UTF-8 one is there.
+    #[test]
+    fn index_strings_must_be_utf8() {
+        // {"plugin_id": <str 0xff 0xfe>, "source": "ok"}
+        let mut payload = vec![0x82, 0xa9];
+        payload.extend_from_slice(b"plugin_id");
+        payload.extend_from_slice(&[0xa2, 0xff, 0xfe, 0xa6]);
+        payload.extend_from_slice(b"source");
+        payload.push(0xa2);
+        payload.extend_from_slice(b"ok");
+        let mut s = Store::new(StoreName::Messages, limits(10), 0);
+        let event = s
+            .publish("t", Payload::from_msgpack(&payload).unwrap(), 1.0)
+            .unwrap()
+            .clone();
+        assert_eq!((event.plugin_id(), event.source()), (None, Some("ok")));
+        assert_eq!(event.index_str_bytes(IndexStr::PluginId), None);
+        assert_eq!(event.index_str_bytes(IndexStr::Source), Some(&b"ok"[..]));
+        let mut written = Vec::new();
+        codec::put_event(&mut written, &event, true);
+        let index = &codec::to_value(&written)["index"];
+        assert_eq!(index["plugin_id"], rmpv::Value::Nil);
+        assert_eq!(index["source"], rmpv::Value::from("ok"));
     }
 
     /// One counter per store, shared by its topics, starting after `last_seq`.
