@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import os
+import selectors
 import sys
 import sysconfig
 import threading
@@ -94,12 +95,28 @@ class Mailbox:
                 self.loop.call_exception_handler({"message": f"Exception in callback {fn!r}", "exception": exc})
 
 
+class _TimedSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    """The handler loop's selector; it notes when the loop last left `select()` (None while the loop
+    waits in it), so that other threads can tell, without asking the loop, that it is stuck in a
+    callback (plugin code that blocks)."""
+
+    busy_since: Optional[float] = None
+
+    def select(self, timeout: Optional[float] = None) -> Any:
+        self.busy_since = None
+        try:
+            return super().select(timeout)
+        finally:
+            self.busy_since = time.monotonic()
+
+
 class HandlerLoop:
     """An asyncio loop running in a daemon thread (`neko-handlers`)."""
 
     def __init__(self, logger: PluginLogger):
         self.logger = logger
-        self.loop = asyncio.new_event_loop()
+        self._selector = _TimedSelector()
+        self.loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop(self._selector)
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=DEFAULT_EXECUTOR_SIZE, thread_name_prefix="neko-to-thread")
         self.loop.set_default_executor(self.executor)
         self.loop.set_exception_handler(self._on_loop_error)
@@ -155,6 +172,17 @@ class HandlerLoop:
     @property
     def alive(self) -> bool:
         return self.thread.is_alive() and not self.loop.is_closed()
+
+    def busy_for(self) -> float:
+        """Seconds since the loop last left `select()` (0 while it waits there or before it runs):
+        how long the callback it is running has been running, when it has not come back since."""
+        since = self._selector.busy_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
+
+    @property
+    def on_thread(self) -> bool:
+        """True when called on this loop's thread."""
+        return threading.get_ident() == self.thread.ident
 
     # -- handing work to the loop -------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import inspect
 import os
 import signal
@@ -69,6 +70,11 @@ PARENT_POLL_S = 0.25
 SIGTERM_GRACE_S = 1.0
 #: How long the runner waits for the handler loop's thread to end after the I/O loop has finished.
 HANDLER_LOOP_STOP_S = 1.0
+#: How often the I/O loop checks that the handler loop, which normally reads the link, is free.
+STANDBY_POLL_S = 0.05
+#: The I/O loop reads the link itself while the handler loop has been stuck in one callback (plugin
+#: code that blocks) for longer than this.
+STANDBY_TAKEOVER_S = 0.05
 
 
 @dataclass
@@ -78,18 +84,22 @@ class _Awaitable:
     value: Any
 
 
-@dataclass
+@dataclass(eq=False)
 class _Call:
     scope: scope.CallScope
-    task: Optional[asyncio.Task] = None
+    #: What runs the handler: its task on the handler loop, or its future on a thread pool.
+    work: Any = None
     #: Set by `cancel` (CANCEL from neko); the call then ends with CANCELED.
     canceled: bool = False
-    #: Woken by `cancel`: the future `_execute` is waiting on, if any (on the I/O loop).
-    waiter: Optional[asyncio.Future] = None
-    #: The deadline (I/O loop time, i.e. `time.monotonic()`), once `_execute` has set it.
+    #: The entry, and the deadline in seconds from the start (None = none).
+    entry: Optional[RuntimeEntry] = None
+    deadline: Optional[float] = None
+    #: The deadline (`time.monotonic()`, the I/O loop's clock), once the call has started.
     end: Optional[float] = None
+    #: What `cancel` does besides setting the flag (the host answers CANCELED and abandons the work).
+    on_cancel: Optional[Callable[["_Call"], None]] = None
     #: Taken by whoever sends the call's RESULT (exactly one is sent): the thread the handler ran on,
-    #: as soon as it has its outcome, or the I/O loop (cancel, deadline, runtime failures).
+    #: as soon as it has its outcome, or whoever cancels the call or sees its deadline pass.
     answered: threading.Lock = field(default_factory=threading.Lock)
 
     def claim(self) -> bool:
@@ -99,9 +109,8 @@ class _Call:
     def cancel(self) -> None:
         self.scope.flag.set()
         self.canceled = True
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self.on_cancel is not None:
+            self.on_cancel(self)
 
 
 class PluginHost:
@@ -114,6 +123,16 @@ class PluginHost:
         self.worker_pool = ThreadPoolExecutor(max_workers=WORKER_POOL_SIZE, thread_name_prefix="neko-worker")
         self.calls: dict[str, _Call] = {}
         self.queued: list[dict] = []
+        #: Guards `started`, `stopping` and `queued` (TRIGGERs arrive on the loop that reads the link).
+        self._gate = threading.Lock()
+        #: Calls with a deadline, watched from the I/O loop with one timer (`_deadline_at`, when it
+        #: fires); handler threads and the handler loop add calls without waking the I/O loop unless
+        #: theirs is the earliest deadline.
+        self._timed: dict[_Call, None] = {}
+        self._timed_lock = threading.Lock()
+        self._deadline_at: Optional[float] = None
+        self._deadline_timer: Optional[asyncio.TimerHandle] = None
+        self._io_thread: Optional[int] = None
         self.started = False
         self.stopping = False
         self.hard_exit = False
@@ -158,6 +177,7 @@ class PluginHost:
     async def run(self) -> int:
         """Connects, handshakes and serves; returns the exit code."""
         self.loop = asyncio.get_running_loop()
+        self._io_thread = threading.get_ident()
         self._finished = self.loop.create_future()
         self._signalled = asyncio.Event()
         self._install_signals()
@@ -185,6 +205,7 @@ class PluginHost:
             asyncio.ensure_future(self._heartbeat_loop(interval_ms / 1000.0)),
             asyncio.ensure_future(self._watch_parent()),
             asyncio.ensure_future(self.watchdog.run()),
+            asyncio.ensure_future(self._standby_loop()),
         ]
         self._startup_task = asyncio.ensure_future(self._startup())
         code = await self._finished
@@ -193,9 +214,9 @@ class PluginHost:
             if task is not None and not task.done():
                 task.cancel()
         for call in list(self.calls.values()):
-            call.scope.flag.set()
-            if call.task is not None:
-                call.task.cancel()
+            self._abandon(call)
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
         if not self.hard_exit:
             await self.link.close()
         return code
@@ -265,11 +286,17 @@ class PluginHost:
         assert self.loop is not None
         failed: asyncio.Future = self.loop.create_future()
 
-        def on_failure(exc: BaseException) -> None:
+        def fail(exc: BaseException) -> None:
             if not failed.done():
                 failed.set_exception(exc)
 
+        def on_failure(exc: BaseException) -> None:  # on the loop that reads the link
+            self._on_io(fail, exc)
+
         self.link.set_receiver(self._on_message, on_failure)
+        # The handler loop reads from now on; the I/O loop stands by (`_standby_loop`).
+        if self.handlers.alive and self.handlers.thread.ident is not None:
+            self.link.serve_on(self.handler_loop, self.handlers.thread.ident)
         try:
             await failed
         except asyncio.CancelledError:
@@ -287,6 +314,24 @@ class PluginHost:
             await asyncio.sleep(interval_s)
             self.link.post("heartbeat", {})
 
+    async def _standby_loop(self) -> None:
+        # The handler loop reads the link; while it is stuck in plugin code, the I/O loop reads it
+        # (CANCELs, STOP, sync entries and the answers sync handlers wait for must not wait for it).
+        while True:
+            await asyncio.sleep(STANDBY_POLL_S)
+            self.link.check_reader(self.handlers.busy_for() > STANDBY_TAKEOVER_S)
+
+    def _on_io(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Runs `fn(*args)` on the I/O loop: at once when called there, else soon."""
+        if threading.get_ident() == self._io_thread:
+            fn(*args)
+            return
+        assert self.loop is not None
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the I/O loop is gone
+            pass
+
     async def _watch_parent(self) -> None:
         pid = self.env.supervisor_pid
         if pid is None:
@@ -303,12 +348,18 @@ class PluginHost:
     # -- messages -----------------------------------------------------------------------------------
 
     def _on_message(self, envelope: Envelope) -> None:
+        # On the loop that reads the link: the handler loop, or the I/O loop while that one is stuck.
         kind, body = envelope.kind, envelope.body
-        if kind == "trigger":
-            if self.stopping:
+        if kind == "response":
+            self.link.on_response(body)
+        elif kind == "trigger":
+            with self._gate:
+                refuse = self.stopping
+                if not refuse and not self.started:
+                    self.queued.append(body)
+                    return
+            if refuse:
                 self._refuse(body)
-            elif not self.started:
-                self.queued.append(body)
             else:
                 self._dispatch(body)
         elif kind == "cancel":
@@ -319,9 +370,7 @@ class PluginHost:
                 self.logger.info("call {} ({}) canceled by neko", body["call_id"], call.scope.entry_id)
                 call.cancel()
         elif kind == "stop":
-            self.begin_stop(body["grace_ms"] / 1000.0, "STOP")
-        elif kind == "response":
-            self.link.on_response(body)
+            self._on_io(self.begin_stop, body["grace_ms"] / 1000.0, "STOP")
         elif kind == "welcome":
             self.logger.debug("repeated WELCOME ignored")
         else:
@@ -332,6 +381,8 @@ class PluginHost:
         self.link.post("result", outcome.body(body["call_id"]))
 
     def _dispatch(self, body: dict) -> None:
+        """Starts a call (on whichever loop received its TRIGGER): an async handler as a task of the
+        handler loop (directly when on it), a sync one on its thread pool."""
         call_id, entry_id = body["call_id"], body["entry_id"]
         event_type = body.get("event_type")
         if event_type and event_type != "plugin_entry":
@@ -349,32 +400,133 @@ class PluginHost:
             self.logger.warning("TRIGGER reuses the id of a running call ({}); dropped", call_id)
             return
         caller = body.get("caller")
+        args = body.get("args")
+        run_id = run_id_of(body.get("run_id"), args)
         call = _Call(
             scope.CallScope(
                 call_id,
                 entry_id,
-                run_id_of(body.get("run_id"), body.get("args")),
+                run_id,
                 caller=caller if isinstance(caller, str) and caller else None,
                 event_type=event_type,
-            )
+            ),
+            entry=entry,
+            on_cancel=self._cancel_call,
         )
         self.calls[call_id] = call
-        call.task = asyncio.ensure_future(self._serve(entry, body, call))
-
-    async def _serve(self, entry: RuntimeEntry, body: dict, call: _Call) -> None:
-        call_id = body["call_id"]
-        deadline = compute_deadline(body.get("timeout_ms") or 0, entry.timeout_ms, entry.worker.timeout if entry.worker else None)
         try:
-            outcome = await self._execute(entry, body.get("args"), call, deadline)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a bug in the runtime itself; the caller still gets an answer
+            call.deadline = compute_deadline(body.get("timeout_ms") or 0, entry.timeout_ms, entry.worker.timeout if entry.worker else None)
+            try:
+                kwargs = prepare_kwargs(entry.handler, args, run_id)
+            except InvalidCall as exc:
+                self._finish_call(call, Outcome.failure("VALIDATION_ERROR", str(exc), {"exception_type": "TypeError"}))
+                return
+            if call.deadline is not None:
+                call.end = time.monotonic() + call.deadline
+                self._watch_deadline(call)
+            label = entry.label
+            if entry.worker is not None:
+                # As in the reference, worker threads see neither the run id nor the handler scope.
+                work = self.worker_pool.submit(self._thread_call, entry, kwargs, None, None, call)
+            elif entry.is_async:
+                self._start_async(call, self._async_call(entry, kwargs, label, run_id, call))
+                return
+            else:
+                work = self.sync_pool.submit(self._thread_call, entry, kwargs, label, run_id, call)
+            call.work = work
+            work.add_done_callback(functools.partial(self._thread_done, call))
+        except Exception as exc:  # a bug in the runtime itself (or a pool that is shut down); the caller still gets an answer
             self.logger.opt(exception=exc).error("call {} failed inside the runtime", call_id)
-            outcome = outcome_from_exception(exc)
-        finally:
-            call.scope.ended = True
-            self.calls.pop(call_id, None)
+            self._finish_call(call, outcome_from_exception(exc))
+
+    def _start_async(self, call: _Call, coro: Any) -> None:
+        """Runs `coro` (the call's handler) as a task of the handler loop; its end finishes the call."""
+
+        def start() -> None:  # on the handler loop
+            if call.canceled or call.answered.locked():  # canceled or timed out before it started
+                coro.close()
+                return
+            task = self.handler_loop.create_task(coro)
+            call.work = task
+            task.add_done_callback(functools.partial(self._task_done, call))
+
+        if self.handlers.on_thread:
+            start()
+        elif not self.handlers.call_soon(start):
+            coro.close()
+            self._finish_call(call, outcome_from_exception(RuntimeError("the handler loop is not running")))
+
+    def _task_done(self, call: _Call, task: asyncio.Task) -> None:  # on the handler loop
+        if task.cancelled():
+            outcome = Outcome.failure("CANCELED", "canceled")
+        else:
+            exc = task.exception()
+            if exc is not None:
+                assert call.entry is not None
+                self._log_failure(call.entry, exc)
+                outcome = outcome_from_exception(exc)
+            else:
+                outcome = task.result()
+        self._finish_call(call, outcome)
+
+    def _thread_done(self, call: _Call, work: concurrent.futures.Future) -> None:  # on the pool thread
+        entry = call.entry
+        assert entry is not None
+        if work.cancelled():
+            outcome: Any = Outcome.failure("CANCELED", "canceled")
+        else:
+            exc = work.exception()
+            if exc is not None:
+                self._log_failure(entry, exc)
+                outcome = outcome_from_exception(exc)
+            else:
+                outcome = work.result()
+        if isinstance(outcome, _Awaitable):
+            # A sync handler returned an awaitable: await it on the handler loop, under the same deadline.
+            self._start_async(call, self._async_call(entry, None, entry.label, call.scope.run_id, call, awaitable=outcome.value))
+            return
+        self._finish_call(call, outcome)
+
+    def _finish_call(self, call: _Call, outcome: Outcome) -> None:
+        """The call's handler is done (any thread): forgets the call and answers, unless the RESULT
+        went out already (early from the handler's thread, or on cancel or deadline)."""
+        call.scope.ended = True
+        if self.calls.get(call.scope.call_id) is call:
+            self.calls.pop(call.scope.call_id, None)
+        self._unwatch_deadline(call)
+        if call.canceled:
+            outcome = Outcome.failure("CANCELED", "canceled")
+        elif call.end is not None and time.monotonic() >= call.end:
+            self._expire(call)
+            return
         self._answer(call, outcome)
+
+    def _cancel_call(self, call: _Call) -> None:
+        """CANCEL (any thread): the caller gets CANCELED at once; the handler is abandoned."""
+        self._abandon(call)
+        self._answer(call, Outcome.failure("CANCELED", "canceled"))
+        if self.calls.get(call.scope.call_id) is call:
+            self.calls.pop(call.scope.call_id, None)
+        self._unwatch_deadline(call)
+
+    def _expire(self, call: _Call) -> None:
+        """The call's deadline has passed (any thread): the caller gets TIMEOUT, unless it has its
+        answer already; the handler is abandoned."""
+        if self.calls.get(call.scope.call_id) is call:
+            self.calls.pop(call.scope.call_id, None)
+        self._unwatch_deadline(call)
+        if not call.claim():
+            return
+        call.scope.ended = True
+        self._abandon(call)
+        entry, deadline = call.entry, call.deadline
+        if entry is not None and deadline is not None:
+            ms = int(round(deadline * 1000))
+            self.logger.warning("{} passed its deadline of {} ms", entry.what, ms)
+            outcome = Outcome.failure("TIMEOUT", f"{entry.what} timed out after {ms}ms")
+        else:
+            outcome = Outcome.failure("TIMEOUT", "timed out")
+        self.link.post("result", outcome.body(call.scope.call_id))
 
     def _answer(self, call: _Call, outcome: Outcome) -> None:
         """Sends the call's RESULT, unless it has been sent already (from any thread)."""
@@ -386,9 +538,9 @@ class PluginHost:
         self.link.post("result", outcome.body(call.scope.call_id))
 
     def _answer_early(self, call: _Call, outcome: Any) -> None:
-        """From the thread the handler ran on: sends its final outcome at once, without a hop back
-        to the I/O loop. Left to the I/O loop (which answers CANCELED or TIMEOUT, as before) once
-        the call is canceled or its deadline has passed."""
+        """From the thread the handler ran on: sends its final outcome at once. Left to `_cancel_call`
+        / `_expire` (which answer CANCELED or TIMEOUT) once the call is canceled or its deadline has
+        passed."""
         if not isinstance(outcome, Outcome) or call.canceled:
             return
         end = call.end
@@ -396,79 +548,67 @@ class PluginHost:
             return
         self._answer(call, outcome)
 
-    async def _execute(self, entry: RuntimeEntry, args: Any, call: _Call, deadline: Optional[float]) -> Outcome:
-        assert self.loop is not None
-        try:
-            kwargs = prepare_kwargs(entry.handler, args, call.scope.run_id)
-        except InvalidCall as exc:
-            return Outcome.failure("VALIDATION_ERROR", str(exc), {"exception_type": "TypeError"})
-        label = entry.label
-        run_id = call.scope.run_id
-        work: asyncio.Future
-        end = call.end = None if deadline is None else self.loop.time() + deadline
-        if entry.worker is not None:
-            # As in the reference, worker threads see neither the run id nor the handler scope.
-            work = self.loop.run_in_executor(self.worker_pool, self._thread_call, entry, kwargs, None, None, call)
-        elif entry.is_async:
-            work = self.handlers.run(self._async_call(entry, kwargs, label, run_id, call))
-        else:
-            work = self.loop.run_in_executor(self.sync_pool, self._thread_call, entry, kwargs, label, run_id, call)
-        while True:
-            try:
-                await self._wait_for_work(work, call, end)
-            except asyncio.CancelledError:  # the runtime is stopping: the handler is abandoned too
-                self._abandon(work, call)
-                raise
-            if call.canceled:
-                self._abandon(work, call)
-                return Outcome.failure("CANCELED", "canceled")
-            if not work.done():
-                self._abandon(work, call)
-                self.logger.warning("{} passed its deadline of {} ms", entry.what, int(round(deadline * 1000)))
-                return Outcome.failure("TIMEOUT", f"{entry.what} timed out after {int(round(deadline * 1000))}ms")
-            result = self._result_of(entry, work)
-            if isinstance(result, Outcome):
-                return result
-            # A sync handler returned an awaitable: await it on the handler loop, under the same deadline.
-            work = self.handlers.run(self._async_call(entry, None, label, run_id, call, awaitable=result.value))
-
-    async def _wait_for_work(self, work: asyncio.Future, call: _Call, end: Optional[float]) -> None:
-        """Returns once `work` is done, the call is canceled, or the loop's clock reaches `end`."""
-        if work.done() or call.canceled:
-            return
-        assert self.loop is not None
-        waiter = self.loop.create_future()
-
-        def wake(_: Any = None) -> None:
-            if not waiter.done():
-                waiter.set_result(None)
-
-        work.add_done_callback(wake)
-        call.waiter = waiter
-        timer = None if end is None else self.loop.call_at(end, wake)
-        try:
-            await waiter
-        finally:
-            call.waiter = None
-            work.remove_done_callback(wake)
-            if timer is not None:
-                timer.cancel()
-
-    def _abandon(self, work: asyncio.Future, call: _Call) -> None:
+    def _abandon(self, call: _Call) -> None:
+        """The call's handler is no longer waited for (any thread): its flag is set and its work
+        cancelled (an async handler's task on the handler loop; a sync one sees the flag)."""
         call.scope.flag.set()
-        # For an async handler this reaches its task as `handler_loop.call_soon_threadsafe(task.cancel)`.
-        work.cancel()
-        # Whatever the handler does later is discarded; make sure nothing is reported as unretrieved.
-        work.add_done_callback(lambda f: f.cancelled() or f.exception())
+        work = call.work
+        if isinstance(work, asyncio.Future):
+            if self.handlers.on_thread:
+                work.cancel()
+            else:
+                self.handlers.call_soon(work.cancel)
+        elif isinstance(work, concurrent.futures.Future):
+            work.cancel()
 
-    def _result_of(self, entry: RuntimeEntry, work: asyncio.Future) -> Any:
-        if work.cancelled():
-            return Outcome.failure("CANCELED", "canceled")
-        exc = work.exception()
-        if exc is not None:
-            self._log_failure(entry, exc)
-            return outcome_from_exception(exc)
-        return work.result()
+    # -- deadlines (the I/O loop's timer) -----------------------------------------------------------
+
+    def _watch_deadline(self, call: _Call) -> None:
+        """Watches `call.end` (any thread). The I/O loop is woken only when its timer would fire
+        after this deadline."""
+        end = call.end
+        assert end is not None
+        with self._timed_lock:
+            self._timed[call] = None
+            at = self._deadline_at
+            wake = at is None or end < at
+            if wake:
+                self._deadline_at = end
+        if wake:
+            self._on_io(self._arm_deadlines)
+
+    def _unwatch_deadline(self, call: _Call) -> None:
+        if call.end is not None:
+            with self._timed_lock:
+                self._timed.pop(call, None)
+        # The timer is left as it is: when it fires it finds nothing due and moves on.
+
+    def _arm_deadlines(self) -> None:  # on the I/O loop
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        with self._timed_lock:
+            at = min((c.end for c in self._timed if c.end is not None), default=None)
+            self._deadline_at = at
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        if at is not None:
+            self._deadline_timer = loop.call_at(at, self._check_deadlines)
+
+    def _check_deadlines(self) -> None:  # on the I/O loop
+        self._deadline_timer = None
+        now = time.monotonic()
+        with self._timed_lock:
+            due = [c for c in self._timed if c.end is not None and c.end <= now]
+            for call in due:
+                self._timed.pop(call, None)
+        for call in due:
+            try:
+                self._expire(call)
+            except Exception as exc:
+                self.logger.opt(exception=exc).error("call {}: handling its deadline failed", call.scope.call_id)
+        self._arm_deadlines()
 
     def _log_failure(self, entry: RuntimeEntry, exc: BaseException) -> None:
         # The traceback starts at the plugin's code: the runtime's own frames say nothing useful.
@@ -616,13 +756,16 @@ class PluginHost:
             await self._run_hook("lifecycle.startup", hook)
         if self.stopping:
             return
-        self.started = True
         self.logger.info("startup finished; serving (queued calls: {})", len(self.queued))
         self._start_timers()
         self._start_message_dispatch()
-        queued, self.queued = self.queued, []
-        for body in queued:
-            self._dispatch(body)
+        with self._gate:  # the queued TRIGGERs start before any that arrives from now on
+            if self.stopping:
+                return
+            self.started = True
+            queued, self.queued = self.queued, []
+            for body in queued:
+                self._dispatch(body)
 
     def _start_message_dispatch(self) -> None:
         handlers = list(self.tables.messages.values())
@@ -646,11 +789,12 @@ class PluginHost:
     # -- stopping ---------------------------------------------------------------------------------------
 
     def begin_stop(self, grace_s: float, reason: str) -> None:
-        if self.stopping:
-            return
-        self.stopping = True
+        with self._gate:
+            if self.stopping:
+                return
+            self.stopping = True
+            queued, self.queued = self.queued, []
         self.logger.info("{} received; shutting down (grace {:.1f}s)", reason, grace_s)
-        queued, self.queued = self.queued, []
         for body in queued:
             self._refuse(body)
         if self._startup_task is not None and not self._startup_task.done():
@@ -667,9 +811,7 @@ class PluginHost:
             await self._run_hook("lifecycle.shutdown", hook, timeout=max(0.05, grace_s * 0.9))
         # Calls still running are abandoned (neko fails them itself).
         for call in list(self.calls.values()):
-            call.scope.flag.set()
-            if call.task is not None:
-                call.task.cancel()
+            self._abandon(call)
         remaining = grace_s - (self.loop.time() - start)
         await self.link.flush(max(0.1, min(1.0, remaining)))
         self.logger.info("stopped")

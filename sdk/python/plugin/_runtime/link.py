@@ -1,10 +1,16 @@
 """The link to the supervisor: one ZeroMQ DEALER socket, the signed session over it, an outbox and
 the open requests.
 
-The runner's I/O loop (the main thread; plugin code runs elsewhere, see `host`) reads the socket:
-its selector watches the socket's `ZMQ_FD` (`loop.add_reader`; a plain ZeroMQ socket, not a
-`zmq.asyncio` one), and every readable event drains what has arrived, up to `DRAIN_BATCH` frames
-per turn of the loop.
+Receiving: one event loop at a time reads the socket (its selector watches the socket's `ZMQ_FD`
+through `loop.add_reader`; a plain ZeroMQ socket, not a `zmq.asyncio` one), and every readable
+event drains what has arrived, up to `DRAIN_BATCH` frames per turn of that loop, handing each
+verified message to the receiver on that loop's thread. The runner's I/O loop reads during the
+handshake; then `serve_on` hands reading to the handler loop (its *home*), where the messages of the
+hot path (TRIGGERs of async entries, RESPONSEs to async requests) are handled without any thread
+hop. When the handler loop is stuck in plugin code, the I/O loop takes over (`check_reader`, from its
+stand-by check) so that CANCELs, STOP, sync entries and responses to sync requests keep flowing; the
+handler loop takes reading back as soon as it runs again. Messages are delivered one at a time
+(under `_rx`), in the order they arrived, whichever loop reads.
 
 Everyone (the I/O loop, handler threads, the handler loop, timers, the context) sends with
 `post(...)`: the message is sealed and handed to the socket at once (`NOBLOCK`) by the posting
@@ -34,6 +40,8 @@ from .protocol import P2S, Envelope, FrameError, Session
 
 #: How long close() lets queued messages leave the socket.
 CLOSE_LINGER_MS = 1000
+#: How long close() waits for another loop to stop watching the socket.
+CLOSE_UNWATCH_S = 0.2
 #: Frames handled per turn of the I/O loop before it lets other callbacks run.
 DRAIN_BATCH = 64
 #: While the socket refuses sends (EAGAIN), the outbox is retried at least this often.
@@ -71,7 +79,17 @@ class Link:
         self._receiver: Optional[Callable[[Envelope], None]] = None
         self._on_failure: Optional[Callable[[BaseException], None]] = None
         self._failure: Optional[BaseException] = None
-        self._drain_scheduled = False
+        #: The loop that reads the socket now (`_owner`), the one that reads it normally (`_home`:
+        #: the I/O loop until `serve_on`), the loops whose selectors watch the socket's FD (each loop
+        #: adds and removes only itself), and the drains scheduled per loop.
+        self._owner: Optional[asyncio.AbstractEventLoop] = None
+        self._home: Optional[asyncio.AbstractEventLoop] = None
+        self._threads: dict[asyncio.AbstractEventLoop, int] = {}
+        self._watching: set[asyncio.AbstractEventLoop] = set()
+        self._drains: dict[asyncio.AbstractEventLoop, bool] = {}
+        #: Held while a frame is received and delivered, and to change `_owner`: messages reach the
+        #: receiver one at a time and in order, whichever loop reads.
+        self._rx = threading.Lock()
         # Sending: frames the socket refused (EAGAIN), in order. `_io` guards the socket, the
         # session's sending side and this outbox: whichever thread posts a message sends it.
         self._io = threading.Lock()
@@ -85,15 +103,17 @@ class Link:
     # -- socket ---------------------------------------------------------------------------------
 
     def connect(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        self._threads[loop] = self._loop_thread
         self._zctx = zmq.Context()
         sock = self._zctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
         sock.connect(self.endpoint)
         self._sock = sock
         self._fd = sock.getsockopt(zmq.FD)
-        self._loop.add_reader(self._fd, self._on_readable)
+        self._owner = self._home = loop
+        self._watch(loop)
 
     async def send_now(self, kind: str, body: dict) -> None:
         """Seals and sends at once (handshake only; afterwards everything goes through `post`)."""
@@ -118,74 +138,192 @@ class Link:
         return self._inbox.popleft()
 
     def set_receiver(self, receiver: Optional[Callable[[Envelope], None]], on_failure: Optional[Callable[[BaseException], None]] = None) -> None:
-        """From now on every verified message goes to `receiver(envelope)` on the I/O loop as soon as
-        it arrives (messages already waiting for `recv()` first). When the receiver raises, or
-        receiving fails, `on_failure(exc)` is called once and messages are no longer delivered.
-        `None` goes back to `recv()`."""
-        self._receiver = receiver
-        self._on_failure = on_failure
+        """From now on every verified message goes to `receiver(envelope)`, on the thread of the loop
+        that reads the socket, as soon as it arrives (messages already waiting for `recv()` first).
+        When the receiver raises, or receiving fails, `on_failure(exc)` is called once (on that
+        thread) and messages are no longer delivered. `None` goes back to `recv()`."""
+        with self._rx:
+            self._receiver = receiver
+            self._on_failure = on_failure
         if receiver is not None and (self._inbox or self._failure is not None):
-            self._schedule_drain()
+            self._nudge_reader()
 
-    def _on_readable(self) -> None:
-        self._drain_scheduled = False
+    # -- which loop reads -------------------------------------------------------------------------
+
+    def serve_on(self, loop: asyncio.AbstractEventLoop, thread_id: int) -> None:
+        """Hands reading to `loop` (running in thread `thread_id`), from now on the link's home: it
+        reads whenever it is free to. Called on the I/O loop, after `set_receiver`."""
+        self._threads[loop] = thread_id
+        self._home = loop
+        try:
+            loop.call_soon_threadsafe(self._claim, loop)
+        except RuntimeError:  # that loop is closed: the I/O loop keeps reading
+            self._home = self._loop
+
+    def check_reader(self, home_stalled: bool) -> None:
+        """On the I/O loop (its stand-by check): takes reading over while the home loop is stalled
+        (stuck in plugin code), and hands it back once that loop runs again."""
+        io, home = self._loop, self._home
+        if io is None or home is None or home is io or self._sock is None or self._failure is not None:
+            return
+        if home_stalled:
+            if self._owner is not io:
+                with self._rx:
+                    self._owner = io
+                self._watch(io)
+                self._schedule_drain(io)
+        elif self._owner is io:
+            with self._rx:
+                self._owner = home
+            self._unwatch(io)
+            try:
+                home.call_soon_threadsafe(self._schedule_drain, home)
+            except RuntimeError:  # closed meanwhile: read here again
+                with self._rx:
+                    self._owner = io
+                self._watch(io)
+
+    @property
+    def reading_loop(self) -> Optional[asyncio.AbstractEventLoop]:
+        return self._owner
+
+    def _claim(self, loop: asyncio.AbstractEventLoop) -> None:  # on `loop`
+        if self._sock is None or self._failure is not None:
+            return
+        with self._rx:
+            self._owner = loop
+        self._watch(loop)
+        self._drain(loop)
+        io = self._loop
+        if io is not None and io is not loop:
+            try:
+                io.call_soon_threadsafe(self._unwatch_if_idle, io)
+            except RuntimeError:
+                pass
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:  # on `loop`
+        if loop not in self._watching and self._fd is not None:
+            loop.add_reader(self._fd, self._on_readable, loop)
+            self._watching.add(loop)
+
+    def _unwatch(self, loop: asyncio.AbstractEventLoop) -> None:  # on `loop`
+        if loop in self._watching:
+            self._watching.discard(loop)
+            if self._fd is not None:
+                try:
+                    loop.remove_reader(self._fd)
+                except Exception:
+                    pass
+
+    def _unwatch_if_idle(self, loop: asyncio.AbstractEventLoop) -> None:  # on `loop`
+        if self._owner is not loop:
+            self._unwatch(loop)
+
+    def _on_readable(self, loop: asyncio.AbstractEventLoop) -> None:  # on `loop`
+        if self._owner is not loop:
+            if loop is not self._home:
+                self._unwatch(loop)  # not the reader (any more): stop watching
+                return
+            with self._rx:  # the home loop runs again: it reads from now on
+                self._owner = loop
+        self._drain(loop)
+
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:  # on `loop`
+        self._drains[loop] = False
         sock = self._sock
         if sock is None or self._failure is not None:
             return
+        rx, io = self._rx, self._io
+        handled = 0
         try:
-            handled = 0
             while True:
-                receiver = self._receiver
-                if receiver is not None and self._inbox:
-                    receiver(self._inbox.popleft())
-                    handled += 1
-                else:
-                    with self._io:
-                        frames = sock.recv_multipart(_NOBLOCK) if sock.get(_EVENTS) & _POLLIN else None
-                    if frames is None:
+                with rx:
+                    if self._owner is not loop:
                         break
-                    try:
-                        envelope = self.session.open(frames)
-                    except FrameError as exc:
-                        self.dropped += 1
-                        if self.dropped <= 10 or self.dropped % 1000 == 0:
-                            self.logger.warning("dropped a frame from the supervisor ({} so far): {}", self.dropped, exc)
-                        continue
-                    if receiver is not None:
-                        receiver(envelope)
-                        handled += 1
+                    receiver = self._receiver
+                    if receiver is not None and self._inbox:
+                        envelope = self._inbox.popleft()
                     else:
-                        self._inbox.append(envelope)
-                        waiter = self._recv_waiter
-                        if waiter is not None and not waiter.done():
-                            waiter.set_result(None)
-                        handled += 1
+                        with io:
+                            frames = sock.recv_multipart(_NOBLOCK) if sock.get(_EVENTS) & _POLLIN else None
+                        if frames is None:
+                            break
+                        try:
+                            envelope = self.session.open(frames)
+                        except FrameError as exc:
+                            self.dropped += 1
+                            if self.dropped <= 10 or self.dropped % 1000 == 0:
+                                self.logger.warning("dropped a frame from the supervisor ({} so far): {}", self.dropped, exc)
+                            continue
+                        if receiver is None:
+                            self._inbox.append(envelope)
+                            self._wake_recv()
+                            handled += 1
+                            continue
+                    receiver(envelope)
+                handled += 1
                 if handled >= DRAIN_BATCH:  # let the loop's other callbacks run; go on next turn
-                    self._schedule_drain()
+                    self._schedule_drain(loop)
                     break
             if self._outbox:
-                self._send_outbox()
+                if loop is self._loop:
+                    self._send_outbox()
+                else:
+                    self._nudge_io(True, False)
         except zmq.Again:  # EVENTS said POLLIN, and yet: look again shortly
-            if self._loop is not None:
-                self._loop.call_later(RETRY_S, self._schedule_drain)
+            loop.call_later(RETRY_S, self._schedule_drain, loop)
         except Exception as exc:
             self._fail(exc)
 
-    def _fail(self, exc: BaseException) -> None:
-        if self._failure is not None:
+    def _wake_recv(self) -> None:
+        if threading.get_ident() != self._loop_thread:
+            try:
+                self._loop.call_soon_threadsafe(self._wake_recv)  # type: ignore[union-attr]
+            except RuntimeError:
+                pass
             return
-        self._failure = exc
         waiter = self._recv_waiter
         if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
-        on_failure, self._receiver, self._on_failure = self._on_failure, None, None
+            waiter.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._rx:
+            if self._failure is not None:
+                return
+            self._failure = exc
+            on_failure, self._receiver, self._on_failure = self._on_failure, None, None
+        self._fail_recv(exc)
         if on_failure is not None:
             on_failure(exc)
 
-    def _schedule_drain(self) -> None:
-        if not self._drain_scheduled and self._loop is not None:
-            self._drain_scheduled = True
-            self._loop.call_soon(self._on_readable)
+    def _fail_recv(self, exc: BaseException) -> None:
+        if threading.get_ident() != self._loop_thread:
+            try:
+                self._loop.call_soon_threadsafe(self._fail_recv, exc)  # type: ignore[union-attr]
+            except RuntimeError:
+                pass
+            return
+        waiter = self._recv_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def _schedule_drain(self, loop: asyncio.AbstractEventLoop) -> None:  # on `loop`
+        if not self._drains.get(loop):
+            self._drains[loop] = True
+            loop.call_soon(self._on_readable, loop)
+
+    def _nudge_reader(self) -> None:
+        """Makes the reading loop look at the socket (from any thread)."""
+        loop = self._owner
+        if loop is None:
+            return
+        if self._threads.get(loop) == threading.get_ident():
+            self._schedule_drain(loop)
+            return
+        try:
+            loop.call_soon_threadsafe(self._schedule_drain, loop)
+        except RuntimeError:  # that loop is closed
+            pass
 
     # -- outbox -----------------------------------------------------------------------------------
 
@@ -239,20 +377,25 @@ class Link:
         except Exception as exc:  # never let one bad message stop the others
             self.logger.warning("could not send a {} message: {}: {}", kind, type(exc).__name__, exc)
             return
-        if retry or readable:
-            if threading.get_ident() == self._loop_thread:
-                self._nudged(retry, readable)
-            else:
-                try:
-                    self._loop.call_soon_threadsafe(self._nudged, retry, readable)  # type: ignore[union-attr]
-                except RuntimeError:  # the loop is closed
-                    pass
+        if readable:
+            self._nudge_reader()
+        if retry:
+            self._nudge_io(True, False)
+
+    def _nudge_io(self, retry: bool, readable: bool) -> None:
+        if threading.get_ident() == self._loop_thread:
+            self._nudged(retry, readable)
+        else:
+            try:
+                self._loop.call_soon_threadsafe(self._nudged, retry, readable)  # type: ignore[union-attr]
+            except RuntimeError:  # the loop is closed
+                pass
 
     def _nudged(self, retry: bool, readable: bool) -> None:  # on the I/O loop
         if retry:
             self._arm_retry()
         if readable:
-            self._schedule_drain()
+            self._nudge_reader()
 
     def _seal(self, kind: str, body: dict) -> Optional[list[bytes]]:
         try:
@@ -298,7 +441,7 @@ class Link:
                 readable = bool(sock.get(_EVENTS) & _POLLIN)
             pending = bool(outbox) and sock is not None
         if readable:
-            self._schedule_drain()
+            self._nudge_reader()
         if pending:
             self._arm_retry()
             return
@@ -428,11 +571,29 @@ class Link:
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        with self._rx:
+            self._owner = None  # nobody reads any more
         if self._loop is not None and self._fd is not None:
-            try:
-                self._loop.remove_reader(self._fd)
-            except Exception:
-                pass
+            self._unwatch(self._loop)
+            # Other loops (the handler loop) stop watching the FD on their own thread, before the
+            # socket closes; a loop that is stuck is not waited for long.
+            waits = []
+            for loop in list(self._watching):
+                done = self._loop.create_future()
+
+                def unwatched(loop: asyncio.AbstractEventLoop = loop, done: asyncio.Future = done) -> None:
+                    self._unwatch(loop)
+                    if not self._loop.is_closed():  # type: ignore[union-attr]
+                        self._loop.call_soon_threadsafe(_set_async, done, None)  # type: ignore[union-attr]
+
+                try:
+                    loop.call_soon_threadsafe(unwatched)
+                except RuntimeError:  # that loop is closed
+                    self._watching.discard(loop)
+                    continue
+                waits.append(done)
+            if waits:
+                await asyncio.wait(waits, timeout=CLOSE_UNWATCH_S)
             self._fd = None
         with self._io:
             sock, self._sock = self._sock, None
