@@ -6,10 +6,10 @@
 //! on a PUSH socket, RPC takes the envelope `{"v":1,"op","req_id","args","from_plugin"}` on a
 //! DEALER. neko passes the endpoints in `NEKO_MESSAGE_PLANE_ZMQ_{INGEST,RPC}_ENDPOINT`.
 //!
-//! Pushes go through a bounded queue to one task that owns the PUSH socket and sends a frame per
-//! [`BATCH_MAX`] messages or per [`FLUSH_EVERY`], whichever comes first; a full queue drops the
-//! message and counts it ([`Bus::dropped`]). So a handler pushing in a loop never waits on the
-//! socket, and a plugin that floods only loses its own messages.
+//! Pushes are encoded into a bounded outbox (`outbox.rs`) whose task owns the PUSH socket and
+//! sends a frame per [`BATCH_MAX`] messages or per [`FLUSH_EVERY`], whichever comes first; a full
+//! outbox drops the message and counts it ([`Bus::dropped`]). So a handler pushing in a loop never
+//! waits on the socket, and a plugin that floods only loses its own messages.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,10 +17,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use tokio::sync::{Mutex, OnceCell, mpsc};
+use tokio::sync::{Mutex, OnceCell};
 use zeromq::{DealerSocket, PushSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::error::EntryError;
+use crate::outbox::{Outbox, Refused};
 use neko_protocol::ErrorCode;
 
 /// Messages per INGEST frame at most (the reference's `NEKO_PLUGIN_ZMQ_MESSAGE_PUSH_BATCH_SIZE`).
@@ -112,20 +113,10 @@ struct Item {
     payload: Payload,
 }
 
-#[derive(Serialize)]
-struct DeltaBatch<'a> {
-    v: u8,
-    kind: &'static str,
-    from: &'a str,
-    ts: f64,
-    batch_id: String,
-    items: &'a [Item],
-}
-
 /// A plugin's connection to the message plane, created on first use.
 pub struct Bus {
     plugin_id: Arc<str>,
-    pushes: OnceCell<mpsc::Sender<Item>>,
+    pushes: OnceCell<Arc<Outbox>>,
     rpc: OnceCell<Mutex<DealerSocket>>,
     next_id: AtomicU64,
     dropped: Arc<AtomicU64>,
@@ -177,16 +168,19 @@ impl Bus {
                 time: unix_now(),
             },
         };
-        match pushes.try_send(item) {
+        match pushes.push(&item) {
             Ok(()) => Ok(message_id),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 Err(EntryError::new(
                     ErrorCode::RateLimited,
                     "message_plane backpressure: push_message dropped",
                 ))
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(EntryError::new(
+            Err(Refused::Unencodable(why)) => Err(EntryError::validation(format!(
+                "cannot encode the message: {why}"
+            ))),
+            Err(Refused::Closed) => Err(EntryError::new(
                 ErrorCode::NotReady,
                 "the message plane connection is closed",
             )),
@@ -274,50 +268,20 @@ impl Bus {
         Ok(items(result))
     }
 
-    async fn start_pusher(&self) -> Result<mpsc::Sender<Item>, EntryError> {
+    async fn start_pusher(&self) -> Result<Arc<Outbox>, EntryError> {
         let endpoint = endpoint(INGEST_ENV)?;
         let mut socket = PushSocket::new();
         socket.connect(&endpoint).await.map_err(io)?;
-        let (tx, rx) = mpsc::channel(QUEUE_MAX);
-        tokio::spawn(pump(socket, rx, self.plugin_id.clone()));
-        Ok(tx)
+        Ok(Outbox::start(socket, self.plugin_id.clone()))
     }
 }
 
-/// Owns the PUSH socket: gathers up to [`BATCH_MAX`] items or [`FLUSH_EVERY`], sends a frame.
-async fn pump(mut socket: PushSocket, mut rx: mpsc::Receiver<Item>, from: Arc<str>) {
-    let mut batch: Vec<Item> = Vec::with_capacity(BATCH_MAX);
-    let mut frames: u64 = 0;
-    while rx.recv_many(&mut batch, BATCH_MAX).await > 0 {
-        // A short wait fills a batch under load; a lone message still leaves within FLUSH_EVERY.
-        if batch.len() < BATCH_MAX {
-            let deadline = tokio::time::Instant::now() + FLUSH_EVERY;
-            while batch.len() < BATCH_MAX {
-                let room = BATCH_MAX - batch.len();
-                match tokio::time::timeout_at(deadline, rx.recv_many(&mut batch, room)).await {
-                    Ok(n) if n > 0 => {}
-                    _ => break,
-                }
-            }
+impl Drop for Bus {
+    /// Lets the outbox's task send what is queued and end.
+    fn drop(&mut self) {
+        if let Some(outbox) = self.pushes.get() {
+            outbox.close();
         }
-        frames += 1;
-        let frame = DeltaBatch {
-            v: 1,
-            kind: "delta_batch",
-            from: &from,
-            ts: unix_now(),
-            batch_id: format!("{from}-{frames}"),
-            items: &batch,
-        };
-        match rmp_serde::to_vec_named(&frame) {
-            Ok(bytes) => {
-                if let Err(e) = socket.send(ZmqMessage::from(bytes)).await {
-                    tracing::warn!(error = %e, "message plane: push failed; batch lost");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "message plane: cannot encode a batch"),
-        }
-        batch.clear();
     }
 }
 
@@ -388,7 +352,7 @@ fn io(e: zeromq::ZmqError) -> EntryError {
     EntryError::new(ErrorCode::NotReady, format!("message plane: {e}"))
 }
 
-fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())

@@ -70,6 +70,7 @@ pub mod sync_call;
 mod call;
 mod link;
 mod logging;
+mod outbox;
 mod serve;
 
 pub use context::Context;
