@@ -11,11 +11,10 @@
 //! outbox drops the message and counts it ([`Bus::dropped`]). So a handler pushing in a loop never
 //! waits on the socket, and a plugin that floods only loses its own messages.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::{Mutex, OnceCell};
 use zeromq::{DealerSocket, PushSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
@@ -86,31 +85,71 @@ impl Message {
     }
 }
 
-/// The stored payload: the reference's `push_message` record (`type` = `MESSAGE_PUSH`).
-#[derive(Serialize)]
-struct Payload {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    message_id: String,
-    plugin_id: Arc<str>,
-    source: String,
-    description: String,
-    priority: i64,
-    message_type: String,
-    content: Value,
-    binary_data: Option<serde_bytes::ByteBuf>,
-    binary_url: Option<String>,
-    metadata: Map<String, Value>,
-    #[serde(rename = "unsafe")]
-    is_unsafe: bool,
+/// The stored payload: the reference's `push_message` record (`type` = `MESSAGE_PUSH`),
+/// borrowed from the message while it is encoded.
+struct Payload<'a> {
+    message_id: &'a str,
+    plugin_id: &'a str,
+    message: &'a Message,
     time: f64,
 }
 
-#[derive(Serialize)]
-struct Item {
-    store: &'static str,
-    topic: &'static str,
-    payload: Payload,
+/// `{"store":"messages","topic":"all","payload":{"type":"MESSAGE_PUSH","message_id":` in msgpack:
+/// what every pushed item starts with.
+static ITEM_HEAD: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let mut out = Vec::new();
+    let _ = rmp::encode::write_map_len(&mut out, 3);
+    for s in ["store", "messages", "topic", "all", "payload"] {
+        let _ = rmp::encode::write_str(&mut out, s);
+    }
+    let _ = rmp::encode::write_map_len(&mut out, 13);
+    for s in ["type", "MESSAGE_PUSH", "message_id"] {
+        let _ = rmp::encode::write_str(&mut out, s);
+    }
+    out
+});
+
+impl Payload<'_> {
+    /// Writes the INGEST item holding this payload. By hand, as it runs once per pushed message:
+    /// the fixed part is copied in one go, only `content` and `metadata` go through serde.
+    fn write_item(&self, out: &mut Vec<u8>) -> Result<(), String> {
+        use rmp::encode::{write_bin, write_bool, write_f64, write_nil, write_sint, write_str};
+        let m = self.message;
+        // Writing to a Vec cannot fail, but for serde's errors.
+        out.extend_from_slice(&ITEM_HEAD);
+        let _ = write_str(out, self.message_id);
+        for (key, value) in [
+            ("plugin_id", self.plugin_id),
+            ("source", &m.source),
+            ("description", &m.description),
+        ] {
+            let _ = write_str(out, key);
+            let _ = write_str(out, value);
+        }
+        let _ = write_str(out, "priority");
+        let _ = write_sint(out, m.priority);
+        let _ = write_str(out, "message_type");
+        let _ = write_str(out, &m.message_type);
+        let _ = write_str(out, "content");
+        rmp_serde::encode::write_named(out, &m.content).map_err(|e| e.to_string())?;
+        let _ = write_str(out, "binary_data");
+        match &m.binary_data {
+            Some(data) => drop(write_bin(out, data)),
+            None => drop(write_nil(out)),
+        }
+        let _ = write_str(out, "binary_url");
+        match &m.binary_url {
+            Some(url) => drop(write_str(out, url)),
+            None => drop(write_nil(out)),
+        }
+        let _ = write_str(out, "metadata");
+        rmp_serde::encode::write_named(out, &m.metadata).map_err(|e| e.to_string())?;
+        let _ = write_str(out, "unsafe");
+        let _ = write_bool(out, false);
+        let _ = write_str(out, "time");
+        let _ = write_f64(out, self.time);
+        Ok(())
+    }
 }
 
 /// A plugin's connection to the message plane, created on first use.
@@ -148,27 +187,14 @@ impl Bus {
     pub async fn push_message(&self, message: Message) -> Result<String, EntryError> {
         let pushes = self.pushes.get_or_try_init(|| self.start_pusher()).await?;
         let n = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let message_id = format!("{}:{n}", self.plugin_id);
-        let item = Item {
-            store: "messages",
-            topic: "all",
-            payload: Payload {
-                kind: "MESSAGE_PUSH",
-                message_id: message_id.clone(),
-                plugin_id: self.plugin_id.clone(),
-                source: message.source,
-                description: message.description,
-                priority: message.priority,
-                message_type: message.message_type,
-                content: message.content,
-                binary_data: message.binary_data.map(serde_bytes::ByteBuf::from),
-                binary_url: message.binary_url,
-                metadata: message.metadata,
-                is_unsafe: false,
-                time: unix_now(),
-            },
+        let message_id = message_id(&self.plugin_id, n);
+        let payload = Payload {
+            message_id: &message_id,
+            plugin_id: &self.plugin_id,
+            message: &message,
+            time: unix_now(),
         };
-        match pushes.push(&item) {
+        match pushes.push(|out| payload.write_item(out)) {
             Ok(()) => Ok(message_id),
             Err(Refused::Full) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -285,6 +311,17 @@ impl Drop for Bus {
     }
 }
 
+/// `<plugin_id>:<n>`, the id of a pushed message.
+fn message_id(plugin_id: &str, n: u64) -> String {
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(n);
+    let mut id = String::with_capacity(plugin_id.len() + 1 + digits.len());
+    id.push_str(plugin_id);
+    id.push(':');
+    id.push_str(digits);
+    id
+}
+
 async fn connect_rpc() -> Result<Mutex<DealerSocket>, EntryError> {
     let endpoint = endpoint(RPC_ENV)?;
     let mut socket = DealerSocket::new();
@@ -362,6 +399,52 @@ pub(crate) fn unix_now() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hand-written item is the reference's push_message record, every field in place.
+    #[test]
+    fn pushed_items_hold_every_field() {
+        let mut metadata = Map::new();
+        metadata.insert("k".into(), json!([1, "two"]));
+        let message = Message::new("src", "text", json!({"text": "héllo"}))
+            .description("d")
+            .priority(-7)
+            .metadata(metadata)
+            .binary(vec![1, 2, 3])
+            .binary_url("http://x/y");
+        let payload = Payload {
+            message_id: &message_id("echo", 42),
+            plugin_id: "echo",
+            message: &message,
+            time: 1.5,
+        };
+        let mut out = Vec::new();
+        payload.write_item(&mut out).unwrap();
+        let item = to_json(rmpv::decode::read_value(&mut &out[..]).unwrap());
+        assert_eq!(
+            item,
+            json!({
+                "store": "messages", "topic": "all",
+                "payload": {
+                    "type": "MESSAGE_PUSH", "message_id": "echo:42", "plugin_id": "echo",
+                    "source": "src", "description": "d", "priority": -7, "message_type": "text",
+                    "content": {"text": "héllo"}, "binary_data": "AQID",
+                    "binary_url": "http://x/y", "metadata": {"k": [1, "two"]},
+                    "unsafe": false, "time": 1.5,
+                },
+            })
+        );
+        let plain = Message::new("s", "text", Value::Null);
+        let payload = Payload {
+            message: &plain,
+            ..payload
+        };
+        out.clear();
+        payload.write_item(&mut out).unwrap();
+        let item = to_json(rmpv::decode::read_value(&mut &out[..]).unwrap());
+        assert_eq!(item["payload"]["binary_data"], Value::Null);
+        assert_eq!(item["payload"]["binary_url"], Value::Null);
+        assert_eq!(item["payload"]["metadata"], json!({}));
+    }
 
     #[test]
     fn replies_with_binary_data_convert_to_json() {

@@ -9,7 +9,6 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use zeromq::{PushSocket, SocketSend, ZmqMessage};
@@ -95,8 +94,11 @@ impl Outbox {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds `item` to the open batch.
-    pub(crate) fn push(&self, item: &impl Serialize) -> Result<(), Refused> {
+    /// Adds an item to the open batch: `write` appends it, as msgpack, to the batch's bytes.
+    pub(crate) fn push(
+        &self,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    ) -> Result<(), Refused> {
         let mut state = self.state();
         if state.closed {
             return Err(Refused::Closed);
@@ -105,9 +107,9 @@ impl Outbox {
             return Err(Refused::Full);
         }
         let before = state.open.bytes.len();
-        if let Err(e) = rmp_serde::encode::write_named(&mut state.open.bytes, item) {
+        if let Err(e) = write(&mut state.open.bytes) {
             state.open.bytes.truncate(before);
-            return Err(Refused::Unencodable(e.to_string()));
+            return Err(Refused::Unencodable(e));
         }
         state.open.count += 1;
         state.queued += 1;
@@ -200,10 +202,15 @@ mod tests {
     #[test]
     fn pushes_are_batched_and_bounded() {
         let outbox = Outbox::new();
+        let item = |i: usize| {
+            move |out: &mut Vec<u8>| {
+                rmp_serde::encode::write_named(out, &json!({"n": i})).map_err(|e| e.to_string())
+            }
+        };
         for i in 0..QUEUE_MAX {
-            outbox.push(&json!({"n": i})).unwrap();
+            outbox.push(item(i)).unwrap();
         }
-        assert!(matches!(outbox.push(&json!({})), Err(Refused::Full)));
+        assert!(matches!(outbox.push(item(0)), Err(Refused::Full)));
         let state = outbox.state();
         assert_eq!(state.sealed.len(), QUEUE_MAX / BATCH_MAX);
         assert!(state.sealed.iter().all(|b| b.count == BATCH_MAX));
@@ -211,7 +218,7 @@ mod tests {
         assert_eq!(state.queued, QUEUE_MAX);
         drop(state);
         outbox.close();
-        assert!(matches!(outbox.push(&json!({})), Err(Refused::Closed)));
+        assert!(matches!(outbox.push(item(0)), Err(Refused::Closed)));
     }
 
     /// A frame decodes to the envelope with every message, in push order.
