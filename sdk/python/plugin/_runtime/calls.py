@@ -128,8 +128,38 @@ def run_id_of(trigger_run_id: Optional[str], args: Any) -> Optional[str]:
 
 
 def to_json_data(value: Any) -> Any:
-    """`value` as JSON data (json.dumps without `default=`), or TypeError/ValueError saying why."""
+    """`value` as JSON data (json.dumps without `default=`), or TypeError/ValueError saying why.
+
+    Values that are JSON data already (exactly dict with str keys, list, str, int, float, bool,
+    None, not nested deeper than `_PLAIN_DEPTH`) are returned as they are: the round trip would
+    give an equal copy. Anything else (tuples, subclasses, non-str keys, deep or cyclic values)
+    takes the round trip."""
+    if _is_plain(value, _PLAIN_DEPTH):
+        return value
     return json.loads(json.dumps(value))
+
+
+_PLAIN_DEPTH = 16
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _is_plain(value: Any, depth: int) -> bool:
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if depth <= 0:
+        return False
+    if kind is dict:
+        for k, v in value.items():
+            if type(k) is not str or (type(v) not in _SCALARS and not _is_plain(v, depth - 1)):
+                return False
+        return True
+    if kind is list:
+        for v in value:
+            if type(v) not in _SCALARS and not _is_plain(v, depth - 1):
+                return False
+        return True
+    return False
 
 
 def not_serialisable(entry_id: str, exc: Exception) -> Outcome:

@@ -48,9 +48,31 @@ DRAIN_BATCH = 64
 RETRY_S = 0.01
 
 _EVENTS = int(zmq.EVENTS)
+_RCVMORE = int(zmq.RCVMORE)
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
+
+# The socket's own methods, without pyzmq's Python layer over them (option enums, routing ids,
+# str checks): a few microseconds per message, which the hot path sends and receives many of.
+try:
+    from zmq.backend import Socket as _BackendSocket
+
+    _zget: Callable[[Any, int], Any] = _BackendSocket.get
+    _zsend: Callable[..., Any] = _BackendSocket.send
+    _zrecv: Callable[..., Any] = _BackendSocket.recv
+except Exception:  # pragma: no cover - another backend
+    _zget, _zsend, _zrecv = zmq.Socket.getsockopt, zmq.Socket.send, zmq.Socket.recv
+
+
+def _recv_message(sock: zmq.Socket) -> Optional[list]:
+    """The next message's frames, or None when none is waiting (never blocks)."""
+    if not _zget(sock, _EVENTS) & _POLLIN:
+        return None
+    frames = [_zrecv(sock, _NOBLOCK)]
+    while _zget(sock, _RCVMORE):
+        frames.append(_zrecv(sock, _NOBLOCK))
+    return frames
 
 
 class Link:
@@ -245,7 +267,7 @@ class Link:
                         envelope = self._inbox.popleft()
                     else:
                         with io:
-                            frames = sock.recv_multipart(_NOBLOCK) if sock.get(_EVENTS) & _POLLIN else None
+                            frames = _recv_message(sock)
                         if frames is None:
                             break
                         try:
@@ -352,6 +374,8 @@ class Link:
         lock, so messages leave in the order they were posted), or queues it behind those the
         socket has not taken yet. Never raises: a message that cannot be sent is logged and dropped."""
         retry = readable = False
+        reader = self._owner
+        on_reader = reader is not None and self._threads.get(reader) == threading.get_ident()
         try:
             with self._io:
                 sock = self._sock
@@ -365,20 +389,24 @@ class Link:
                     retry = True
                 else:
                     try:
-                        sock.send(frames[0], _NOBLOCK | _SNDMORE)
-                        sock.send(frames[1], _NOBLOCK)  # a multipart message is taken whole once its first part is
+                        _zsend(sock, frames[0], _NOBLOCK | _SNDMORE)
+                        _zsend(sock, frames[1], _NOBLOCK)  # a multipart message is taken whole once its first part is
                     except zmq.Again:
                         self._outbox.append(frames)
                         retry = True
                     else:
                         # The ZMQ FD is edge-triggered and a send may consume its edge: if messages
-                        # are waiting, they must be read without waiting for an event.
-                        readable = bool(sock.get(_EVENTS) & _POLLIN)
+                        # are waiting, they must be read without waiting for an event. The reading
+                        # loop itself looks once after this turn, however many messages it sends.
+                        readable = on_reader or bool(_zget(sock, _EVENTS) & _POLLIN)
         except Exception as exc:  # never let one bad message stop the others
             self.logger.warning("could not send a {} message: {}: {}", kind, type(exc).__name__, exc)
             return
         if readable:
-            self._nudge_reader()
+            if on_reader:
+                self._schedule_drain(reader)  # type: ignore[arg-type]
+            else:
+                self._nudge_reader()
         if retry:
             self._nudge_io(True, False)
 
@@ -429,8 +457,8 @@ class Link:
             outbox, sock = self._outbox, self._sock
             while outbox and sock is not None:
                 try:
-                    sock.send(outbox[0][0], _NOBLOCK | _SNDMORE)
-                    sock.send(outbox[0][1], _NOBLOCK)
+                    _zsend(sock, outbox[0][0], _NOBLOCK | _SNDMORE)
+                    _zsend(sock, outbox[0][1], _NOBLOCK)
                 except zmq.Again:
                     break
                 except Exception as exc:
@@ -438,7 +466,7 @@ class Link:
                 outbox.popleft()
                 readable = True
             if readable and sock is not None:
-                readable = bool(sock.get(_EVENTS) & _POLLIN)
+                readable = bool(_zget(sock, _EVENTS) & _POLLIN)
             pending = bool(outbox) and sock is not None
         if readable:
             self._nudge_reader()

@@ -21,6 +21,49 @@ current_call: contextvars.ContextVar[Optional["CallScope"]] = contextvars.Contex
 handler_label: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("plugin_in_handler", default=None)
 
 
+class Flag:
+    """A set-once cancel flag with `threading.Event`'s interface, made for every call: setting and
+    reading it is a plain attribute; the event behind `wait` is only made when someone waits."""
+
+    __slots__ = ("_set", "_event")
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: Optional[threading.Event] = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    isSet = is_set
+
+    def set(self) -> None:
+        self._set = True
+        event = self._event
+        if event is None:
+            with Flag._lock:
+                event = self._event
+        if event is not None:
+            event.set()
+
+    def clear(self) -> None:
+        self._set = False
+        with Flag._lock:
+            if self._event is not None:
+                self._event.clear()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        if self._set:
+            return True
+        with Flag._lock:
+            if self._event is None:
+                self._event = threading.Event()
+                if self._set:
+                    self._event.set()
+            event = self._event
+        return event.wait(timeout)
+
+
 @dataclass
 class CallScope:
     """One call as its handler sees it: ids and the cancel flag (set on CANCEL or at the deadline)."""
@@ -28,7 +71,7 @@ class CallScope:
     call_id: str
     entry_id: str
     run_id: Optional[str] = None
-    flag: threading.Event = field(default_factory=threading.Event)
+    flag: Flag = field(default_factory=Flag)
     #: The calling plugin's id, for plugin-to-plugin calls (the TRIGGER's `caller`).
     caller: Optional[str] = None
     #: The custom event's type when the call is for one (None for entries).
