@@ -1,10 +1,11 @@
 """The handler loop: the event loop that runs plugin code, in its own thread.
 
-The runner's I/O loop (the main thread) owns the link to the supervisor: it receives, sends,
-heartbeats, handles STOP and watches the parent process. Plugin code never runs there. `async def`
-entries, async lifecycle hooks, async timers and `@message` handlers run here instead, so a plugin
-that blocks in an `async def` (a `time.sleep`, a blocking HTTP client) delays the other async
-handlers but never the heartbeats, CANCELs or the RESULTs of sync handlers.
+`async def` entries, async lifecycle hooks, async timers and `@message` handlers run here, and this
+loop also reads the link to the supervisor while it is free to (see `host`). The runner's I/O loop
+(the main thread) runs no plugin code: it sends heartbeats, handles STOP, watches the parent
+process and the calls' deadlines, and reads the link itself while this loop is stuck in a callback
+(`busy_for`), so a plugin that blocks in an `async def` (a `time.sleep`, a blocking HTTP client)
+delays the other async handlers but never the heartbeats, CANCELs or the RESULTs of sync handlers.
 
 `HandlerLoopWatchdog` (run by the I/O loop) pings this loop and warns when it has not answered for
 a while, naming what is running on it.

@@ -2,23 +2,30 @@
 
 Two event loops in two threads:
 
-- the I/O loop (the runner's, in the main thread) owns the link to the supervisor: it receives,
-  sends, heartbeats, handles STOP and signals, watches the parent process, and keeps each call's
-  deadline and CANCEL. No plugin code runs on it.
-- the handler loop (`handler_loop.HandlerLoop`, thread `neko-handlers`) runs plugin code:
-  `async def` entries, async lifecycle hooks, async timers, `@message` handlers, and awaitables a
-  sync handler returned.
+- the handler loop (`handler_loop.HandlerLoop`, thread `neko-handlers`) runs plugin code (`async
+  def` entries, async lifecycle hooks, async timers, `@message` handlers, awaitables a sync handler
+  returned) and, once WELCOME is in, reads the link: a TRIGGER of an async entry becomes a task
+  right there, a RESPONSE to an async request resolves its future right there, and the RESULT goes
+  out from there, so the hot path of a call crosses no thread.
+- the I/O loop (the runner's, in the main thread) runs no plugin code: it does the handshake, sends
+  heartbeats, handles STOP and signals, watches the parent process, keeps every call's deadline (one
+  timer for all, `_watch_deadline`) and stands by: every `STANDBY_POLL_S` it looks whether the
+  handler loop has been stuck in one callback for more than `STANDBY_TAKEOVER_S` and, while it is,
+  reads the link itself (`Link.check_reader`), so CANCELs, STOP, sync entries and the responses
+  sync handlers wait for do not wait for plugin code that blocks. What it receives for the handler
+  loop (async TRIGGERs and RESPONSEs) is handed over and runs once that loop is free again.
 
 Sync handlers run on a thread pool, `@worker` handlers on a separate small pool. A handler's RESULT
-is sent by the thread it ran on as soon as it has its outcome (no hop back to the I/O loop). Each
-call has a deadline (the TRIGGER's `timeout_ms`, else the entry's own) and can be canceled; either
-way the caller gets its RESULT at once (from the I/O loop), the async task is cancelled on the
-handler loop, and a sync handler sees `ctx.cancelled` turn true. Exactly one RESULT is sent per
-call (`_Call.claim`).
+is sent by the thread it ran on as soon as it has its outcome. Each call has a deadline (the
+TRIGGER's `timeout_ms`, else the entry's own) and can be canceled; either way the caller gets its
+RESULT at once (TIMEOUT from the I/O loop's timer, CANCELED from whichever loop received the
+CANCEL), the async task is cancelled on the handler loop, and a sync handler sees `ctx.cancelled`
+turn true. Exactly one RESULT is sent per call (`_Call.claim`).
 
 An `async def` handler that blocks (e.g. `time.sleep`) therefore only delays the other async
-handlers; heartbeats, CANCELs and the results of sync handlers keep flowing. A watchdog on the I/O
-loop warns when the handler loop has not answered for `STALL_WARN_S` (5 s), naming the handler.
+handlers; heartbeats, deadlines, CANCELs and the results of sync handlers keep flowing (after at
+most ~0.1 s, the stand-by check). A watchdog on the I/O loop warns when the handler loop has not
+answered for `STALL_WARN_S` (5 s), naming the handler.
 
 Lifecycle: `lifecycle("startup")` runs after WELCOME while heartbeats already flow; TRIGGERs that
 arrive meanwhile wait for it. Then timers, auto-started custom events and `@message` dispatch

@@ -66,12 +66,18 @@ except Exception:  # pragma: no cover - another backend
 
 
 def _recv_message(sock: zmq.Socket) -> Optional[list]:
-    """The next message's frames, or None when none is waiting (never blocks)."""
-    if not _zget(sock, _EVENTS) & _POLLIN:
+    """The next message's frames, or None when none is waiting (never blocks). A receive that finds
+    nothing (EAGAIN) processes the socket's pending commands as reading EVENTS does, which re-arms its
+    edge-triggered FD; frames are taken without a copy, which also tells whether more parts follow,
+    without asking the socket (RCVMORE) for each."""
+    try:
+        frame = _zrecv(sock, _NOBLOCK, False)
+    except zmq.Again:
         return None
-    frames = [_zrecv(sock, _NOBLOCK)]
-    while _zget(sock, _RCVMORE):
-        frames.append(_zrecv(sock, _NOBLOCK))
+    frames = [frame.bytes]
+    while frame.more:
+        frame = _zrecv(sock, _NOBLOCK, False)
+        frames.append(frame.bytes)
     return frames
 
 
@@ -522,18 +528,19 @@ class Link:
 
     def start_request_async(self, op: str, args: dict) -> tuple[str, asyncio.Future]:
         """`start_request` for code running on an event loop (the handler loop): the RESPONSE body
-        arrives in a future of that loop, handed over with one wakeup for however many responses
-        arrive meanwhile, instead of through a concurrent future and `asyncio.wrap_future`."""
+        arrives in a future of that loop: set directly when that loop reads the link (the usual
+        case), else handed over with one wakeup for however many responses arrive meanwhile."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
-        mailbox = self._mailbox(loop)
 
         def resolve(body: dict) -> None:
-            if asyncio._get_running_loop() is loop:  # e.g. answered locally, before the link runs
+            # On the loop that reads the link: usually this very loop (the handler loop), or an
+            # answer made locally before the link runs.
+            if asyncio._get_running_loop() is loop:
                 _set_async(future, body)
                 return
             try:
-                mailbox.put(_set_async, future, body)
+                self._mailbox(loop).put(_set_async, future, body)
             except RuntimeError:  # that loop is closed: nobody waits any more
                 pass
 

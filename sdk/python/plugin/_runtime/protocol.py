@@ -75,6 +75,11 @@ class _Bad(Exception):
 
 def _json_value(value: Any, where: str) -> Any:
     """Checks that `value` is a JSON value as msgpack carries it (no bin, no ext, str keys)."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return value
+    if kind is dict and not value:
+        return {}
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
@@ -232,9 +237,26 @@ P2S_KINDS = frozenset({"hello", "result", "status", "heartbeat", "request"})
 S2P_KINDS = frozenset({"welcome", "trigger", "cancel", "stop", "response"})
 
 
+#: (schema, where) → the schema's fields with their paths for messages, made once (a frame's fields
+#: are checked without formatting a path for each).
+_FIELD_PLANS: dict[tuple[int, str], list] = {}
+_FIELD_PLANS_MAX = 4096
+
+
+def _plan(schema: dict, where: str) -> list:
+    key = (id(schema), where)
+    plan = _FIELD_PLANS.get(key)
+    if plan is None:
+        plan = [(name, check, presence, f"{where}.{name}") for name, (check, presence) in schema.items()]
+        if len(_FIELD_PLANS) >= _FIELD_PLANS_MAX:
+            _FIELD_PLANS.clear()
+        _FIELD_PLANS[key] = plan
+    return plan
+
+
 def _fields(raw: dict, schema: dict, where: str) -> dict:
     out: dict = {}
-    for name, (check, presence) in schema.items():
+    for name, check, presence, path in _plan(schema, where):
         if name not in raw:
             if presence is REQUIRED:
                 raise _Bad(f"{where}: missing field '{name}'")
@@ -244,7 +266,10 @@ def _fields(raw: dict, schema: dict, where: str) -> dict:
         if value is None and presence is OPTIONAL:
             out[name] = None
             continue
-        out[name] = check(value, f"{where}.{name}")
+        if check is _str and type(value) is str:  # the most common field, checked inline
+            out[name] = value
+            continue
+        out[name] = check(value, path)
     return out
 
 
@@ -259,8 +284,8 @@ def decode_payload(payload: bytes) -> Envelope:
         for k in top:
             if not isinstance(k, str):
                 raise _Bad("envelope: map key is not a string")
-        v = _uint(_U16)(top["v"] if "v" in top else _missing("v"), "v")
-        seq = _uint(_U64)(top["seq"] if "seq" in top else _missing("seq"), "seq")
+        v = _check_u16(top["v"] if "v" in top else _missing("v"), "v")
+        seq = _check_u64(top["seq"] if "seq" in top else _missing("seq"), "seq")
         kind = _str(top["kind"] if "kind" in top else _missing("kind"), "kind")
         if kind not in BODY_FIELDS:
             raise _Bad(f"unknown kind '{kind}'")
@@ -274,6 +299,8 @@ def decode_payload(payload: bytes) -> Envelope:
 
 
 _MISSING = object()
+_check_u16 = _uint(_U16)
+_check_u64 = _uint(_U64)
 
 
 def _missing(name: str) -> Any:
