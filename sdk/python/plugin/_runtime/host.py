@@ -456,6 +456,10 @@ class PluginHost:
             task = self.handler_loop.create_task(coro)
             call.work = task
             task.add_done_callback(functools.partial(self._task_done, call))
+            # A CANCEL or deadline handled on the I/O loop since the check above found no work
+            # to cancel: cancel it now.
+            if call.canceled or call.answered.locked():
+                task.cancel()
 
         if self.handlers.on_thread:
             start()

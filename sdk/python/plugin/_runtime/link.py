@@ -248,11 +248,19 @@ class Link:
             self._unwatch(loop)
 
     def _on_readable(self, loop: asyncio.AbstractEventLoop) -> None:  # on `loop`
+        # Reset here, not only in _drain: a drain scheduled while this loop read must not leave
+        # the flag set once another loop reads, or later takeovers would never be scheduled.
+        self._drains[loop] = False
         if self._owner is not loop:
+            if self._owner is None:  # closed: nobody reads any more
+                return
             if loop is not self._home:
                 self._unwatch(loop)  # not the reader (any more): stop watching
+                self._nudge_reader()  # a wakeup that may be meant for the reader: pass it on
                 return
             with self._rx:  # the home loop runs again: it reads from now on
+                if self._owner is None:
+                    return
                 self._owner = loop
         self._drain(loop)
 
@@ -273,7 +281,8 @@ class Link:
                         envelope = self._inbox.popleft()
                     else:
                         with io:
-                            frames = _recv_message(sock)
+                            sock = self._sock  # None once closed
+                            frames = _recv_message(sock) if sock is not None else None
                         if frames is None:
                             break
                         try:
@@ -630,10 +639,10 @@ class Link:
             if waits:
                 await asyncio.wait(waits, timeout=CLOSE_UNWATCH_S)
             self._fd = None
-        with self._io:
+        with self._io:  # no recv or send of another thread is in progress while it closes
             sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close(linger=CLOSE_LINGER_MS)
+            if sock is not None:
+                sock.close(linger=CLOSE_LINGER_MS)
         if self._zctx is not None:
             self._zctx.term()
 
