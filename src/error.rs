@@ -54,7 +54,9 @@ impl ApiError {
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match &e {
-            Error::PluginNotFound(_) | Error::PluginNotRunning(_) => StatusCode::NOT_FOUND,
+            Error::PluginNotFound(_) | Error::PluginUnknown(_) | Error::PluginNotRunning(_) => {
+                StatusCode::NOT_FOUND
+            }
             Error::PluginInvalid { .. } | Error::PluginDisabled(_) | Error::Dependency { .. } => {
                 StatusCode::BAD_REQUEST
             }

@@ -76,6 +76,7 @@ pub async fn run(
         run_events: run_events.clone(),
         autostart: settings.plugins.autostart,
         message_plane: settings.message_plane()?,
+        metrics: settings.metrics.collector_settings(),
     })
     .await
     .context("could not start the supervision tree")?;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use neko_actors::message_plane::MessagePlaneSettings;
+use neko_actors::metrics_collector::MetricsSettings;
 use neko_actors::process_host::child::ResourceLimits;
 use neko_actors::process_host::{HostSettings, Transport};
 use neko_actors::restart_policy::{RestartOverrides, RestartPolicy, RestartSettings};
@@ -33,6 +34,7 @@ pub struct Settings {
     pub runs: RunsSettings,
     pub python: PythonSection,
     pub message_plane: MessagePlaneSection,
+    pub metrics: MetricsSection,
     pub log: LogSettings,
 }
 
@@ -239,6 +241,35 @@ impl Default for MessagePlaneSection {
     }
 }
 
+/// `[metrics]`: resource samples of plugin processes (`GET /plugin/metrics`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// How often every plugin process is sampled.
+    pub interval_ms: u64,
+    /// Samples kept per plugin (`GET /plugin/metrics/{id}/history`); older ones are dropped.
+    pub history: usize,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            interval_ms: 5_000,
+            history: 1_000,
+        }
+    }
+}
+
+impl MetricsSection {
+    /// As the MetricsCollector takes it (validated by [`Settings::validate`]).
+    pub fn collector_settings(&self) -> MetricsSettings {
+        MetricsSettings {
+            interval: Duration::from_millis(self.interval_ms),
+            history: self.history,
+        }
+    }
+}
+
 /// `[log]`: what goes to stderr.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -439,6 +470,8 @@ impl Settings {
                 self.gateway.request_timeout_ms,
             ),
             ("runs.default_timeout_ms", self.runs.default_timeout_ms),
+            ("metrics.interval_ms", self.metrics.interval_ms),
+            ("metrics.history", self.metrics.history as u64),
         ] {
             if v == 0 {
                 bail!("{name} must be greater than 0");

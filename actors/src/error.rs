@@ -9,6 +9,10 @@ pub enum Error {
     /// No plugin with this id is registered (its folder is missing or its plugin.toml is broken).
     #[error("Plugin '{0}' configuration not found")]
     PluginNotFound(PluginId),
+    /// No plugin with this id is registered (the reference's wording for routes that read, not
+    /// start, a plugin).
+    #[error("Plugin '{0}' not found")]
+    PluginUnknown(PluginId),
     /// The plugin is registered but its plugin.toml cannot be used.
     #[error("Plugin '{plugin}' is invalid: {reason}")]
     PluginInvalid { plugin: PluginId, reason: String },

@@ -9,6 +9,7 @@
 //!   ZeroMQ link ([`process_host::link`]).
 //! - [`plugin_config`]: answers plugins' config requests from their plugin.toml.
 //! - [`deadlock_detector`]: the wait-for graph of plugin-to-plugin calls; refuses cycles.
+//! - [`metrics_collector`]: CPU, memory and thread samples of plugin processes, with history.
 //! - [`plugin_query`]: answers plugins' `plugins.query` requests.
 //! - [`python_env`]: the managed Python environment (venv, SDK, plugin requirements).
 //! - [`run_tracker`]: runs, exports, blobs and their state machine, stored by [`run_db`]
@@ -24,6 +25,7 @@ pub mod deadlock_detector;
 pub mod error;
 pub mod manifest;
 pub mod message_plane;
+pub mod metrics_collector;
 pub mod plugin_config;
 pub mod plugin_query;
 pub mod plugin_supervisor;

@@ -2,9 +2,9 @@
 //! PythonEnv, PluginSupervisor and RunTracker in that order and restarts those five
 //! `rest_for_one`: when one fails, it and every child started after it are restarted (they hold
 //! references to it), so no actor ever talks to a dead peer. Nobody holds a direct reference to
-//! the MessagePlane or the DeadlockDetector (users look them up in the published references each
-//! time), so each of those is restarted alone when it fails: a broken store or call graph never
-//! takes a plugin down. The current references are published on a `watch` channel that the
+//! the MessagePlane, the DeadlockDetector or the MetricsCollector (users look them up in the
+//! published references each time), so each of those is restarted alone when it fails: a broken
+//! store, call graph or sampler never takes a plugin down. The current references are published on a `watch` channel that the
 //! gateway reads.
 //!
 //! The root also owns the bridge that copies run and export changes into the `runs` and `export`
@@ -24,6 +24,9 @@ use tokio::sync::{broadcast, watch};
 use crate::deadlock_detector::{DeadlockDetector, DeadlockDetectorMsg};
 use crate::message_plane::{
     MessagePlane, MessagePlaneHandle, MessagePlaneMsg, MessagePlaneSettings, StoreName,
+};
+use crate::metrics_collector::{
+    MetricsCollector, MetricsCollectorArgs, MetricsCollectorMsg, MetricsSettings,
 };
 use crate::plugin_supervisor::{PluginSupervisor, PluginSupervisorArgs, PluginSupervisorMsg};
 use crate::process_host::{HostSettings, child};
@@ -53,6 +56,8 @@ pub struct TreeArgs {
     /// Start `auto_start` plugins (off in tests that want to start them by hand).
     pub autostart: bool,
     pub message_plane: MessagePlaneSettings,
+    /// How often plugin processes are sampled, and how many samples are kept.
+    pub metrics: MetricsSettings,
 }
 
 /// The current references of the tree's actors, as the gateway uses them.
@@ -68,6 +73,8 @@ pub struct TreeRefs {
     pub messages: MessagePlaneHandle,
     /// The wait-for graph of plugin-to-plugin calls.
     pub calls: ActorRef<DeadlockDetectorMsg>,
+    /// Resource samples of plugin processes.
+    pub metrics: ActorRef<MetricsCollectorMsg>,
 }
 
 /// The RootSupervisor actor.
@@ -92,6 +99,7 @@ enum Child {
     Plugins,
     Runs,
     Calls,
+    Metrics,
 }
 
 /// Messages of the root (none but supervision events; the enum keeps the actor's type explicit).
@@ -124,6 +132,7 @@ impl Actor for RootSupervisor {
         .await?;
         let runs = spawn_runs(&cell, &args, &plugins).await?;
         let calls = spawn_calls(&cell, publish.subscribe()).await?;
+        let metrics = spawn_metrics(&cell, &args, publish.subscribe()).await?;
         let refs = TreeRefs {
             status,
             registry,
@@ -133,6 +142,7 @@ impl Actor for RootSupervisor {
             plane,
             messages,
             calls,
+            metrics,
         };
         publish.send_replace(Some(refs.clone()));
         let bridge = tokio::spawn(mirror_runs(
@@ -209,6 +219,13 @@ impl Actor for RootSupervisor {
             state.publish.send_replace(Some(state.refs.clone()));
             return Ok(());
         }
+        if which == Child::Metrics {
+            tracing::error!(actor = ?which, reason = %why, restart_count = state.restarts.len(), "metrics collector failed; restarting it (its samples are lost)");
+            state.refs.metrics =
+                spawn_metrics(&myself.get_cell(), &state.args, state.publish.subscribe()).await?;
+            state.publish.send_replace(Some(state.refs.clone()));
+            return Ok(());
+        }
         tracing::error!(actor = ?which, reason = %why, restart_count = state.restarts.len(), "supervision tree actor failed; restarting it and the actors after it");
         state.restart_from(&myself.get_cell(), which).await?;
         Ok(())
@@ -239,6 +256,7 @@ impl RootState {
             (Child::Plugins, self.refs.plugins.get_id()),
             (Child::Runs, self.refs.runs.get_id()),
             (Child::Calls, self.refs.calls.get_id()),
+            (Child::Metrics, self.refs.metrics.get_id()),
         ]
         .into_iter()
         .find(|(_, a)| *a == id)
@@ -356,6 +374,24 @@ async fn spawn_calls(
         Some(unique_name("deadlock_detector")),
         DeadlockDetector,
         tree,
+        sup.clone(),
+    )
+    .await?;
+    Ok(a)
+}
+
+async fn spawn_metrics(
+    sup: &ActorCell,
+    args: &TreeArgs,
+    tree: watch::Receiver<Option<TreeRefs>>,
+) -> Result<ActorRef<MetricsCollectorMsg>, ActorProcessingErr> {
+    let (a, _) = Actor::spawn_linked(
+        Some(unique_name("metrics_collector")),
+        MetricsCollector,
+        MetricsCollectorArgs {
+            settings: args.metrics,
+            tree,
+        },
         sup.clone(),
     )
     .await?;
@@ -539,6 +575,10 @@ mod tests {
                 ingest_endpoint: "tcp://127.0.0.1:0".into(),
                 ..MessagePlaneSettings::default()
             },
+            metrics: MetricsSettings {
+                interval: Duration::from_millis(50),
+                history: 10,
+            },
         }
     }
 
@@ -568,6 +608,38 @@ mod tests {
             .success_or(())
             .unwrap();
         assert!(snap.plugins.is_empty());
+        tree.shutdown(Duration::from_secs(5)).await;
+    }
+
+    /// A killed metrics collector is replaced alone: every other actor keeps its reference, and
+    /// the new collector answers.
+    #[tokio::test]
+    async fn killed_metrics_collector_is_restarted_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = spawn_tree(args(dir.path())).await.unwrap();
+        let mut rx = tree.refs.clone();
+        let before = rx.borrow_and_update().clone().unwrap();
+        before.metrics.kill();
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .expect("new references published")
+            .unwrap();
+        let after = rx.borrow().clone().unwrap();
+        assert_ne!(after.metrics.get_id(), before.metrics.get_id());
+        assert_eq!(after.status.get_id(), before.status.get_id());
+        assert_eq!(after.plugins.get_id(), before.plugins.get_id());
+        assert_eq!(after.runs.get_id(), before.runs.get_id());
+        let current = after
+            .metrics
+            .call(
+                MetricsCollectorMsg::GetCurrent,
+                Some(Duration::from_secs(5)),
+            )
+            .await
+            .unwrap()
+            .success_or(())
+            .unwrap();
+        assert!(current.metrics.is_empty());
         tree.shutdown(Duration::from_secs(5)).await;
     }
 
