@@ -8,6 +8,7 @@ mod chaos;
 mod gateway;
 mod limits;
 mod message_plane;
+mod metrics;
 mod plugin_calls;
 mod plugins;
 mod python;

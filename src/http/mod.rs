@@ -2,11 +2,13 @@
 //! sends one message to an actor, and maps the reply; no business state lives here.
 //!
 //! One file per route group: [`server`] (health, availability, server info), [`plugin`] (listing,
-//! status, start/stop/reload), [`runs`], [`calls`] (plugin-to-plugin calls in flight).
+//! status, start/stop/reload), [`runs`], [`calls`] (plugin-to-plugin calls in flight),
+//! [`metrics`] (resource samples of plugin processes).
 
 mod blobs;
 mod calls;
 mod messages;
+mod metrics;
 mod plugin;
 mod runs;
 mod server;
@@ -87,6 +89,9 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/plugin/messages", get(messages::messages))
         .route("/plugin/messages/stream", get(messages::stream))
         .route("/calls", get(calls::calls))
+        .route("/plugin/metrics", get(metrics::all))
+        .route("/plugin/metrics/{plugin_id}", get(metrics::one))
+        .route("/plugin/metrics/{plugin_id}/history", get(metrics::history))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

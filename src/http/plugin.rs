@@ -225,7 +225,7 @@ fn status_record(s: &PluginStatus) -> Value {
     })
 }
 
-fn parse_id(raw: &str) -> Result<PluginId, ApiError> {
+pub(super) fn parse_id(raw: &str) -> Result<PluginId, ApiError> {
     PluginId::new(raw).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
