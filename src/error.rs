@@ -54,12 +54,14 @@ impl ApiError {
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match &e {
-            Error::PluginNotFound(_) | Error::PluginUnknown(_) | Error::PluginNotRunning(_) => {
-                StatusCode::NOT_FOUND
-            }
-            Error::PluginInvalid { .. } | Error::PluginDisabled(_) | Error::Dependency { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            Error::PluginNotFound(_)
+            | Error::PluginUnknown(_)
+            | Error::PluginNotRunning(_)
+            | Error::ConfigMissing(_) => StatusCode::NOT_FOUND,
+            Error::PluginInvalid { .. }
+            | Error::PluginDisabled(_)
+            | Error::Dependency { .. }
+            | Error::ConfigRejected(_) => StatusCode::BAD_REQUEST,
             Error::StartFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Error::ShuttingDown | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };

@@ -312,7 +312,8 @@ fn bad_ids() -> Vec<String> {
     ids
 }
 
-/// Route templates with `{id}` (and `{blob}`) placeholders: (method, template, admin route).
+/// Route templates with `{id}` (and `{blob}`: a blob or profile name) placeholders: (method,
+/// template, admin route).
 const ROUTES: &[(&str, &str, bool)] = &[
     ("GET", "/health", false),
     ("GET", "/available", false),
@@ -333,6 +334,18 @@ const ROUTES: &[(&str, &str, bool)] = &[
     ("GET", "/plugin/messages", false),
     ("GET", "/plugin/messages/stream", false),
     ("GET", "/calls", true),
+    ("GET", "/plugin/{id}/config", true),
+    ("PUT", "/plugin/{id}/config", true),
+    ("GET", "/plugin/{id}/config/toml", true),
+    ("PUT", "/plugin/{id}/config/toml", true),
+    ("POST", "/plugin/{id}/config/parse_toml", true),
+    ("POST", "/plugin/{id}/config/render_toml", true),
+    ("GET", "/plugin/{id}/config/base", true),
+    ("GET", "/plugin/{id}/config/profiles", true),
+    ("GET", "/plugin/{id}/config/profiles/{blob}", true),
+    ("PUT", "/plugin/{id}/config/profiles/{blob}", true),
+    ("DELETE", "/plugin/{id}/config/profiles/{blob}", true),
+    ("POST", "/plugin/{id}/config/profiles/{blob}/activate", true),
     ("GET", "/ws/run", false),
     ("GET", "/ws/admin", false),
 ];
@@ -524,6 +537,10 @@ async fn http_garbage_gets_json_4xx_and_never_5xx() {
         ("POST", "/runs/nope/uploads".to_string()),
         ("PUT", "/uploads/nope".to_string()),
         ("POST", "/plugin/nope/start".to_string()),
+        ("PUT", "/plugin/nope/config".to_string()),
+        ("PUT", "/plugin/echo/config/toml".to_string()),
+        ("POST", "/plugin/echo/config/parse_toml".to_string()),
+        ("PUT", "/plugin/echo/config/profiles/dev".to_string()),
     ];
     for body in bad_bodies() {
         for (method, target) in &body_routes {
@@ -575,6 +592,7 @@ async fn http_garbage_gets_json_4xx_and_never_5xx() {
             ("POST", "/plugin/nope/stop"),
             ("POST", "/plugin/nope/start"),
             ("POST", "/plugin/nope/reload"),
+            ("PUT", "/plugin/echo/config"),
         ] {
             reqs.push(Req::new(method, target).header("Authorization", auth.clone()));
         }

@@ -5,6 +5,7 @@ mod helper;
 
 mod bad_input;
 mod chaos;
+mod config;
 mod gateway;
 mod limits;
 mod message_plane;

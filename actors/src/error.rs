@@ -31,6 +31,13 @@ pub enum Error {
     /// The supervisor is shutting down and takes no new work.
     #[error("the supervisor is shutting down")]
     ShuttingDown,
+    /// A config request that cannot be served as asked: bad TOML, a protected field, a profile
+    /// name or path that is refused. The text is the whole message.
+    #[error("{0}")]
+    ConfigRejected(String),
+    /// A profile (or profiles.toml) that a config request needs does not exist.
+    #[error("{0}")]
+    ConfigMissing(String),
     /// An actor that should answer is gone (it is being restarted by its supervisor).
     #[error("internal service unavailable: {0}")]
     Unavailable(String),

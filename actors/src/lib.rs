@@ -7,7 +7,8 @@
 //! - [`plugin_supervisor`]: restart policy per plugin ([`restart_policy`]); one
 //!   [`process_host`] per launch, which owns the OS process ([`process_host::child`]) and the
 //!   ZeroMQ link ([`process_host::link`]).
-//! - [`plugin_config`]: answers plugins' config requests from their plugin.toml.
+//! - [`plugin_config`]: plugin.toml + profiles → the effective config; the config routes' file
+//!   logic (atomic writes, protected fields), served by the Registry.
 //! - [`deadlock_detector`]: the wait-for graph of plugin-to-plugin calls; refuses cycles.
 //! - [`metrics_collector`]: CPU, memory and thread samples of plugin processes, with history.
 //! - [`plugin_query`]: answers plugins' `plugins.query` requests.

@@ -1,9 +1,13 @@
 //! Registry: which plugins exist. Scans the plugins folder, parses every plugin.toml, and answers
 //! with manifests, broken plugins (with their error), and the dependency start order.
 //!
+//! It also serves the config routes ([`RegistryMsg::Config`], see [`crate::plugin_config`]): it
+//! knows each plugin's folder, and since it handles one message at a time, config writes never
+//! interleave (the files are small, so reading and fsyncing them in `handle` is brief).
+//!
 //! Parent: the root supervisor. Children: none. Senders: the PluginSupervisor (StartPlan, Resolve)
-//! and the gateway (List). If it dies, the root restarts it and it scans the folder again: it holds
-//! nothing that is not on disk.
+//! and the gateway (List, Config). If it dies, the root restarts it and it scans the folder again:
+//! it holds nothing that is not on disk.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +17,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::error::Error;
 use crate::manifest::{self, BrokenPlugin, PluginManifest};
+use crate::plugin_config::{self, ConfigReply, ConfigRequest, PluginFolder};
 
 /// The Registry actor.
 pub struct Registry;
@@ -32,6 +37,12 @@ pub enum RegistryMsg {
     Resolve(PluginId, RpcReplyPort<Result<Arc<PluginManifest>, Error>>),
     /// Everything, for listings.
     List(RpcReplyPort<RegistrySnapshot>),
+    /// A config route: read or write the plugin's plugin.toml and profiles.
+    Config(
+        PluginId,
+        ConfigRequest,
+        RpcReplyPort<Result<ConfigReply, Error>>,
+    ),
 }
 
 /// The Registry's state.
@@ -81,6 +92,11 @@ impl Actor for Registry {
             }
             RegistryMsg::List(reply) => {
                 let _ = reply.send(state.snapshot.clone());
+            }
+            RegistryMsg::Config(id, request, reply) => {
+                let folder = state.folder(&id);
+                let profile = plugin_config::env_profile(&id);
+                let _ = reply.send(plugin_config::serve(&folder, request, profile));
             }
         }
         Ok(())
@@ -154,6 +170,27 @@ impl RegistryState {
             reason,
         })?;
         Ok(m)
+    }
+
+    /// Where `id`'s config lives: its registered folder, else `<plugins dir>/<id>` (so a plugin
+    /// whose plugin.toml is broken can still be fixed over HTTP). `id` is a valid [`PluginId`],
+    /// so the join cannot leave the plugins folder.
+    fn folder(&self, id: &PluginId) -> PluginFolder {
+        match self.snapshot.plugins.iter().find(|m| &m.id == id) {
+            Some(m) => PluginFolder {
+                id: id.clone(),
+                dir: m.dir.clone(),
+                config_path: m.config_path.clone(),
+            },
+            None => {
+                let dir = self.plugins_dir.join(id.as_str());
+                PluginFolder {
+                    id: id.clone(),
+                    config_path: dir.join("plugin.toml"),
+                    dir,
+                }
+            }
+        }
     }
 
     fn not_found(&self, id: &PluginId) -> Error {

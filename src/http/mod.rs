@@ -3,10 +3,12 @@
 //!
 //! One file per route group: [`server`] (health, availability, server info), [`plugin`] (listing,
 //! status, start/stop/reload), [`runs`], [`calls`] (plugin-to-plugin calls in flight),
-//! [`metrics`] (resource samples of plugin processes).
+//! [`metrics`] (resource samples of plugin processes), [`config`] (plugin.toml and its
+//! profiles).
 
 mod blobs;
 mod calls;
+mod config;
 mod messages;
 mod metrics;
 mod plugin;
@@ -92,6 +94,34 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/plugin/metrics", get(metrics::all))
         .route("/plugin/metrics/{plugin_id}", get(metrics::one))
         .route("/plugin/metrics/{plugin_id}/history", get(metrics::history))
+        .route(
+            "/plugin/{plugin_id}/config",
+            get(config::get_config).put(config::put_config),
+        )
+        .route(
+            "/plugin/{plugin_id}/config/toml",
+            get(config::get_toml).put(config::put_toml),
+        )
+        .route("/plugin/{plugin_id}/config/base", get(config::get_base))
+        .route(
+            "/plugin/{plugin_id}/config/parse_toml",
+            post(config::parse_toml),
+        )
+        .route(
+            "/plugin/{plugin_id}/config/render_toml",
+            post(config::render_toml),
+        )
+        .route("/plugin/{plugin_id}/config/profiles", get(config::profiles))
+        .route(
+            "/plugin/{plugin_id}/config/profiles/{profile_name}",
+            get(config::get_profile)
+                .put(config::put_profile)
+                .delete(config::delete_profile),
+        )
+        .route(
+            "/plugin/{plugin_id}/config/profiles/{profile_name}/activate",
+            post(config::activate),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

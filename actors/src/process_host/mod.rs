@@ -35,7 +35,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use crate::deadlock_detector::{CallEdge, next_call_id};
 use crate::manifest::{PluginManifest, Runtime};
 use crate::message_plane::MessagePlaneEndpoints;
-use crate::plugin_config;
+use crate::plugin_config::{self, PluginFolder};
 use crate::plugin_supervisor::PluginSupervisorMsg;
 use crate::python_env::{PythonEnvMsg, PythonLaunch};
 use crate::root::TreeRefs;
@@ -705,7 +705,16 @@ impl ProcessHostState {
                 return;
             }
             "config.get" => {
-                plugin_config::config_get(self.plugin_id.as_str(), &self.manifest.config_path)
+                // The same effective config (base + active profile) that `GET /plugin/{id}/config`
+                // shows.
+                let folder = PluginFolder {
+                    id: self.plugin_id.clone(),
+                    dir: self.manifest.dir.clone(),
+                    config_path: self.manifest.config_path.clone(),
+                };
+                plugin_config::effective_view(&folder, plugin_config::env_profile(&self.plugin_id))
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()))
                     .map_err(|e| WireError::new(ErrorCode::Internal, e))
             }
             other => Err(WireError::new(
