@@ -80,13 +80,21 @@ pub enum ConfigRequest {
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum ConfigReply {
+    /// GET config, GET config/base.
     Config(ConfigView),
+    /// GET config/toml.
     Toml(TomlView),
+    /// PUT config, PUT config/toml.
     Written(ConfigWritten),
+    /// POST config/parse_toml.
     Parsed(ParsedConfig),
+    /// POST config/render_toml.
     Rendered(RenderedToml),
+    /// GET config/profiles, POST config/profiles/{name}/activate.
     Profiles(ProfilesView),
+    /// GET and PUT config/profiles/{name}.
     Profile(ProfileView),
+    /// DELETE config/profiles/{name}.
     Removed(ProfileRemoved),
 }
 
@@ -94,7 +102,9 @@ pub enum ConfigReply {
 #[derive(Debug, Clone, Serialize)]
 pub struct ConfigView {
     pub plugin_id: PluginId,
+    /// The config as JSON (TOML dates and times become their text).
     pub config: Value,
+    /// plugin.toml's modification time (ISO 8601, UTC).
     pub last_modified: Option<String>,
     pub config_path: PathBuf,
 }
@@ -138,8 +148,10 @@ pub struct RenderedToml {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProfilesView {
     pub plugin_id: PluginId,
+    /// `<plugin dir>/profiles.toml`, whether or not it exists.
     pub profiles_path: PathBuf,
     pub profiles_exists: bool,
+    /// Null when profiles.toml is missing or has no `[config_profiles]`.
     pub config_profiles: Option<ProfilesState>,
 }
 
@@ -153,6 +165,7 @@ pub struct ProfilesState {
 /// Where a profile's file is; `resolved_path` is null when the path leaves the plugin folder.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProfileFile {
+    /// As written in the profile table (relative to the plugin folder).
     pub path: String,
     pub resolved_path: Option<PathBuf>,
     pub exists: bool,
@@ -179,6 +192,7 @@ pub struct NamedProfile {
 pub struct ProfileRemoved {
     pub plugin_id: PluginId,
     pub profile: String,
+    /// False when the profile was not mapped (or there is no profiles.toml).
     pub removed: bool,
 }
 
