@@ -46,6 +46,7 @@ pub async fn run(
     let runtime_dir = data_dir.join("run");
     make_private_dir(&runtime_dir)?;
     let plugins_dir = absolute(&settings.plugins.dir)?;
+    let plugin_logs_dir = data_dir.join("logs").join("plugins");
     let signer = RunTokenSigner::new(match &settings.runs.token_secret {
         Some(s) => s.as_bytes().to_vec(),
         None => rand::random::<[u8; 32]>().to_vec(),
@@ -53,7 +54,7 @@ pub async fn run(
     let run_events = tokio::sync::broadcast::channel(RUN_EVENTS_BUFFER).0;
     let tree = spawn_tree(TreeArgs {
         plugins_dir,
-        host_settings: settings.host_settings(runtime_dir),
+        host_settings: settings.host_settings(runtime_dir, plugin_logs_dir.clone()),
         restart_defaults: settings.restart_policy.clone(),
         python: PythonSettings {
             interpreter: settings.python.interpreter.clone(),
@@ -112,6 +113,7 @@ pub async fn run(
         started: Instant::now(),
         run_events,
         run_tokens: signer,
+        plugin_logs_dir,
     };
     let app = http::router(state, settings.gateway.max_body_bytes);
 

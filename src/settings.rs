@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use neko_actors::message_plane::MessagePlaneSettings;
 use neko_actors::metrics_collector::MetricsSettings;
+use neko_actors::plugin_logs::PluginLogSettings;
 use neko_actors::process_host::child::ResourceLimits;
 use neko_actors::process_host::{HostSettings, Transport};
 use neko_actors::restart_policy::{RestartOverrides, RestartPolicy, RestartSettings};
@@ -270,13 +271,20 @@ impl MetricsSection {
     }
 }
 
-/// `[log]`: what goes to stderr.
+/// `[log]`: what goes to stderr, and the per-plugin files of plugin output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
     /// A tracing filter (`info`, `neko=debug,info`); `RUST_LOG` overrides it.
     pub level: String,
+    /// Also write each plugin's output to `<data_dir>/logs/plugins/<id>/<id>_<start>.log`
+    /// (read by `GET /plugin/{id}/logs`).
+    pub plugin_files: bool,
+    /// Size at which a plugin's log file is closed and the next one opened (0: no cap).
+    pub plugin_max_file_bytes: u64,
+    /// Log files kept per plugin, oldest removed first (0: keep all).
+    pub plugin_max_files: usize,
 }
 
 impl Default for LogSettings {
@@ -284,6 +292,21 @@ impl Default for LogSettings {
         Self {
             format: LogFormat::Human,
             level: "info".into(),
+            plugin_files: true,
+            plugin_max_file_bytes: 5 * 1024 * 1024,
+            plugin_max_files: 20,
+        }
+    }
+}
+
+impl LogSettings {
+    /// As the process hosts take it: files under `dir` (`<data_dir>/logs/plugins`).
+    pub fn plugin_log_settings(&self, dir: PathBuf) -> PluginLogSettings {
+        PluginLogSettings {
+            enabled: self.plugin_files,
+            dir,
+            max_file_bytes: self.plugin_max_file_bytes,
+            max_files: self.plugin_max_files,
         }
     }
 }
@@ -513,8 +536,12 @@ impl Settings {
         })
     }
 
-    /// The slice every ProcessHost gets.
-    pub fn host_settings(&self, runtime_dir: PathBuf) -> Arc<HostSettings> {
+    /// The slice every ProcessHost gets; plugin log files go under `plugin_logs_dir`.
+    pub fn host_settings(
+        &self,
+        runtime_dir: PathBuf,
+        plugin_logs_dir: PathBuf,
+    ) -> Arc<HostSettings> {
         let s = &self.supervision;
         Arc::new(HostSettings {
             runtime_dir,
@@ -527,6 +554,7 @@ impl Settings {
             default_call_timeout: Duration::from_millis(self.runs.default_timeout_ms),
             max_frame_bytes: s.max_frame_bytes,
             limits: self.limits.resource_limits(),
+            plugin_logs: self.log.plugin_log_settings(plugin_logs_dir),
         })
     }
 }

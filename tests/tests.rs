@@ -8,6 +8,7 @@ mod chaos;
 mod config;
 mod gateway;
 mod limits;
+mod logs;
 mod message_plane;
 mod metrics;
 mod plugin_calls;

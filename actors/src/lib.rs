@@ -9,6 +9,7 @@
 //!   ZeroMQ link ([`process_host::link`]).
 //! - [`plugin_config`]: plugin.toml + profiles → the effective config; the config routes' file
 //!   logic (atomic writes, protected fields), served by the Registry.
+//! - [`plugin_logs`]: per-plugin log files of plugin output: writing, tailing, parsing.
 //! - [`deadlock_detector`]: the wait-for graph of plugin-to-plugin calls; refuses cycles.
 //! - [`metrics_collector`]: CPU, memory and thread samples of plugin processes, with history.
 //! - [`plugin_query`]: answers plugins' `plugins.query` requests.
@@ -28,6 +29,7 @@ pub mod manifest;
 pub mod message_plane;
 pub mod metrics_collector;
 pub mod plugin_config;
+pub mod plugin_logs;
 pub mod plugin_query;
 pub mod plugin_supervisor;
 pub mod process_host;

@@ -551,6 +551,7 @@ mod tests {
                 default_call_timeout: Duration::from_secs(5),
                 max_frame_bytes: 1 << 20,
                 limits: Default::default(),
+                plugin_logs: crate::plugin_logs::PluginLogSettings::disabled(),
             }),
             restart_defaults: RestartSettings::default(),
             python: PythonSettings {

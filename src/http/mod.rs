@@ -3,12 +3,13 @@
 //!
 //! One file per route group: [`server`] (health, availability, server info), [`plugin`] (listing,
 //! status, start/stop/reload), [`runs`], [`calls`] (plugin-to-plugin calls in flight),
-//! [`metrics`] (resource samples of plugin processes), [`config`] (plugin.toml and its
-//! profiles).
+//! [`metrics`] (resource samples of plugin processes), [`logs`] (plugin log files),
+//! [`config`] (plugin.toml and its profiles).
 
 mod blobs;
 mod calls;
 mod config;
+mod logs;
 mod messages;
 mod metrics;
 mod plugin;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub run_events: broadcast::Sender<RunEvent>,
     /// Checks the run tokens `/ws/run` is opened with.
     pub run_tokens: RunTokenSigner,
+    /// Where plugin log files are written (`<data_dir>/logs/plugins`), for the logs routes.
+    pub plugin_logs_dir: std::path::PathBuf,
 }
 
 impl AppState {
@@ -94,6 +97,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/plugin/metrics", get(metrics::all))
         .route("/plugin/metrics/{plugin_id}", get(metrics::one))
         .route("/plugin/metrics/{plugin_id}/history", get(metrics::history))
+        .route("/plugin/{plugin_id}/logs", get(logs::logs))
+        .route("/plugin/{plugin_id}/logs/files", get(logs::files))
         .route(
             "/plugin/{plugin_id}/config",
             get(config::get_config).put(config::put_config),

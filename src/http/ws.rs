@@ -780,6 +780,7 @@ mod tests {
             started: Instant::now(),
             run_events: broadcast::channel(16).0,
             run_tokens: RunTokenSigner::new("k"),
+            plugin_logs_dir: std::path::PathBuf::new(),
         }
     }
 

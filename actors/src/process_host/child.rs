@@ -9,6 +9,7 @@ use std::sync::LazyLock;
 
 use dashmap::DashMap;
 
+use crate::plugin_logs::PluginLogWriter;
 use neko_protocol::PluginId;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
@@ -214,7 +215,7 @@ pub async fn run_tool(
         .spawn()
         .map_err(|e| format!("could not run {argv:?}: {e}"))?;
     let tail = Tail::default();
-    let readers = forward_output(plugin_id, &mut child, source, Some(tail.clone()));
+    let readers = forward_output(plugin_id, &mut child, source, Some(tail.clone()), None);
     let status = child
         .wait()
         .await
@@ -275,8 +276,13 @@ impl Tail {
 }
 
 /// Spawns the plugin process in its own process group, with stdin closed and stdout/stderr
-/// forwarded into the log. The caller must hand the child to [`reap`].
-pub fn spawn(plugin_id: &PluginId, spec: &LaunchSpec) -> std::io::Result<Spawned> {
+/// forwarded into the log (and into `log_file` when given). The caller must hand the child to
+/// [`reap`].
+pub fn spawn(
+    plugin_id: &PluginId,
+    spec: &LaunchSpec,
+    log_file: Option<PluginLogWriter>,
+) -> std::io::Result<Spawned> {
     let supervisor_pid = std::process::id() as libc::pid_t;
     let rlimits: Vec<(RlimitResource, libc::rlim_t)> = spec
         .limits
@@ -324,7 +330,13 @@ pub fn spawn(plugin_id: &PluginId, spec: &LaunchSpec) -> std::io::Result<Spawned
         LIVE_GROUPS.insert(pid, plugin_id.clone());
     }
     let tail = Tail::default();
-    let readers = forward_output(plugin_id, &mut child, "plugin", Some(tail.clone()));
+    let readers = forward_output(
+        plugin_id,
+        &mut child,
+        "plugin",
+        Some(tail.clone()),
+        log_file,
+    );
     Ok(Spawned {
         child,
         tail,
@@ -471,13 +483,19 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
+/// The level a plugin's output lines get, in neko's log and in the plugin's log file alike:
+/// neither stream says how serious a line is (Python's logging, for one, writes everything to
+/// stderr), so both are INFO.
+const OUTPUT_LEVEL: tracing::Level = tracing::Level::INFO;
+
 /// Forwards each line of the child's stdout and stderr to `tracing`, tagged with the plugin id
-/// (and into `tail` when given). Returns the two reader tasks.
+/// (and into `tail` and `log_file` when given). Returns the two reader tasks.
 fn forward_output(
     plugin_id: &PluginId,
     child: &mut tokio::process::Child,
     what: &'static str,
     tail: Option<Tail>,
+    log_file: Option<PluginLogWriter>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     if let Some(out) = child.stdout.take() {
@@ -487,6 +505,7 @@ fn forward_output(
             what,
             "stdout",
             tail.clone(),
+            log_file.clone(),
         )));
     }
     if let Some(err) = child.stderr.take() {
@@ -496,6 +515,7 @@ fn forward_output(
             what,
             "stderr",
             tail,
+            log_file,
         )));
     }
     tasks
@@ -507,6 +527,7 @@ async fn forward_lines(
     what: &'static str,
     stream_name: &'static str,
     tail: Option<Tail>,
+    log_file: Option<PluginLogWriter>,
 ) {
     // Read raw bytes, not `lines()`: a plugin that prints invalid UTF-8 or one endless line must
     // neither stop the forwarding (its pipe would fill and block it) nor grow memory without bound.
@@ -517,7 +538,10 @@ async fn forward_lines(
         if let Some(t) = &tail {
             t.push(text);
         }
-        tracing::info!(target: "neko::plugin_output", plugin_id = %plugin_id, source = what, stream = stream_name, "{text}");
+        if let Some(f) = &log_file {
+            f.write_line(OUTPUT_LEVEL.as_str(), text);
+        }
+        tracing::event!(target: "neko::plugin_output", OUTPUT_LEVEL, plugin_id = %plugin_id, source = what, stream = stream_name, "{text}");
     };
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = [0u8; 8192];
@@ -535,9 +559,16 @@ async fn forward_lines(
             emit(&buf);
             buf.clear();
         }
+        // One write to the file per burst of output, not per line.
+        if let Some(f) = &log_file {
+            f.flush();
+        }
     }
     if !buf.is_empty() {
         emit(&buf);
+    }
+    if let Some(f) = &log_file {
+        f.flush();
     }
 }
 
@@ -637,7 +668,7 @@ mod tests {
                 max_message_rate: 0,
             },
         };
-        let spawned = spawn(&id, &spec).unwrap();
+        let spawned = spawn(&id, &spec, None).unwrap();
         let tail = spawned.tail.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         reap(spawned, move |status| {

@@ -36,6 +36,7 @@ use crate::deadlock_detector::{CallEdge, next_call_id};
 use crate::manifest::{PluginManifest, Runtime};
 use crate::message_plane::MessagePlaneEndpoints;
 use crate::plugin_config::{self, PluginFolder};
+use crate::plugin_logs::{PluginLogSettings, PluginLogWriter};
 use crate::plugin_supervisor::PluginSupervisorMsg;
 use crate::python_env::{PythonEnvMsg, PythonLaunch};
 use crate::root::TreeRefs;
@@ -67,6 +68,8 @@ pub struct HostSettings {
     pub max_frame_bytes: usize,
     /// `[limits]`: every plugin's resource limits unless its plugin.toml overrides them.
     pub limits: ResourceLimits,
+    /// `[log]`: where each launch's output is written to a file, and how much is kept.
+    pub plugin_logs: PluginLogSettings,
 }
 
 /// The ProcessHost actor.
@@ -557,7 +560,9 @@ impl ProcessHostState {
                 return self.finish(myself, reason, true);
             }
         };
-        let process = match child::spawn(&self.plugin_id, &spec) {
+        // Creating the file is one mkdir, one open and one listing of a small folder.
+        let log_file = PluginLogWriter::open(&self.settings.plugin_logs, &self.plugin_id);
+        let process = match child::spawn(&self.plugin_id, &spec, log_file) {
             Ok(spawned) => {
                 self.output = Some(spawned.tail.clone());
                 spawned

@@ -1,0 +1,663 @@
+//! Per-plugin log files: written from a plugin's output, read back for `GET /plugin/{id}/logs`.
+//!
+//! **Writing.** Every line a plugin prints on stdout or stderr is forwarded into `tracing` by
+//! [`crate::process_host::child`]; with `[log] plugin_files` on, the same task also appends it to
+//! `<data_dir>/logs/plugins/<id>/<id>_<YYYYmmdd_HHMMSS>.log` (one file per process start) as
+//! `YYYY-MM-DD HH:MM:SS | LEVEL | message`, local time, the reference's format. A file that reaches
+//! `plugin_max_file_bytes` is closed and a new one opened; at most `plugin_max_files` files are kept
+//! per plugin (the oldest go first). Writes go through a buffer flushed once per burst of lines
+//! (one read from the pipe); an I/O error is logged once at warn and ends writing for that launch,
+//! so a full disk never stops the forwarding (and with it the plugin, whose pipe would fill).
+//!
+//! **Reading.** Blocking file I/O, so the gateway runs [`read_logs`] and [`list_log_files`] on a
+//! blocking thread. The newest `<id>_*.log` in neko's folder for the plugin is read, else the one in
+//! `<plugin_dir>/logs/`, where the Python SDK's `enable_plugin_file_logging` writes
+//! (`YYYY-MM-DD HH:MM:SS.mmm | LEVEL | <plugin_id> | message`). Only the last lines are read, from
+//! the end of the file ([`tail_lines`]), whatever its size.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use neko_protocol::PluginId;
+use serde::Serialize;
+
+/// Where and how much plugin output is kept on disk (`[log]` in neko's settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginLogSettings {
+    /// Write the files at all.
+    pub enabled: bool,
+    /// The folder that holds one folder per plugin (`<data_dir>/logs/plugins`).
+    pub dir: PathBuf,
+    /// Size at which a file is closed and the next one opened (0: no cap).
+    pub max_file_bytes: u64,
+    /// Files kept per plugin, the current one included (0: no limit).
+    pub max_files: usize,
+}
+
+impl PluginLogSettings {
+    /// Off: no files are written (tests, and `plugin_files = false`).
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            dir: PathBuf::new(),
+            max_file_bytes: 0,
+            max_files: 0,
+        }
+    }
+
+    /// The folder of one plugin's files.
+    pub fn plugin_dir(&self, plugin_id: &PluginId) -> PathBuf {
+        self.dir.join(plugin_id.as_str())
+    }
+}
+
+/// One launch's log file, shared by the tasks forwarding its stdout and stderr.
+#[derive(Clone)]
+pub struct PluginLogWriter(Arc<Mutex<WriterState>>);
+
+struct WriterState {
+    plugin_id: PluginId,
+    settings: PluginLogSettings,
+    /// `None` once writing failed: the launch writes nothing more.
+    file: Option<BufWriter<File>>,
+    path: PathBuf,
+    /// Bytes in the current file.
+    written: u64,
+}
+
+impl PluginLogWriter {
+    /// Creates the launch's file (and its folder) and removes the oldest files over the limit.
+    /// `None` when writing is off or the file cannot be created (logged at warn).
+    pub fn open(settings: &PluginLogSettings, plugin_id: &PluginId) -> Option<Self> {
+        if !settings.enabled {
+            return None;
+        }
+        match new_file(settings, plugin_id) {
+            Ok((file, path)) => Some(Self(Arc::new(Mutex::new(WriterState {
+                plugin_id: plugin_id.clone(),
+                settings: settings.clone(),
+                file: Some(BufWriter::new(file)),
+                path,
+                written: 0,
+            })))),
+            Err(e) => {
+                tracing::warn!(plugin_id = %plugin_id, dir = %settings.plugin_dir(plugin_id).display(), error = %e, "cannot create the plugin's log file; its output goes to neko's log only");
+                None
+            }
+        }
+    }
+
+    /// Appends `YYYY-MM-DD HH:MM:SS | LEVEL | line` to the buffer, opening the next file first
+    /// when this one is full.
+    pub fn write_line(&self, level: &str, line: &str) {
+        let Ok(mut state) = self.0.lock() else {
+            return;
+        };
+        let record = format!("{} | {level} | {line}\n", local_time(SystemTime::now()).0);
+        let cap = state.settings.max_file_bytes;
+        if cap > 0 && state.written > 0 && state.written + record.len() as u64 > cap {
+            state.rotate();
+        }
+        let result = match state.file.as_mut() {
+            Some(file) => file.write_all(record.as_bytes()),
+            None => return,
+        };
+        match result {
+            Ok(()) => state.written += record.len() as u64,
+            Err(e) => state.fail(e),
+        }
+    }
+
+    /// Writes the buffered lines out (once per burst of output).
+    pub fn flush(&self) {
+        let Ok(mut state) = self.0.lock() else {
+            return;
+        };
+        if let Some(Err(e)) = state.file.as_mut().map(|f| f.flush()) {
+            state.fail(e);
+        }
+    }
+
+    /// The file written now.
+    pub fn path(&self) -> Option<PathBuf> {
+        self.0.lock().ok().map(|s| s.path.clone())
+    }
+}
+
+impl WriterState {
+    fn rotate(&mut self) {
+        if let Some(Err(e)) = self.file.as_mut().map(|f| f.flush()) {
+            return self.fail(e);
+        }
+        match new_file(&self.settings, &self.plugin_id) {
+            Ok((file, path)) => {
+                self.file = Some(BufWriter::new(file));
+                self.path = path;
+                self.written = 0;
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Logs the error once and stops writing this launch's output.
+    fn fail(&mut self, error: std::io::Error) {
+        if self.file.take().is_some() {
+            tracing::warn!(plugin_id = %self.plugin_id, path = %self.path.display(), %error, "writing the plugin's log file failed; no more of this launch's output goes to it");
+        }
+    }
+}
+
+/// Creates `<dir>/<id>/<id>_<YYYYmmdd_HHMMSS>.log` (`_1`, `_2` … appended when a file of that
+/// second exists) and prunes the folder to `max_files`.
+fn new_file(
+    settings: &PluginLogSettings,
+    plugin_id: &PluginId,
+) -> std::io::Result<(File, PathBuf)> {
+    let dir = settings.plugin_dir(plugin_id);
+    std::fs::create_dir_all(&dir)?;
+    let stamp = local_time(SystemTime::now()).1;
+    let mut n = 0;
+    let (file, path) = loop {
+        let name = match n {
+            0 => format!("{plugin_id}_{stamp}.log"),
+            _ => format!("{plugin_id}_{stamp}_{n}.log"),
+        };
+        let path = dir.join(name);
+        match File::options().append(true).create_new(true).open(&path) {
+            Ok(f) => break (f, path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
+            Err(e) => return Err(e),
+        }
+    };
+    if settings.max_files > 0 {
+        for old in log_files(&dir, plugin_id.as_str(), false)
+            .into_iter()
+            .skip(settings.max_files)
+        {
+            let _ = std::fs::remove_file(dir.join(&old.filename));
+        }
+    }
+    Ok((file, path))
+}
+
+/// Local time as `YYYY-MM-DD HH:MM:SS` (lines) and `YYYYmmdd_HHMMSS` (file names).
+fn local_time(t: SystemTime) -> (String, String) {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as libc::time_t;
+    // SAFETY: localtime_r only writes into the `tm` we pass; all-zero is a valid `tm`.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call.
+    unsafe { libc::localtime_r(&secs, &mut tm) };
+    let (y, mo, d) = (tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday);
+    let (h, mi, s) = (tm.tm_hour, tm.tm_min, tm.tm_sec);
+    (
+        format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}"),
+        format!("{y:04}{mo:02}{d:02}_{h:02}{mi:02}{s:02}"),
+    )
+}
+
+/// One log file, as `GET /plugin/{id}/logs/files` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LogFileInfo {
+    pub filename: String,
+    pub size: u64,
+    /// Last modification, seconds since the Unix epoch.
+    pub modified: f64,
+}
+
+/// The files of `plugin_id` in `dir`, newest first: `<id>_*.log`, and with `rotated` also the
+/// rotated copies (`<id>_*.log.1` …) the Python SDK leaves.
+fn log_files(dir: &Path, plugin_id: &str, rotated: bool) -> Vec<LogFileInfo> {
+    let prefix = format!("{plugin_id}_");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<LogFileInfo> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let rest = name.strip_prefix(&prefix)?;
+            let matches = rest.ends_with(".log") || (rotated && rest.contains(".log."));
+            let meta = e.metadata().ok().filter(|m| m.is_file() && matches)?;
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.duration_since(UNIX_EPOCH).ok())
+                .map_or(0.0, |d| d.as_secs_f64());
+            Some(LogFileInfo {
+                filename: name,
+                size: meta.len(),
+                modified,
+            })
+        })
+        .collect();
+    files.sort_by(|a, b| {
+        b.modified
+            .total_cmp(&a.modified)
+            .then_with(|| b.filename.cmp(&a.filename))
+    });
+    files
+}
+
+/// Where a plugin's logs are read from: neko's folder for it when it holds a log file, else the
+/// plugin's own `logs/` folder (the Python SDK's file logging), else nothing.
+fn log_dir(neko_dir: &Path, plugin_dir: Option<&Path>, plugin_id: &PluginId) -> Option<PathBuf> {
+    let ours = neko_dir.join(plugin_id.as_str());
+    std::iter::once(ours)
+        .chain(plugin_dir.map(|d| d.join("logs")))
+        .find(|d| !log_files(d, plugin_id.as_str(), false).is_empty())
+}
+
+/// The log files of a plugin, newest first (empty when it has none). `_server` has none: neko
+/// logs to stderr.
+pub fn list_log_files(
+    neko_dir: &Path,
+    plugin_dir: Option<&Path>,
+    plugin_id: &PluginId,
+) -> Vec<LogFileInfo> {
+    log_dir(neko_dir, plugin_dir, plugin_id)
+        .map(|d| log_files(&d, plugin_id.as_str(), true))
+        .unwrap_or_default()
+}
+
+/// What `GET /plugin/{id}/logs` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery {
+    /// How many of the last lines to read.
+    pub lines: usize,
+    /// Keep only this level (compared upper-cased).
+    pub level: Option<String>,
+    /// Keep only messages containing this, ignoring case.
+    pub search: Option<String>,
+}
+
+/// One parsed log line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogEntry {
+    /// `YYYY-MM-DD HH:MM:SS` as written (empty when the line has none).
+    pub timestamp: String,
+    /// Upper-cased; `UNKNOWN` for a line in no known format.
+    pub level: String,
+    /// Source file and line, for formats that carry them (neither of neko's nor the SDK's does).
+    pub file: String,
+    pub line: u64,
+    pub message: String,
+}
+
+/// The answer of `GET /plugin/{id}/logs`, without the plugin id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LogsPage {
+    pub logs: Vec<LogEntry>,
+    /// Lines read from the end of the file, before filtering.
+    pub total_lines: usize,
+    pub returned_lines: usize,
+    /// The file read (its name), `null` when the plugin has none.
+    pub log_file: Option<String>,
+}
+
+/// Reads the last `query.lines` lines of the plugin's newest log file, parsed and filtered.
+/// A plugin without log files (unknown ones, and `_server`: neko logs to stderr) gets an empty
+/// page; only a file that exists but cannot be read is an error.
+pub fn read_logs(
+    neko_dir: &Path,
+    plugin_dir: Option<&Path>,
+    plugin_id: &PluginId,
+    query: &LogQuery,
+) -> std::io::Result<LogsPage> {
+    let Some(dir) = log_dir(neko_dir, plugin_dir, plugin_id) else {
+        return Ok(LogsPage::default());
+    };
+    let Some(newest) = log_files(&dir, plugin_id.as_str(), false)
+        .into_iter()
+        .next()
+    else {
+        return Ok(LogsPage::default());
+    };
+    let mut file = File::open(dir.join(&newest.filename))?;
+    let lines = tail_lines(&mut file, query.lines, TAIL_BLOCK)?;
+    let total_lines = lines.len();
+    let logs: Vec<LogEntry> = lines
+        .iter()
+        .map(|l| parse_line(l))
+        .filter(|e| matches(e, query))
+        .collect();
+    Ok(LogsPage {
+        returned_lines: logs.len(),
+        logs,
+        total_lines,
+        log_file: Some(newest.filename),
+    })
+}
+
+/// How much of a file [`tail_lines`] reads at a time.
+const TAIL_BLOCK: usize = 64 * 1024;
+
+/// The last `n` lines of `file`, oldest first, read backwards in blocks of `block` bytes so only
+/// about those lines are read. A last line without a newline counts; invalid UTF-8 is replaced.
+pub fn tail_lines(
+    file: &mut (impl Read + Seek),
+    n: usize,
+    block: usize,
+) -> std::io::Result<Vec<String>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let len = file.seek(SeekFrom::End(0))?;
+    let mut pos = len;
+    // Blocks read so far, last first.
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    let mut newlines = 0usize;
+    let mut first_block = true;
+    while pos > 0 {
+        let size = block.max(1).min(pos as usize);
+        pos -= size as u64;
+        file.seek(SeekFrom::Start(pos))?;
+        let mut buf = vec![0u8; size];
+        file.read_exact(&mut buf)?;
+        let mut counted = &buf[..];
+        if first_block {
+            // The newline that ends the file closes the last line; it separates nothing.
+            if let Some(stripped) = counted.strip_suffix(b"\n") {
+                counted = stripped;
+            }
+            first_block = false;
+        }
+        newlines += counted.iter().filter(|&&b| b == b'\n').count();
+        blocks.push(buf);
+        // n separators mean the last n lines are complete.
+        if newlines >= n {
+            break;
+        }
+    }
+    let mut bytes: Vec<u8> = Vec::with_capacity(blocks.iter().map(Vec::len).sum());
+    for b in blocks.iter().rev() {
+        bytes.extend_from_slice(b);
+    }
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    }
+    if bytes.is_empty() && len == 0 {
+        return Ok(Vec::new());
+    }
+    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    let skip = lines.len().saturating_sub(n);
+    Ok(lines[skip..]
+        .iter()
+        .map(|l| {
+            let l = l.strip_suffix(b"\r").unwrap_or(l);
+            String::from_utf8_lossy(l).into_owned()
+        })
+        .collect())
+}
+
+/// Parses `YYYY-MM-DD HH:MM:SS | LEVEL | message` (neko's files) and
+/// `YYYY-MM-DD HH:MM:SS.mmm | LEVEL | <plugin_id> | message` (the Python SDK's); anything else is
+/// level `UNKNOWN` with the whole line as the message.
+pub fn parse_line(line: &str) -> LogEntry {
+    parse_known(line).unwrap_or_else(|| LogEntry {
+        timestamp: String::new(),
+        level: "UNKNOWN".into(),
+        file: String::new(),
+        line: 0,
+        message: line.to_string(),
+    })
+}
+
+fn parse_known(line: &str) -> Option<LogEntry> {
+    let (stamp, rest) = line.split_once(" | ")?;
+    let (level, rest) = rest.split_once(" | ").unwrap_or((rest, ""));
+    let level = level.trim();
+    if !is_timestamp(stamp) || level.is_empty() || !level.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return None;
+    }
+    let (timestamp, millis) = stamp.split_at(19);
+    // The SDK's lines carry milliseconds and the logger's name before the message.
+    let message = match millis {
+        "" => rest,
+        _ => rest.split_once(" | ").map_or(rest, |(_, m)| m),
+    };
+    Some(LogEntry {
+        timestamp: timestamp.to_string(),
+        level: level.to_ascii_uppercase(),
+        file: String::new(),
+        line: 0,
+        message: message.to_string(),
+    })
+}
+
+/// `YYYY-MM-DD HH:MM:SS`, optionally followed by `.` and digits.
+fn is_timestamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() < 19 {
+        return false;
+    }
+    let shape_ok = b[..19].iter().enumerate().all(|(i, &c)| match i {
+        4 | 7 => c == b'-',
+        10 => c == b' ',
+        13 | 16 => c == b':',
+        _ => c.is_ascii_digit(),
+    });
+    let frac_ok = match &b[19..] {
+        [] => true,
+        [b'.', digits @ ..] => !digits.is_empty() && digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    shape_ok && frac_ok
+}
+
+/// The `level` (exact, upper-cased) and `search` (substring of the message, any case) filters.
+pub fn matches(entry: &LogEntry, query: &LogQuery) -> bool {
+    let level_ok = query
+        .level
+        .as_deref()
+        .filter(|l| !l.is_empty())
+        .is_none_or(|l| entry.level == l.to_ascii_uppercase());
+    let search_ok = query
+        .search
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .is_none_or(|s| entry.message.to_lowercase().contains(&s.to_lowercase()));
+    level_ok && search_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn tail(text: &str, n: usize, block: usize) -> Vec<String> {
+        tail_lines(&mut Cursor::new(text.as_bytes().to_vec()), n, block).unwrap()
+    }
+
+    /// The last lines come back oldest first, whatever the block size, with or without a
+    /// newline after the last line.
+    #[test]
+    fn tail_reads_the_last_lines_from_the_end() {
+        let text: String = (1..=100).map(|i| format!("line {i}\n")).collect();
+        let want: Vec<String> = (91..=100).map(|i| format!("line {i}")).collect();
+        for block in [1, 3, 7, 64, 1 << 20] {
+            assert_eq!(tail(&text, 10, block), want, "block {block}");
+            assert_eq!(tail(text.trim_end(), 10, block), want, "block {block}");
+        }
+        assert_eq!(tail(&text, 1000, 5).len(), 100);
+        assert_eq!(tail("a\r\nb", 5, 2), vec!["a", "b"]);
+        assert_eq!(tail("only", 3, 2), vec!["only"]);
+        assert_eq!(tail("", 3, 2), Vec::<String>::new());
+        assert_eq!(tail("x\n", 0, 2), Vec::<String>::new());
+        // Empty lines count as lines.
+        assert_eq!(tail("a\n\nb\n", 2, 1), vec!["", "b"]);
+    }
+
+    /// A file much larger than the tail block: only the end is read, and the lines are whole.
+    #[test]
+    fn tail_of_a_file_larger_than_the_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.log");
+        let mut f = BufWriter::new(File::create(&path).unwrap());
+        for i in 0..50_000 {
+            writeln!(f, "2026-01-02 03:04:05 | INFO | message number {i:06}").unwrap();
+        }
+        write!(f, "last line without newline").unwrap();
+        drop(f);
+        let mut file = File::open(&path).unwrap();
+        assert!(file.metadata().unwrap().len() > 4 * TAIL_BLOCK as u64);
+        let lines = tail_lines(&mut file, 3, TAIL_BLOCK).unwrap();
+        assert_eq!(
+            lines,
+            vec![
+                "2026-01-02 03:04:05 | INFO | message number 049998",
+                "2026-01-02 03:04:05 | INFO | message number 049999",
+                "last line without newline",
+            ]
+        );
+        let lines = tail_lines(&mut file, 5_000, TAIL_BLOCK).unwrap();
+        assert_eq!(lines.len(), 5_000);
+        assert_eq!(
+            lines[0],
+            "2026-01-02 03:04:05 | INFO | message number 045001"
+        );
+    }
+
+    /// neko's format, the SDK's format, and anything else.
+    #[test]
+    fn lines_parse_in_both_formats() {
+        let e = parse_line("2026-01-02 03:04:05 | ERROR | disk | full | really");
+        assert_eq!(e.timestamp, "2026-01-02 03:04:05");
+        assert_eq!(e.level, "ERROR");
+        assert_eq!(e.message, "disk | full | really");
+        let e = parse_line("2026-01-02 03:04:05.123 | WARNING  | my_plugin | careful now");
+        assert_eq!(e.timestamp, "2026-01-02 03:04:05");
+        assert_eq!(e.level, "WARNING");
+        assert_eq!(e.message, "careful now");
+        let e = parse_line("2026-01-02 03:04:05 | info | ");
+        assert_eq!((e.level.as_str(), e.message.as_str()), ("INFO", ""));
+        for junk in [
+            "Traceback (most recent call last):",
+            "2026-01-02 | INFO | no time",
+            "2026-01-02 03:04:05 | not a level | x",
+            "",
+        ] {
+            let e = parse_line(junk);
+            assert_eq!(e.level, "UNKNOWN", "{junk}");
+            assert_eq!(e.message, junk);
+            assert_eq!(e.timestamp, "");
+        }
+    }
+
+    /// Level is exact after upper-casing; search is a substring of the message in any case.
+    #[test]
+    fn filters_by_level_and_search() {
+        let e = parse_line("2026-01-02 03:04:05 | WARNING | Disk Almost Full");
+        let q = |level: Option<&str>, search: Option<&str>| LogQuery {
+            lines: 10,
+            level: level.map(str::to_string),
+            search: search.map(str::to_string),
+        };
+        assert!(matches(&e, &q(None, None)));
+        assert!(matches(&e, &q(Some("warning"), Some("almost"))));
+        assert!(matches(&e, &q(Some(""), Some(""))));
+        assert!(!matches(&e, &q(Some("WARN"), None)));
+        assert!(!matches(&e, &q(None, Some("empty"))));
+    }
+
+    fn settings(dir: &Path, max_file_bytes: u64, max_files: usize) -> PluginLogSettings {
+        PluginLogSettings {
+            enabled: true,
+            dir: dir.to_path_buf(),
+            max_file_bytes,
+            max_files,
+        }
+    }
+
+    /// Lines land in `<dir>/<id>/<id>_<stamp>.log` in neko's format and read back parsed.
+    #[test]
+    fn written_lines_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = PluginId::new("p1").unwrap();
+        let w = PluginLogWriter::open(&settings(dir.path(), 0, 0), &id).unwrap();
+        w.write_line("INFO", "hello");
+        w.write_line("INFO", "world");
+        w.flush();
+        let path = w.path().unwrap();
+        assert_eq!(path.parent().unwrap(), dir.path().join("p1"));
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with("p1_") && name.ends_with(".log"), "{name}");
+        assert_eq!(name.len(), "p1_YYYYmmdd_HHMMSS.log".len(), "{name}");
+        let page = read_logs(
+            dir.path(),
+            None,
+            &id,
+            &LogQuery {
+                lines: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(page.total_lines, 1);
+        assert_eq!(page.logs[0].message, "world");
+        assert_eq!(page.logs[0].level, "INFO");
+        assert_eq!(page.log_file.as_deref(), Some(name));
+        // Disabled: nothing is written.
+        assert!(PluginLogWriter::open(&PluginLogSettings::disabled(), &id).is_none());
+    }
+
+    /// A full file is followed by a new one; only `max_files` are kept.
+    #[test]
+    fn files_rotate_at_the_cap_and_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = PluginId::new("p2").unwrap();
+        let w = PluginLogWriter::open(&settings(dir.path(), 100, 3), &id).unwrap();
+        for i in 0..20 {
+            w.write_line("INFO", &format!("line {i:02} padding padding"));
+        }
+        w.flush();
+        let files = list_log_files(dir.path(), None, &id);
+        assert_eq!(files.len(), 3, "{files:?}");
+        assert!(files.iter().all(|f| f.size <= 100), "{files:?}");
+        // The newest holds the last line.
+        let page = read_logs(
+            dir.path(),
+            None,
+            &id,
+            &LogQuery {
+                lines: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(page.logs[0].message, "line 19 padding padding");
+        assert_eq!(page.log_file.as_deref(), Some(files[0].filename.as_str()));
+    }
+
+    /// Without files in neko's folder the plugin's own `logs/` is read; without either, nothing.
+    #[test]
+    fn falls_back_to_the_plugin_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = PluginId::new("py").unwrap();
+        let plugin_dir = dir.path().join("plugin");
+        std::fs::create_dir_all(plugin_dir.join("logs")).unwrap();
+        std::fs::write(
+            plugin_dir.join("logs/py_20260102_030405.log"),
+            "2026-01-02 03:04:05.001 | DEBUG    | py | from the sdk\n",
+        )
+        .unwrap();
+        std::fs::write(plugin_dir.join("logs/other_20260102_030405.log"), "x\n").unwrap();
+        let neko_dir = dir.path().join("neko");
+        let q = LogQuery {
+            lines: 100,
+            ..Default::default()
+        };
+        let page = read_logs(&neko_dir, Some(&plugin_dir), &id, &q).unwrap();
+        assert_eq!(page.logs.len(), 1);
+        assert_eq!(page.logs[0].level, "DEBUG");
+        assert_eq!(page.logs[0].message, "from the sdk");
+        assert_eq!(list_log_files(&neko_dir, Some(&plugin_dir), &id).len(), 1);
+        let none = read_logs(&neko_dir, None, &id, &q).unwrap();
+        assert_eq!(none, LogsPage::default());
+    }
+}

@@ -1,0 +1,190 @@
+//! Plugin log files: a plugin's output lands in `<data_dir>/logs/plugins/<id>/`, and
+//! `GET /plugin/{id}/logs` and `/plugin/{id}/logs/files` read it back.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helper::{Neko, PluginDir, TIMEOUT, bin_dir, echo_plugin, shell_plugin};
+
+/// A native plugin that prints one line on stderr, then (a moment later, so the order in the
+/// file is known) six on stdout, then runs the echo plugin, which speaks the protocol.
+fn talker() -> PluginDir {
+    let echo = bin_dir().join("neko-plugin-echo");
+    shell_plugin(
+        "talker",
+        &format!(
+            "echo 'Oops On Stderr' >&2; sleep 0.2; echo 'hello from stdout'; \
+             for i in 1 2 3 4 5; do echo \"line $i\"; done; exec {}",
+            echo.display()
+        ),
+        "",
+    )
+}
+
+/// `GET path` as admin, polled until `done` holds for its body, failing after [`TIMEOUT`].
+async fn wait_body(neko: &Neko, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (status, body) = neko.admin_get(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        if done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "timed out on {path}: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn messages(body: &Value) -> Vec<&str> {
+    body["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect()
+}
+
+/// What a plugin prints is written to its file in neko's data dir and read back parsed (INFO,
+/// neko's timestamp); `lines` takes the tail, `level` and `search` filter, and the file is listed.
+#[tokio::test]
+async fn plugin_output_is_written_to_its_file_and_read_back() {
+    let neko = Neko::start(&[talker()]);
+    neko.wait_running("talker").await;
+    let body = wait_body(&neko, "/plugin/talker/logs", |b| {
+        messages(b).contains(&"line 5")
+    })
+    .await;
+    assert_eq!(body["plugin_id"], "talker");
+    let got = messages(&body);
+    let at = |m: &str| {
+        got.iter()
+            .position(|g| *g == m)
+            .unwrap_or_else(|| panic!("{m}: {body}"))
+    };
+    assert!(at("Oops On Stderr") < at("hello from stdout"), "{body}");
+    assert!(at("line 1") < at("line 5"), "{body}");
+    let first = &body["logs"][at("line 1")];
+    assert_eq!(first["level"], "INFO", "{body}");
+    let ts = first["timestamp"].as_str().unwrap();
+    assert_eq!(ts.len(), "YYYY-MM-DD HH:MM:SS".len(), "{ts}");
+    assert_eq!(body["returned_lines"], got.len());
+    assert_eq!(body["total_lines"], got.len());
+
+    // The file is under the data dir, named after the plugin and its start.
+    let file = body["log_file"].as_str().unwrap().to_string();
+    assert!(
+        file.starts_with("talker_") && file.ends_with(".log"),
+        "{file}"
+    );
+    let on_disk = neko.data_dir.join("logs/plugins/talker").join(&file);
+    let text = std::fs::read_to_string(&on_disk).unwrap();
+    assert!(text.contains(" | INFO | line 3\n"), "{text}");
+
+    // The tail of the file, in order.
+    let (_, tail) = neko.admin_get("/plugin/talker/logs?lines=2").await;
+    assert_eq!(tail["total_lines"], 2, "{tail}");
+    assert_eq!(tail["returned_lines"], 2, "{tail}");
+
+    // Filters: level exact after upper-casing, search a substring in any case.
+    let (_, info) = neko.admin_get("/plugin/talker/logs?level=info").await;
+    assert_eq!(info["returned_lines"], body["returned_lines"], "{info}");
+    let (_, errors) = neko.admin_get("/plugin/talker/logs?level=ERROR").await;
+    assert_eq!(errors["returned_lines"], 0, "{errors}");
+    assert_eq!(errors["total_lines"], body["total_lines"], "{errors}");
+    let (_, found) = neko
+        .admin_get("/plugin/talker/logs?search=oops%20ON&start_time=x&end_time=y")
+        .await;
+    assert_eq!(messages(&found), vec!["Oops On Stderr"], "{found}");
+
+    let (status, files) = neko.admin_get("/plugin/talker/logs/files").await;
+    assert_eq!(status, 200, "{files}");
+    assert_eq!(files["plugin_id"], "talker");
+    assert_eq!(files["count"], 1, "{files}");
+    assert_eq!(files["log_files"][0]["filename"], file.as_str());
+    assert!(
+        files["log_files"][0]["size"].as_u64().unwrap() > 0,
+        "{files}"
+    );
+    assert!(files["log_files"][0]["modified"].as_f64().unwrap() > 0.0);
+    assert!(files["time"].is_string());
+}
+
+/// Without files in neko's folder (here: `plugin_files = false`), the plugin's own `logs/` is
+/// read, in the Python SDK's format, with its levels.
+#[tokio::test]
+async fn sdk_log_files_in_the_plugin_folder_are_read() {
+    let neko = Neko::start_with(
+        &[echo_plugin("sdkfmt", "")],
+        "[log]\nplugin_files = false\n",
+    );
+    let logs = neko.plugins_dir.join("sdkfmt/logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(
+        logs.join("sdkfmt_20260101_000000.log"),
+        "2026-01-01 00:00:00.001 | DEBUG    | sdkfmt | starting up\n\
+         2026-01-01 00:00:01.002 | WARNING  | sdkfmt | disk almost full\n\
+         not a log line",
+    )
+    .unwrap();
+    let (status, body) = neko.admin_get("/plugin/sdkfmt/logs").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["log_file"], "sdkfmt_20260101_000000.log", "{body}");
+    assert_eq!(
+        messages(&body),
+        vec!["starting up", "disk almost full", "not a log line"]
+    );
+    let levels: Vec<&str> = body["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["level"].as_str().unwrap())
+        .collect();
+    assert_eq!(levels, vec!["DEBUG", "WARNING", "UNKNOWN"]);
+    assert_eq!(body["logs"][1]["timestamp"], "2026-01-01 00:00:01");
+    let (_, warn) = neko.admin_get("/plugin/sdkfmt/logs?level=warning").await;
+    assert_eq!(messages(&warn), vec!["disk almost full"], "{warn}");
+    // neko wrote nothing of its own.
+    assert!(!neko.data_dir.join("logs/plugins/sdkfmt").exists());
+    let (_, files) = neko.admin_get("/plugin/sdkfmt/logs/files").await;
+    assert_eq!(files["count"], 1, "{files}");
+}
+
+/// A plugin with no log files (unknown, or `_server`) answers empty, as in the reference; the
+/// routes are admin only, a bad id is a 400 and a bad `lines` a 422.
+#[tokio::test]
+async fn logs_routes_answer_empty_without_files_and_check_their_input() {
+    let neko = Neko::start(&[]);
+    for id in ["ghost", "_server"] {
+        let (status, body) = neko.admin_get(&format!("/plugin/{id}/logs")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["plugin_id"], id);
+        assert_eq!(body["logs"], serde_json::json!([]), "{body}");
+        assert_eq!(body["returned_lines"], 0);
+        assert_eq!(body["total_lines"], 0);
+        assert!(body["log_file"].is_null(), "{body}");
+        let (status, files) = neko.admin_get(&format!("/plugin/{id}/logs/files")).await;
+        assert_eq!(status, 200, "{files}");
+        assert_eq!(files["count"], 0, "{files}");
+        assert_eq!(files["log_files"], serde_json::json!([]));
+    }
+    for path in ["/plugin/ghost/logs", "/plugin/ghost/logs/files"] {
+        let (status, body) = neko.get(path).await;
+        assert_eq!(status, 401, "{path}: {body}");
+    }
+    for path in [
+        "/plugin/..%2F..%2Fetc%2Fpasswd/logs",
+        "/plugin/..%2F..%2Fetc/logs/files",
+        "/plugin/a.b/logs",
+    ] {
+        let (status, body) = neko.admin_get(path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body["detail"].is_string(), "{body}");
+    }
+    for lines in ["0", "10001", "many"] {
+        let (status, body) = neko
+            .admin_get(&format!("/plugin/ghost/logs?lines={lines}"))
+            .await;
+        assert_eq!(status, 422, "{lines}: {body}");
+    }
+}
