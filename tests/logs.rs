@@ -1,5 +1,5 @@
 //! Plugin log files: a plugin's output lands in `<data_dir>/logs/plugins/<id>/`, and
-//! `GET /plugin/{id}/logs` and `/plugin/{id}/logs/files` read it back.
+//! `GET /plugin/{id}/logs` and `/plugin/{id}/logs/files` read it back; `WS /ws/logs/{id}` tails it.
 
 use std::time::{Duration, Instant};
 
@@ -186,5 +186,132 @@ async fn logs_routes_answer_empty_without_files_and_check_their_input() {
             .admin_get(&format!("/plugin/ghost/logs?lines={lines}"))
             .await;
         assert_eq!(status, 422, "{lines}: {body}");
+    }
+}
+
+mod live {
+    //! `WS /ws/logs/{id}?code=<admin token>`: the live tail.
+
+    use futures::StreamExt;
+    use serde_json::Value;
+    use tokio_tungstenite::tungstenite::{Error, Message};
+
+    use super::{Neko, TIMEOUT, bin_dir, shell_plugin};
+    use crate::helper::TOKEN;
+
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    async fn connect(neko: &Neko, path: &str) -> Result<Ws, Error> {
+        let url = format!("{}{path}", neko.base.replacen("http", "ws", 1));
+        tokio_tungstenite::connect_async(url)
+            .await
+            .map(|(ws, _)| ws)
+    }
+
+    /// The next JSON frame that is not a ping.
+    async fn recv(ws: &mut Ws) -> Value {
+        loop {
+            let msg = tokio::time::timeout(TIMEOUT, ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("socket open")
+                .expect("frame read");
+            let Message::Text(text) = msg else {
+                assert!(!msg.is_close(), "closed: {msg:?}");
+                continue;
+            };
+            let frame: Value = serde_json::from_str(&text).expect("JSON frame");
+            if frame["type"] != "ping" {
+                return frame;
+            }
+        }
+    }
+
+    fn messages(frame: &Value) -> Vec<String> {
+        frame["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["message"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The initial frame holds the plugin's lines so far; what the plugin prints later arrives
+    /// in append frames, exactly those lines; a wrong or missing code, or a bad id, is refused
+    /// before the upgrade.
+    #[tokio::test]
+    async fn the_live_tail_sends_the_file_then_what_the_plugin_prints() {
+        let trigger = tempfile::tempdir().unwrap();
+        let go = trigger.path().join("go");
+        // Prints two lines at start, two more once `go` exists, and speaks the protocol.
+        let plugin = shell_plugin(
+            "tailed",
+            &format!(
+                "echo 'early one'; echo 'early two'; \
+                 (while [ ! -e '{go}' ]; do sleep 0.05; done; echo 'later A'; echo 'later B') & \
+                 exec {echo}",
+                go = go.display(),
+                echo = bin_dir().join("neko-plugin-echo").display()
+            ),
+            "",
+        );
+        let neko = Neko::start(&[plugin]);
+        neko.wait_running("tailed").await;
+        super::wait_body(&neko, "/plugin/tailed/logs", |b| {
+            super::messages(b).contains(&"early two")
+        })
+        .await;
+
+        let code = TOKEN.to_ascii_lowercase();
+        let mut ws = connect(&neko, &format!("/ws/logs/tailed?code={code}"))
+            .await
+            .expect("connects with the admin token");
+        let initial = recv(&mut ws).await;
+        assert_eq!(initial["type"], "initial", "{initial}");
+        let lines = messages(&initial);
+        let at = |m: &str| lines.iter().position(|l| l == m);
+        assert!(
+            at("early one").is_some() && at("early one") < at("early two"),
+            "{initial}"
+        );
+        assert_eq!(initial["total_lines"], lines.len());
+        let file = initial["log_file"].as_str().unwrap();
+        assert!(
+            file.starts_with("tailed_") && file.ends_with(".log"),
+            "{file}"
+        );
+        assert_eq!(initial["logs"][0]["level"], "INFO");
+
+        std::fs::write(&go, "").unwrap();
+        let mut appended = Vec::new();
+        while appended.len() < 2 {
+            let frame = recv(&mut ws).await;
+            assert_eq!(frame["type"], "append", "{frame}");
+            // The SDK's own log lines (its handshake, on stderr) may come too; they are not
+            // the test's to predict.
+            appended.extend(
+                messages(&frame)
+                    .into_iter()
+                    .filter(|m| !m.contains("neko_sdk")),
+            );
+        }
+        assert_eq!(appended, vec!["later A", "later B"]);
+
+        for path in [
+            "/ws/logs/tailed",
+            "/ws/logs/tailed?code=",
+            "/ws/logs/tailed?code=WRONG",
+        ] {
+            match connect(&neko, path).await {
+                Err(Error::Http(resp)) => assert_eq!(resp.status(), 403, "{path}"),
+                other => panic!("{path}: {:?}", other.map(|_| ())),
+            }
+        }
+        match connect(&neko, &format!("/ws/logs/a.b?code={TOKEN}")).await {
+            Err(Error::Http(resp)) => assert_eq!(resp.status(), 400),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
     }
 }

@@ -309,16 +309,10 @@ pub fn read_logs(
     plugin_id: &PluginId,
     query: &LogQuery,
 ) -> std::io::Result<LogsPage> {
-    let Some(dir) = log_dir(neko_dir, plugin_dir, plugin_id) else {
+    let Some((path, filename)) = newest_file(neko_dir, plugin_dir, plugin_id) else {
         return Ok(LogsPage::default());
     };
-    let Some(newest) = log_files(&dir, plugin_id.as_str(), false)
-        .into_iter()
-        .next()
-    else {
-        return Ok(LogsPage::default());
-    };
-    let mut file = File::open(dir.join(&newest.filename))?;
+    let mut file = File::open(path)?;
     let lines = tail_lines(&mut file, query.lines, TAIL_BLOCK)?;
     let total_lines = lines.len();
     let logs: Vec<LogEntry> = lines
@@ -330,8 +324,253 @@ pub fn read_logs(
         returned_lines: logs.len(),
         logs,
         total_lines,
-        log_file: Some(newest.filename),
+        log_file: Some(filename),
     })
+}
+
+/// The plugin's newest log file (path and name), by the rule [`read_logs`] reads.
+fn newest_file(
+    neko_dir: &Path,
+    plugin_dir: Option<&Path>,
+    plugin_id: &PluginId,
+) -> Option<(PathBuf, String)> {
+    let dir = log_dir(neko_dir, plugin_dir, plugin_id)?;
+    let newest = log_files(&dir, plugin_id.as_str(), false)
+        .into_iter()
+        .next()?;
+    Some((dir.join(&newest.filename), newest.filename))
+}
+
+/// Follows a plugin's newest log file for `WS /ws/logs/{id}`: [`LogFollower::initial`] reads the
+/// last lines, then each [`LogFollower::poll`] returns the complete lines appended since.
+///
+/// It remembers the file (path and inode) and the offset of the first byte not yet returned,
+/// which is always the start of a line: a last line without its newline is left in the file and
+/// read again next time, until its newline arrives. When a newer file appears (a plugin restart
+/// starts one), the rest of the old file is returned first, then the new file from its start. A
+/// file that shrank (truncated) or was replaced (another inode) is read again from its start.
+/// Each poll reads at most `max_bytes` and returns at most `max_lines`; the rest comes next
+/// time. Blocking I/O: the gateway calls it on a blocking thread.
+#[derive(Debug)]
+pub struct LogFollower {
+    neko_dir: PathBuf,
+    plugin_dir: Option<PathBuf>,
+    plugin_id: PluginId,
+    current: Option<Followed>,
+}
+
+/// The file followed and how far it has been returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Followed {
+    path: PathBuf,
+    /// `(device, inode)`: the same path may later name another file.
+    identity: (u64, u64),
+    offset: u64,
+}
+
+impl LogFollower {
+    pub fn new(neko_dir: PathBuf, plugin_dir: Option<PathBuf>, plugin_id: PluginId) -> Self {
+        Self {
+            neko_dir,
+            plugin_dir,
+            plugin_id,
+            current: None,
+        }
+    }
+
+    /// Whether a file is followed (the socket polls less often while there is none).
+    pub fn has_file(&self) -> bool {
+        self.current.is_some()
+    }
+
+    /// The last `n` lines of the newest file, parsed (a [`LogsPage`] with every line), and from
+    /// then on that file is followed from its end. A last line without its newline is left for
+    /// [`Self::poll`].
+    pub fn initial(&mut self, n: usize) -> std::io::Result<LogsPage> {
+        self.current = None;
+        let Some((path, filename)) = self.newest() else {
+            return Ok(LogsPage::default());
+        };
+        let mut file = File::open(&path)?;
+        let meta = file.metadata()?;
+        let end = complete_end(&mut file, meta.len())?;
+        let lines = tail_lines(
+            &mut Prefix {
+                file: &mut file,
+                len: end,
+                pos: 0,
+            },
+            n,
+            TAIL_BLOCK,
+        )?;
+        self.current = Some(Followed {
+            path,
+            identity: identity(&meta),
+            offset: end,
+        });
+        let logs: Vec<LogEntry> = lines.iter().map(|l| parse_line(l)).collect();
+        Ok(LogsPage {
+            total_lines: logs.len(),
+            returned_lines: logs.len(),
+            logs,
+            log_file: Some(filename),
+        })
+    }
+
+    /// The complete lines appended since the last call (at most `max_lines`, from at most
+    /// `max_bytes` read), parsed.
+    pub fn poll(&mut self, max_lines: usize, max_bytes: usize) -> std::io::Result<Vec<LogEntry>> {
+        let newest = self.newest().map(|(path, _)| path);
+        let Some(current) = self.current.as_mut() else {
+            // No file until now: a new one is read from its start.
+            let Some(path) = newest else {
+                return Ok(Vec::new());
+            };
+            let meta = std::fs::metadata(&path)?;
+            self.current = Some(Followed {
+                path,
+                identity: identity(&meta),
+                offset: 0,
+            });
+            return self.poll(max_lines, max_bytes);
+        };
+        let meta = std::fs::metadata(&current.path).ok();
+        if meta.as_ref().map(identity) != Some(current.identity) {
+            // Replaced by another file of the same name (or removed): read it again from its
+            // start, or move on to the newest.
+            let Some(m) = &meta else {
+                self.current = None;
+                return match newest {
+                    Some(_) => self.poll(max_lines, max_bytes),
+                    None => Ok(Vec::new()),
+                };
+            };
+            current.identity = identity(m);
+            current.offset = 0;
+        }
+        let len = meta.map_or(0, |m| m.len());
+        if len < current.offset {
+            current.offset = 0;
+        }
+        let mut chunk = vec![0u8; (len - current.offset).min(max_bytes as u64) as usize];
+        if !chunk.is_empty() {
+            let mut file = File::open(&current.path)?;
+            file.seek(SeekFrom::Start(current.offset))?;
+            let read = read_up_to(&mut file, &mut chunk)?;
+            chunk.truncate(read);
+        }
+        let finished = newest.as_ref().is_some_and(|n| n != &current.path);
+        let drained = current.offset + chunk.len() as u64 >= len;
+        let (lines, consumed) = complete_lines(&chunk, max_lines, finished && drained, max_bytes);
+        current.offset += consumed as u64;
+        let entries: Vec<LogEntry> = lines.iter().map(|l| parse_line(l)).collect();
+        if finished && current.offset >= len {
+            // The old file is done: the newer one is read from its start next time.
+            self.current = None;
+            if entries.is_empty() {
+                return self.poll(max_lines, max_bytes);
+            }
+        }
+        Ok(entries)
+    }
+
+    fn newest(&self) -> Option<(PathBuf, String)> {
+        newest_file(&self.neko_dir, self.plugin_dir.as_deref(), &self.plugin_id)
+    }
+}
+
+/// The complete lines at the start of `chunk` (at most `max_lines`) and how many bytes they
+/// take, newlines included. What follows the last newline is a line still being written and is
+/// left, unless `take_rest` (the file is finished) or it fills `max_bytes` (a line longer than
+/// a read is cut, so memory stays bounded).
+fn complete_lines(
+    chunk: &[u8],
+    max_lines: usize,
+    take_rest: bool,
+    max_bytes: usize,
+) -> (Vec<String>, usize) {
+    let mut lines = Vec::new();
+    let mut consumed = 0;
+    while lines.len() < max_lines {
+        let rest = &chunk[consumed..];
+        let line = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                consumed += i + 1;
+                &rest[..i]
+            }
+            None if !rest.is_empty() && (take_rest || rest.len() >= max_bytes) => {
+                consumed += rest.len();
+                rest
+            }
+            None => break,
+        };
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        lines.push(String::from_utf8_lossy(line).into_owned());
+    }
+    (lines, consumed)
+}
+
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+/// Reads until `buf` is full or the file ends; the bytes read.
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut read = 0;
+    while read < buf.len() {
+        match file.read(&mut buf[read..])? {
+            0 => break,
+            n => read += n,
+        }
+    }
+    Ok(read)
+}
+
+/// The end of the last complete line within the first `len` bytes: `len` when the file ends
+/// with a newline (or the last line is longer than [`TAIL_BLOCK`], which is then taken whole).
+fn complete_end(file: &mut File, len: u64) -> std::io::Result<u64> {
+    let start = len.saturating_sub(TAIL_BLOCK as u64);
+    let mut buf = vec![0u8; (len - start) as usize];
+    file.seek(SeekFrom::Start(start))?;
+    let read = read_up_to(file, &mut buf)?;
+    buf.truncate(read);
+    let end = start + buf.len() as u64;
+    Ok(match buf.iter().rposition(|&b| b == b'\n') {
+        Some(i) => start + i as u64 + 1,
+        None if start == 0 => 0,
+        None => end,
+    })
+}
+
+/// The first `len` bytes of a file, so [`tail_lines`] reads a file only up to where it was
+/// measured (lines written meanwhile are left for the follower).
+struct Prefix<'a> {
+    file: &'a mut File,
+    len: u64,
+    pos: u64,
+}
+
+impl Read for Prefix<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let room = self.len.saturating_sub(self.pos).min(buf.len() as u64) as usize;
+        let n = self.file.read(&mut buf[..room])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Prefix<'_> {
+    fn seek(&mut self, from: SeekFrom) -> std::io::Result<u64> {
+        let to = match from {
+            SeekFrom::Start(p) => p,
+            SeekFrom::End(d) => self.len.saturating_add_signed(d),
+            SeekFrom::Current(d) => self.pos.saturating_add_signed(d),
+        }
+        .min(self.len);
+        self.pos = self.file.seek(SeekFrom::Start(to))?;
+        Ok(self.pos)
+    }
 }
 
 /// How much of a file [`tail_lines`] reads at a time.
@@ -659,5 +898,111 @@ mod tests {
         assert_eq!(list_log_files(&neko_dir, Some(&plugin_dir), &id).len(), 1);
         let none = read_logs(&neko_dir, None, &id, &q).unwrap();
         assert_eq!(none, LogsPage::default());
+    }
+
+    fn append(path: &Path, text: &str) {
+        let mut f = File::options()
+            .append(true)
+            .create(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn messages(entries: &[LogEntry]) -> Vec<&str> {
+        entries.iter().map(|e| e.message.as_str()).collect()
+    }
+
+    /// Complete lines are split off; the line still being written is left unless the file is
+    /// finished or it fills a whole read; `max_lines` caps what one call takes.
+    #[test]
+    fn complete_lines_hold_back_the_partial_line() {
+        assert_eq!(
+            complete_lines(b"a\nb\r\nc", 10, false, 100),
+            (vec!["a".into(), "b".into()], 5)
+        );
+        assert_eq!(
+            complete_lines(b"a\nb\nc", 10, true, 100).0,
+            vec!["a", "b", "c"]
+        );
+        assert_eq!(
+            complete_lines(b"a\nb\nc\n", 2, false, 100),
+            (vec!["a".into(), "b".into()], 4)
+        );
+        assert_eq!(
+            complete_lines(b"abcd", 10, false, 4),
+            (vec!["abcd".into()], 4)
+        );
+        assert_eq!(complete_lines(b"abc", 10, false, 4), (vec![], 0));
+        assert_eq!(complete_lines(b"", 10, true, 4), (vec![], 0));
+    }
+
+    /// The initial tail, then only what is appended, a partial line once its newline arrives,
+    /// a truncated file from its start, and a newer file (after the rest of the old one).
+    #[test]
+    fn follower_returns_appended_lines_and_follows_new_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = PluginId::new("f").unwrap();
+        let ours = dir.path().join("f");
+        let mut fol = LogFollower::new(dir.path().to_path_buf(), None, id);
+        // No file yet.
+        assert_eq!(fol.initial(100).unwrap(), LogsPage::default());
+        assert!(!fol.has_file());
+        assert!(fol.poll(10, 1024).unwrap().is_empty());
+        std::fs::create_dir_all(&ours).unwrap();
+        let first = ours.join("f_20260101_000000.log");
+        append(&first, "2026-01-01 00:00:00 | INFO | one\ntwo\n");
+        // A file that appears later is read from its start.
+        assert_eq!(messages(&fol.poll(10, 1024).unwrap()), vec!["one", "two"]);
+        assert!(fol.has_file());
+        let page = fol.initial(1).unwrap();
+        assert_eq!(messages(&page.logs), vec!["two"]);
+        assert_eq!(page.total_lines, 1);
+        assert_eq!(page.log_file.as_deref(), Some("f_20260101_000000.log"));
+        assert!(fol.poll(10, 1024).unwrap().is_empty());
+        append(&first, "three\nfou");
+        assert_eq!(messages(&fol.poll(10, 1024).unwrap()), vec!["three"]);
+        assert!(fol.poll(10, 1024).unwrap().is_empty());
+        append(&first, "r\n5\n6\n7\n");
+        // At most two lines per call; the rest next time.
+        assert_eq!(messages(&fol.poll(2, 1024).unwrap()), vec!["four", "5"]);
+        assert_eq!(messages(&fol.poll(2, 1024).unwrap()), vec!["6", "7"]);
+        // Truncated: read again from the start.
+        std::fs::write(&first, "again\n").unwrap();
+        assert_eq!(messages(&fol.poll(10, 1024).unwrap()), vec!["again"]);
+        // A newer file: the old one's rest (even without a newline) comes first.
+        append(&first, "last of old");
+        let second = ours.join("f_20260101_000001.log");
+        append(&second, "new 1\nnew 2\n");
+        let t = SystemTime::now() + std::time::Duration::from_secs(5);
+        File::options()
+            .append(true)
+            .open(&second)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+        assert_eq!(messages(&fol.poll(10, 1024).unwrap()), vec!["last of old"]);
+        assert_eq!(
+            messages(&fol.poll(10, 1024).unwrap()),
+            vec!["new 1", "new 2"]
+        );
+        assert!(fol.poll(10, 1024).unwrap().is_empty());
+        // Reads are bounded: a small read returns what it holds, the rest later.
+        append(&second, "aaaa\nbbbb\n");
+        assert_eq!(messages(&fol.poll(10, 7).unwrap()), vec!["aaaa"]);
+        assert_eq!(messages(&fol.poll(10, 7).unwrap()), vec!["bbbb"]);
+    }
+
+    /// The initial read stops at the last newline; the partial line comes once complete.
+    #[test]
+    fn follower_initial_leaves_a_partial_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("g")).unwrap();
+        let file = dir.path().join("g/g_20260101_000000.log");
+        append(&file, "a\nb\nhal");
+        let mut fol = LogFollower::new(dir.path().to_path_buf(), None, PluginId::new("g").unwrap());
+        assert_eq!(messages(&fol.initial(100).unwrap().logs), vec!["a", "b"]);
+        append(&file, "f\n");
+        assert_eq!(messages(&fol.poll(10, 1024).unwrap()), vec!["half"]);
     }
 }

@@ -5,17 +5,29 @@
 //! As in the reference these never fail for a valid id: an unknown plugin has no files (empty
 //! answer), and a file that cannot be read answers 200 with `"error"`. The reference's `_server`
 //! (its own server log) is accepted too, and is always empty: neko logs to stderr, not to files.
+//!
+//! `WS /ws/logs/{id}?code=<admin token>` tails the newest file live: an `initial` frame with the
+//! last lines, then `append` frames with the lines written since ([`LogFollower`]). The
+//! connection's state (the follower) lives in its own task; the files are read on blocking
+//! threads.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use axum::Json;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use neko_actors::clock::iso_now;
-use neko_actors::plugin_logs::{self, LogQuery};
+use neko_actors::plugin_logs::{self, LogFollower, LogQuery};
 use neko_actors::registry::RegistryMsg;
+use neko_actors::run_tracker::RunEvent;
 use neko_protocol::PluginId;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::RecvError;
 
 use super::plugin::parse_id;
 use super::{Admin, AppState, QueryArgs};
@@ -127,4 +139,148 @@ async fn plugin_dir(app: &AppState, id: &PluginId) -> Result<Option<PathBuf>, Ap
         .iter()
         .find(|m| &m.id == id)
         .map(|m| m.dir.clone()))
+}
+
+/// Lines in the `initial` frame.
+const INITIAL_LINES: usize = 100;
+/// How often the file is looked at, and while the plugin has none.
+const POLL_EVERY: Duration = Duration::from_millis(500);
+const POLL_IDLE: Duration = Duration::from_secs(1);
+/// At most this many lines per `append` frame and bytes read per look; the rest comes next time.
+const APPEND_MAX_LINES: usize = 1000;
+const APPEND_MAX_BYTES: usize = 1024 * 1024;
+/// A client silent for this long gets a `{"type":"ping"}`.
+const PING_AFTER: Duration = Duration::from_secs(30);
+/// A send that takes longer than this (a client that does not read) ends the socket.
+const SEND_WAIT: Duration = Duration::from_secs(10);
+
+/// `?code=`: the admin token.
+#[derive(Deserialize)]
+pub struct SocketArgs {
+    code: Option<String>,
+}
+
+/// `WS /ws/logs/{id}?code=<admin token>`. Refused before the upgrade, as the reference's
+/// pre-accept close is: 403 `Authentication required` without the right code, 400 for an id
+/// that is not a plugin id.
+pub async fn socket(
+    State(app): State<AppState>,
+    Path(raw): Path<String>,
+    QueryArgs(q): QueryArgs<SocketArgs>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !q
+        .code
+        .as_deref()
+        .is_some_and(|c| super::ws::is_admin_code(&app, c))
+    {
+        return ApiError::new(StatusCode::FORBIDDEN, "Authentication required").into_response();
+    }
+    let id = match parse_id(&raw) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    let plugin_dir = match plugin_dir(&app, &id).await {
+        Ok(dir) => dir,
+        Err(e) => return e.into_response(),
+    };
+    let follower = LogFollower::new(app.plugin_logs_dir.clone(), plugin_dir, id);
+    let events = app.run_events.subscribe();
+    ws.on_upgrade(move |socket| tail(socket, follower, events))
+}
+
+/// Why the socket ends: the client is gone, or neko is shutting down.
+enum TailEnd {
+    Gone,
+    ShuttingDown,
+}
+
+/// One connection: the initial frame, then appends, pings and the client's frames (ignored)
+/// until the client leaves or neko shuts down (the run-event channel closes, as for
+/// `/ws/admin`).
+async fn tail(
+    mut socket: WebSocket,
+    follower: LogFollower,
+    mut events: broadcast::Receiver<RunEvent>,
+) {
+    let end = async {
+        let (mut follower, page) = read(follower, |f| f.initial(INITIAL_LINES)).await?;
+        let page = page.unwrap_or_default();
+        let initial = json!({
+            "type": "initial", "logs": page.logs, "log_file": page.log_file,
+            "total_lines": page.total_lines,
+        });
+        send(&mut socket, &initial).await?;
+        let mut ping_at = tokio::time::Instant::now() + PING_AFTER;
+        loop {
+            let every = if follower.has_file() {
+                POLL_EVERY
+            } else {
+                POLL_IDLE
+            };
+            tokio::select! {
+                frame = socket.recv() => match frame {
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Err(TailEnd::Gone),
+                    Some(Ok(_)) => ping_at = tokio::time::Instant::now() + PING_AFTER,
+                },
+                event = events.recv() => if let Err(RecvError::Closed) = event {
+                    return Err(TailEnd::ShuttingDown);
+                },
+                _ = tokio::time::sleep_until(ping_at) => {
+                    ping_at = tokio::time::Instant::now() + PING_AFTER;
+                    send(&mut socket, &json!({"type": "ping"})).await?;
+                }
+                _ = tokio::time::sleep(every) => {
+                    let (f, lines) =
+                        read(follower, |f| f.poll(APPEND_MAX_LINES, APPEND_MAX_BYTES)).await?;
+                    follower = f;
+                    match lines {
+                        Ok(lines) if !lines.is_empty() => {
+                            send(&mut socket, &json!({"type": "append", "logs": lines})).await?;
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(error = %e, "reading a followed log file failed"),
+                    }
+                }
+            }
+        }
+    };
+    let end: Result<(), TailEnd> = end.await;
+    if let Err(TailEnd::ShuttingDown) = end {
+        let frame = CloseFrame {
+            code: 1001,
+            reason: "server shutting down".into(),
+        };
+        let _ = tokio::time::timeout(SEND_WAIT, socket.send(Message::Close(Some(frame)))).await;
+    }
+}
+
+/// Runs `f` on the follower on a blocking thread and hands the follower back; a panic there
+/// ends the socket.
+async fn read<T: Send + 'static>(
+    mut follower: LogFollower,
+    f: impl FnOnce(&mut LogFollower) -> std::io::Result<T> + Send + 'static,
+) -> Result<(LogFollower, std::io::Result<T>), TailEnd> {
+    tokio::task::spawn_blocking(move || {
+        let r = f(&mut follower);
+        (follower, r)
+    })
+    .await
+    .map_err(|e| {
+        tracing::warn!(error = %e, "reading a plugin's log file failed");
+        TailEnd::Gone
+    })
+}
+
+/// Sends one compact JSON text frame.
+async fn send(socket: &mut WebSocket, frame: &Value) -> Result<(), TailEnd> {
+    match tokio::time::timeout(
+        SEND_WAIT,
+        socket.send(Message::Text(frame.to_string().into())),
+    )
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(TailEnd::Gone),
+    }
 }

@@ -3,8 +3,8 @@
 //!
 //! One file per route group: [`server`] (health, availability, server info), [`plugin`] (listing,
 //! status, start/stop/reload), [`runs`], [`calls`] (plugin-to-plugin calls in flight),
-//! [`metrics`] (resource samples of plugin processes), [`logs`] (plugin log files),
-//! [`config`] (plugin.toml and its profiles).
+//! [`metrics`] (resource samples of plugin processes), [`logs`] (plugin log files and their live
+//! tail), [`config`] (plugin.toml and its profiles).
 
 mod blobs;
 mod calls;
@@ -99,6 +99,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/plugin/metrics/{plugin_id}/history", get(metrics::history))
         .route("/plugin/{plugin_id}/logs", get(logs::logs))
         .route("/plugin/{plugin_id}/logs/files", get(logs::files))
+        .route("/ws/logs/{plugin_id}", get(logs::socket))
         .route(
             "/plugin/{plugin_id}/config",
             get(config::get_config).put(config::put_config),

@@ -229,14 +229,21 @@ async fn open_admin(
     if app.admin_token.trim().is_empty() {
         return Err(close(INTERNAL, "auth not initialized"));
     }
-    let given = code.to_ascii_uppercase();
-    if !bool::from(given.as_bytes().ct_eq(app.admin_token.trim().as_bytes())) {
+    if !is_admin_code(app, code) {
         return Err(close(POLICY, "forbidden"));
     }
     let events = app.run_events.subscribe();
     let ready = json!({"type": "event", "event": "session.ready", "data": {"role": "admin"}});
     send_now(socket, &ready).await?;
     Ok((Role::Admin { plugin_id: None }, events))
+}
+
+/// Whether `code` is the admin token: trimmed, case-insensitive, compared in constant time; never
+/// when no token is set. `/ws/admin`'s auth frame and `/ws/logs`'s `?code=` both use it.
+pub(super) fn is_admin_code(app: &AppState, code: &str) -> bool {
+    let want = app.admin_token.trim();
+    let given = code.trim().to_ascii_uppercase();
+    !want.is_empty() && !given.is_empty() && bool::from(given.as_bytes().ct_eq(want.as_bytes()))
 }
 
 /// The first frame, which must be `{"type":"auth", ...}` within [`AUTH_WAIT`].
