@@ -14,6 +14,7 @@ pub mod admin_token;
 pub mod cli;
 pub mod error;
 pub mod http;
+pub mod memory;
 pub mod settings;
 
 use std::future::Future;
@@ -116,6 +117,14 @@ pub async fn run(
         plugin_logs_dir,
     };
     let app = http::router(state, settings.gateway.max_body_bytes);
+    match memory::release_startup_pages() {
+        Ok(r) => tracing::info!(
+            mappings = r.mappings,
+            kib = r.kib,
+            "released start-up code pages"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not release start-up code pages"),
+    }
 
     // The tree ends on its own only when it gave up; then the server stops too.
     let mut refs = tree.refs.clone();

@@ -121,6 +121,8 @@ pub struct Pruned {
     pub runs: usize,
     /// Blobs of the removed runs, whose files the caller deletes.
     pub blob_ids: Vec<String>,
+    /// When the oldest finished run left finished: the next one an age limit removes.
+    pub oldest_finished_at: Option<f64>,
 }
 
 impl RunDb {
@@ -399,10 +401,16 @@ impl RunDb {
                 drop_blobs.execute([id])?;
             }
         }
+        let oldest_finished_at = tx.query_row(
+            "SELECT MIN(finished_at) FROM runs WHERE finished_at IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )?;
         tx.commit()?;
         Ok(Pruned {
             runs: doomed.len(),
             blob_ids,
+            oldest_finished_at,
         })
     }
 
@@ -852,6 +860,7 @@ mod tests {
         let mut blobs = pruned.blob_ids;
         blobs.sort();
         assert_eq!(blobs, ["b0", "b1"]);
+        assert_eq!(pruned.oldest_finished_at, Some(31.0));
         assert!(db.get_run("t0").unwrap().is_none());
         assert!(db.get_blob("b0").unwrap().is_none());
         assert!(db.list_exports("t0", None, 10).unwrap().0.is_empty());
@@ -861,6 +870,7 @@ mod tests {
         let pruned = db.prune(100.0, None, Some(3)).unwrap();
         assert_eq!(pruned.runs, 2);
         assert_eq!(pruned.blob_ids, ["b2", "b3"]);
+        assert_eq!(pruned.oldest_finished_at, Some(51.0));
         assert_eq!(db.count_runs().unwrap(), 3);
         assert!(db.get_run("t4").unwrap().is_some());
         assert_eq!(db.list_exports("t4", None, 10).unwrap().0.len(), 1);

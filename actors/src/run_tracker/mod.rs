@@ -290,6 +290,9 @@ pub struct RunTrackerState {
     acks: Vec<(RpcReplyPort<Result<RunCreated, String>>, RunCreated)>,
     /// Runs that turned terminal in the open batch: their waiters are answered after the commit.
     settled: Vec<RunRecord>,
+    /// Until this unix time the retention pass has nothing to delete, unless a batch wrote since
+    /// (`None`: it must run). Idle, neko then runs no SQL at all.
+    retention_idle_until: Option<f64>,
 }
 
 impl Actor for RunTracker {
@@ -333,6 +336,7 @@ impl Actor for RunTracker {
             myself: myself.clone(),
             acks: Vec::new(),
             settled: Vec::new(),
+            retention_idle_until: None,
         };
         state.prune();
         Ok(state)
@@ -457,6 +461,7 @@ impl RunTrackerState {
         if self.db.in_batch() {
             return;
         }
+        self.retention_idle_until = None;
         match self.db.begin_batch() {
             Ok(()) => {
                 let _ = self.myself.cast(RunTrackerMsg::Flush);
@@ -878,11 +883,20 @@ impl RunTrackerState {
     }
 
     fn prune(&mut self) {
+        let now = unix_now();
+        if self.retention_idle_until.is_some_and(|until| now < until) {
+            return;
+        }
         let max_age = self.store.max_age.map(|a| a.as_secs_f64());
-        match self
-            .db
-            .prune(unix_now(), max_age, Some(self.store.max_records))
-        {
+        let outcome = self.db.prune(now, max_age, Some(self.store.max_records));
+        if let Ok(pruned) = &outcome {
+            // Nothing left can exceed the count until a write; the oldest left ages out first.
+            self.retention_idle_until = Some(match (pruned.oldest_finished_at, max_age) {
+                (Some(oldest), Some(age)) => oldest + age,
+                _ => f64::INFINITY,
+            });
+        }
+        match outcome {
             Ok(pruned) if pruned.runs > 0 => {
                 for id in &pruned.blob_ids {
                     for extension in ["blob", "upload"] {
