@@ -41,7 +41,7 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use zeromq::{PubSocket, PullSocket, RouterSocket, Socket, SocketOptions};
+use zeromq::{PullSocket, RouterSocket, Socket, SocketOptions, XPubSocket};
 
 pub use codec::DecodeError;
 pub use rpc::ValidateMode;
@@ -275,7 +275,7 @@ impl Actor for MessagePlane {
         let ingest = bind(&mut ingest_socket, &settings.ingest_endpoint, "ingest").await?;
         let mut rpc_socket = RouterSocket::new();
         let rpc = bind(&mut rpc_socket, &settings.rpc_endpoint, "rpc").await?;
-        let (publisher, mut pub_owner) = publisher::channel(PubSocket::new(), counters.clone());
+        let (publisher, mut pub_owner) = publisher::channel(XPubSocket::new(), counters.clone());
         let publish = pub_owner
             .bind(&settings.pub_endpoint)
             .await
