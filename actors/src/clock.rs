@@ -15,19 +15,42 @@ pub fn iso_now() -> String {
     iso_from_unix(unix_now())
 }
 
-/// Formats unix seconds as `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+/// Formats unix seconds as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (digits written by hand: every run
+/// change and plugin call stamps one or two of these, and `format!` was a visible share of a call).
 pub fn iso_from_unix(t: f64) -> String {
     let secs = t.floor() as i64;
     let micros = ((t - secs as f64) * 1e6).round().min(999_999.0) as u32;
     let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
+    let rem = secs.rem_euclid(86_400) as u32;
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    let mut out = String::with_capacity(27);
+    if (0..=9999).contains(&y) {
+        push_digits(&mut out, y as u32, 4);
+    } else {
+        out.push_str(&format!("{y:04}"));
+    }
+    for (sep, value, width) in [
+        ('-', m, 2),
+        ('-', d, 2),
+        ('T', rem / 3600, 2),
+        (':', (rem % 3600) / 60, 2),
+        (':', rem % 60, 2),
+        ('.', micros, 6),
+    ] {
+        out.push(sep);
+        push_digits(&mut out, value, width);
+    }
+    out.push('Z');
+    out
+}
+
+/// `value` in decimal, zero-padded to `width` digits (`value` < 10^width).
+fn push_digits(out: &mut String, value: u32, width: u32) {
+    let mut div = 10u32.pow(width - 1);
+    while div > 0 {
+        out.push(char::from(b'0' + (value / div % 10) as u8));
+        div /= 10;
+    }
 }
 
 /// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar
@@ -56,5 +79,11 @@ mod tests {
             iso_from_unix(1_769_408_037.123456),
             "2026-01-26T06:13:57.123456Z"
         );
+        assert_eq!(iso_from_unix(-0.5), "1969-12-31T23:59:59.500000Z");
+        assert_eq!(
+            iso_from_unix(253_402_300_799.5),
+            "9999-12-31T23:59:59.500000Z"
+        );
+        assert_eq!(iso_from_unix(951_782_400.0), "2000-02-29T00:00:00.000000Z");
     }
 }

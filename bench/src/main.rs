@@ -39,7 +39,7 @@
 //!   one row each, on a neko that has the echo plugin too.
 //! - `calls`: plugin-to-plugin call round trips (Rust → Rust between two echo copies, Python →
 //!   Python between two pybench copies), timed inside the calling plugin, one at a time and
-//!   `--call-concurrency` at once; see [`plugin_calls`].
+//!   with each `--call-concurrency` (32 and 128) in flight; see [`plugin_calls`].
 //! - `plane`: the message plane, on a neko of its own with echo and pybench (`store_maxlen` 20,000).
 //!   Ingest: a run of echo's `push` (Rust SDK, 500,000 messages), then of pybench's `push_fast`
 //!   (Python `fast_mode`, 200,000) and `push_normal` (a frame per message, 50,000), each timed from
@@ -141,9 +141,9 @@ struct Args {
     /// Plugin-to-plugin calls measured per row of the calls figure.
     #[arg(long, default_value_t = 2000)]
     calls: usize,
-    /// Calls in flight at once in the concurrent rows of the calls figure.
-    #[arg(long, default_value_t = 32)]
-    call_concurrency: usize,
+    /// Calls in flight at once in the concurrent rows of the calls figure, one row per value.
+    #[arg(long, value_delimiter = ',', default_values_t = [32, 128])]
+    call_concurrency: Vec<usize>,
     /// Clients querying the message plane at once in the concurrent query rows of plane.
     #[arg(long, default_value_t = 8)]
     plane_clients: usize,
@@ -241,7 +241,9 @@ impl Args {
             ),
             Figure::Calls => format!(
                 "--calls {} --call-concurrency {} --warmup {}",
-                self.calls, self.call_concurrency, self.warmup
+                self.calls,
+                list(&self.call_concurrency),
+                self.warmup
             ),
             Figure::Plane => format!(
                 "--plane-queries {} --plane-clients {} --warmup {}",
@@ -1123,7 +1125,7 @@ async fn plugin_calls(args: &Args, report: &mut Report, bin: &Path) -> Result<()
             "Python → Python, pybench → pybench2",
         ),
     ] {
-        for concurrency in [1, args.call_concurrency] {
+        for &concurrency in std::iter::once(&1).chain(&args.call_concurrency) {
             let loop_args =
                 |n: usize| json!({"target": callee, "n": n, "concurrency": concurrency});
             api.run_with(caller, "call_loop", loop_args(args.warmup))
