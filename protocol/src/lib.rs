@@ -13,6 +13,7 @@
 //! crate is the specification other languages implement; `vectors/` holds the byte-exact test vectors.
 
 pub mod codec;
+mod envelope_de;
 pub mod ids;
 pub mod message;
 pub mod run;

@@ -7,7 +7,11 @@ use crate::status::ErrorCode;
 
 /// What travels in one frame: version, per-direction sequence number, and the message itself,
 /// as a msgpack map `{"v": 1, "seq": n, "kind": "<kind>", "body": {...}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Decoding is written by hand (`envelope_de.rs`): serde's derive for a flattened, adjacently
+/// tagged enum buffers the whole frame in an intermediate tree first, which was a visible share
+/// of every plugin call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Envelope {
     /// Protocol version ([`crate::PROTOCOL_VERSION`]).
     pub v: u16,
@@ -19,7 +23,7 @@ pub struct Envelope {
 }
 
 /// Every message kind, tagged by `kind` with its fields under `body`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "kind", content = "body", rename_all = "snake_case")]
 pub enum Message {
     /// plugin → supervisor, first frame: who I am and what I serve.
