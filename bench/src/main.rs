@@ -136,10 +136,12 @@ struct Args {
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
     /// Message-plane queries measured per op, one at a time (after --warmup unmeasured ones).
-    #[arg(long, default_value_t = 2000)]
+    /// (With 2,000 the 8-client rows lasted a tenth of a second and varied 2× run to run.)
+    #[arg(long, default_value_t = 10_000)]
     plane_queries: usize,
-    /// Plugin-to-plugin calls measured per row of the calls figure.
-    #[arg(long, default_value_t = 2000)]
+    /// Plugin-to-plugin calls measured per row of the calls figure (10,000: a concurrent row
+    /// then lasts about a second; shorter rows varied by a third run to run).
+    #[arg(long, default_value_t = 10_000)]
     calls: usize,
     /// Calls in flight at once in the concurrent rows of the calls figure, one row per value.
     #[arg(long, value_delimiter = ',', default_values_t = [32, 128])]
