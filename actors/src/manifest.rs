@@ -29,6 +29,7 @@ use semver::{BuildMetadata, Prerelease, Version};
 use serde::{Serialize, Serializer};
 use toml::{Table, Value};
 
+use crate::plugin_config;
 use crate::process_host::child::LimitOverrides;
 use crate::restart_policy::{RestartOverrides, RestartType};
 
@@ -400,6 +401,39 @@ fn nor_untested(untested: &Option<String>) -> String {
         .map_or_else(String::new, |spec| format!(" (nor in untested '{spec}')"))
 }
 
+/// The effective table: the active config profile deep-merged over everything but `[plugin]`,
+/// so that `[plugin_runtime]` (enabled, auto_start, restart and limit keys) and `entries` are
+/// read as the plugin will see its config. A profile that cannot be applied leaves the base
+/// table, with a warning.
+fn with_active_profile(
+    raw: Table,
+    dir: &Path,
+    config_path: &Path,
+    warnings: &mut Vec<String>,
+) -> Table {
+    let id = raw
+        .get("plugin")
+        .and_then(|p| p.get("id"))
+        .and_then(Value::as_str)
+        .and_then(|id| PluginId::new(id).ok());
+    let Some(id) = id else {
+        return raw; // refused below, with the reason
+    };
+    let env_profile = plugin_config::env_profile(&id);
+    let folder = plugin_config::PluginFolder {
+        id,
+        dir: dir.to_path_buf(),
+        config_path: config_path.to_path_buf(),
+    };
+    match plugin_config::with_profile(&folder, raw.clone(), env_profile) {
+        Ok(effective) => effective,
+        Err(e) => {
+            warnings.push(format!("config profile not applied: {e}"));
+            raw
+        }
+    }
+}
+
 fn key_prefix(key: &Option<String>) -> String {
     key.as_ref()
         .map_or_else(String::new, |key| format!("{key}: "))
@@ -415,6 +449,7 @@ pub fn parse_manifest(text: &str, config_path: &Path) -> Result<PluginManifest, 
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let mut warnings = Vec::new();
+    let raw = with_active_profile(raw, &dir, &config_path, &mut warnings);
 
     let plugin = match raw.get("plugin") {
         None => {
@@ -2402,6 +2437,56 @@ start_window_ms = 500
                 jitter: Some(0.1),
                 start_window_ms: Some(500),
             }
+        );
+    }
+
+    /// `[plugin_runtime]` is read after the active profile's overlay (the reference reads
+    /// `enabled` / `auto_start` from the effective config); `[plugin]` never comes from a profile,
+    /// and a profile that cannot be applied leaves the base values with a warning.
+    #[test]
+    fn plugin_runtime_is_read_through_the_active_profile() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let toml_path = tmp.path().join("plugin.toml");
+        let text = r#"
+[plugin]
+id = "profiled"
+entry = "plugins.profiled:P"
+[plugin.config_profiles]
+active = "quiet"
+[plugin.config_profiles.files]
+quiet = "quiet.toml"
+broken = "broken.toml"
+[plugin_runtime]
+auto_start = true
+max_restarts = 4
+"#;
+        std::fs::write(
+            tmp.path().join("quiet.toml"),
+            "[plugin_runtime]\nauto_start = \"off\"\nmax_restarts = 9\n",
+        )
+        .unwrap();
+        let m = parse_manifest(text, &toml_path).unwrap();
+        assert!(!m.auto_start, "the profile turned auto_start off");
+        assert!(
+            m.enabled,
+            "keys the profile does not set keep their base values"
+        );
+        assert_eq!(m.restart.max_restarts, Some(9));
+
+        std::fs::write(tmp.path().join("broken.toml"), "[plugin]\nid = \"other\"\n").unwrap();
+        let m = parse_manifest(
+            &text.replace("active = \"quiet\"", "active = \"broken\""),
+            &toml_path,
+        )
+        .unwrap();
+        assert_eq!(m.id.as_str(), "profiled");
+        assert!(m.auto_start && m.restart.max_restarts == Some(4));
+        assert!(
+            m.warnings
+                .iter()
+                .any(|w| w.contains("config profile not applied")),
+            "{:?}",
+            m.warnings
         );
     }
 

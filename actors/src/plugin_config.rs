@@ -300,7 +300,17 @@ pub fn effective_view(
 /// or outside the folder is skipped with a warning (base config); one that defines `[plugin]` is
 /// an error, as in the reference.
 pub fn effective(folder: &PluginFolder, env_profile: Option<String>) -> Result<toml::Table, Error> {
-    let (mut base, _) = read_base(folder)?;
+    let (base, _) = read_base(folder)?;
+    with_profile(folder, base, env_profile)
+}
+
+/// `base` (the folder's plugin.toml, already parsed) deep-merged with the active profile, as
+/// [`effective`] does; manifest parsing uses it so `[plugin_runtime]` is read after the overlay.
+pub fn with_profile(
+    folder: &PluginFolder,
+    mut base: toml::Table,
+    env_profile: Option<String>,
+) -> Result<toml::Table, Error> {
     let table = profile_table(folder, &base);
     let Some(active) = env_profile.or(table.active.clone()) else {
         return Ok(base);
