@@ -333,3 +333,84 @@ print(json.dumps({"topic": topic.decode(), "event": json.loads(body)}), flush=Tr
         .await;
     assert_eq!(run["result"]["submitted"], true);
 }
+
+/// A PUB subscriber that connects and never reads: once the socket buffers between it and neko
+/// are full, events for it are dropped and counted (`pub_dropped`), and the stores, INGEST and
+/// HTTP go on as if it were not there; when it dies, neko stops counting it (zeromq's XPUB does
+/// not report disconnections; neko recounts connections).
+#[tokio::test]
+async fn a_subscriber_that_never_reads_holds_nothing_up() {
+    let neko = Neko::start(&[echo_plugin("echo", "")]);
+    neko.wait_running("echo").await;
+    let (_, info) = neko.admin_get("/server/info").await;
+    let publish = info["message_plane"]["endpoints"]["pub"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stats = || async {
+        let (_, info) = neko.admin_get("/server/info").await;
+        info["message_plane"]["stats"].clone()
+    };
+    assert_eq!(stats().await["pub_subscribers"], 0);
+
+    // Small buffers and a one-message queue, and no recv: it fills up and stays full.
+    let script = r#"
+import sys, time, zmq
+s = zmq.Context().socket(zmq.SUB)
+s.setsockopt(zmq.RCVHWM, 1)
+s.setsockopt(zmq.RCVBUF, 4096)
+s.setsockopt(zmq.SUBSCRIBE, b"messages.")
+s.connect(sys.argv[1])
+print("ready", flush=True)
+time.sleep(120)
+"#;
+    let mut child = tokio::process::Command::new(python_env_dir().join("venv/bin/python"))
+        .arg("-c")
+        .arg(script)
+        .arg(&publish)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python runs");
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("ready"));
+    wait_for_async(
+        || async { stats().await["pub_subscribers"].as_u64() == Some(1) },
+        "the subscriber is connected",
+    )
+    .await;
+    let accepted_before = stats().await["ingest_accepted"].as_u64().unwrap();
+
+    let n = 200_000u64;
+    let pushed = neko.run("echo", "push", json!({"n": n})).await;
+    assert_eq!(pushed["status"], "succeeded", "{pushed}");
+    let taken = n - pushed["result"]["dropped"].as_u64().unwrap();
+    // Every message the SDK sent reaches the stores although PUB is stuck behind the subscriber.
+    wait_for_async(
+        || async { stats().await["ingest_accepted"].as_u64().unwrap() >= accepted_before + taken },
+        "all pushed messages accepted",
+    )
+    .await;
+    let during = stats().await;
+    assert!(
+        during["pub_dropped"].as_u64().unwrap() > 0,
+        "events for the stuck subscriber are dropped: {during}"
+    );
+    let started = Instant::now();
+    let (status, _) = neko.get("/health").await;
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "HTTP is not held up"
+    );
+    let one = neko.run("echo", "push", json!({"n": 1})).await;
+    assert_eq!(one["result"]["pushed"], 1, "{one}");
+
+    let _ = child.kill().await;
+    wait_for_async(
+        || async { stats().await["pub_subscribers"].as_u64() == Some(0) },
+        "the dead subscriber is no longer counted",
+    )
+    .await;
+}

@@ -14,14 +14,18 @@
 //! private memory. XPUB learns subscriptions only as they are read, so the task reads them. Its
 //! send writes to each matching subscriber in turn: a subscriber that stops reading holds this
 //! task up, the channel fills, and events are dropped and counted (`pub_dropped`) as above.
+//! Its monitor reports connections but not disconnections, so while anyone is counted the task
+//! recounts the connections to its endpoint from the kernel's socket tables once a second.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
-use zeromq::{Socket, SocketEvent, SocketRecv, SocketSend, XPubSocket, ZmqMessage};
+use zeromq::{Endpoint, Socket, SocketEvent, SocketRecv, SocketSend, XPubSocket, ZmqMessage};
 
 use super::PlaneCounters;
 use super::codec::EventJson;
@@ -29,6 +33,9 @@ use super::store::Event;
 
 /// Batches of events waiting for the PUB owner, at most.
 const QUEUE_BATCHES: usize = 256;
+
+/// How often connections are recounted while someone is counted as subscribed.
+const RECOUNT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where stores send accepted events.
 #[derive(Clone)]
@@ -69,6 +76,8 @@ pub(crate) struct Publisher {
     monitor: futures::channel::mpsc::Receiver<SocketEvent>,
     subscribers: Arc<AtomicUsize>,
     counters: Arc<PlaneCounters>,
+    /// The bound endpoint, whose connections are recounted.
+    endpoint: Option<Endpoint>,
 }
 
 /// A sink and the publisher that serves it. The monitor must be set before the socket binds.
@@ -91,21 +100,31 @@ pub(crate) fn channel(
             monitor,
             subscribers,
             counters,
+            endpoint: None,
         },
     )
 }
 
 impl Publisher {
     /// Binds the socket (before the task runs, so the address is known at startup).
-    pub async fn bind(&mut self, endpoint: &str) -> zeromq::ZmqResult<zeromq::Endpoint> {
-        self.socket.bind(endpoint).await
+    pub async fn bind(&mut self, endpoint: &str) -> zeromq::ZmqResult<Endpoint> {
+        let bound = self.socket.bind(endpoint).await?;
+        self.endpoint = Some(bound.clone());
+        Ok(bound)
     }
 
     /// Publishes until shutdown (or until the plane is gone).
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut recount = tokio::time::interval(RECOUNT_INTERVAL);
+        recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
+                _ = recount.tick(), if self.wanted() => {
+                    if let Some(n) = self.endpoint.as_ref().and_then(connections) {
+                        self.subscribers.store(n, Ordering::Relaxed);
+                    }
+                }
                 event = self.monitor.next() => match event {
                     Some(SocketEvent::Accepted(..)) => {
                         self.subscribers.fetch_add(1, Ordering::Relaxed);
@@ -158,5 +177,104 @@ impl Publisher {
 
     fn wanted(&self) -> bool {
         self.subscribers.load(Ordering::Relaxed) > 0
+    }
+}
+
+/// Connections to `endpoint` that are up now, from the kernel's socket tables; None when they
+/// cannot be read (the count then only grows, as the monitor reports it).
+fn connections(endpoint: &Endpoint) -> Option<usize> {
+    match endpoint {
+        Endpoint::Tcp(_, port) => {
+            let mut tables = ["/proc/net/tcp", "/proc/net/tcp6"]
+                .iter()
+                .filter_map(|t| std::fs::read_to_string(t).ok())
+                .peekable();
+            tables.peek()?;
+            Some(tables.map(|t| tcp_established_on(&t, *port)).sum())
+        }
+        Endpoint::Ipc(Some(path)) => {
+            let table = std::fs::read_to_string("/proc/net/unix").ok()?;
+            Some(unix_connected_on(&table, path))
+        }
+        _ => None,
+    }
+}
+
+/// Rows of `/proc/net/tcp{,6}` in state ESTABLISHED (`01`) whose local port is `port`: the
+/// accepted side of every connection to a socket listening there.
+fn tcp_established_on(table: &str, port: u16) -> usize {
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_ascii_whitespace();
+            let local = fields.nth(1);
+            let state = fields.nth(1);
+            state == Some("01")
+                && local
+                    .and_then(|l| l.rsplit_once(':'))
+                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                    == Some(port)
+        })
+        .count()
+}
+
+/// Rows of `/proc/net/unix` in state connected (`03`) bound to `path`: accepted sockets carry
+/// the listener's path, the connecting side has none.
+fn unix_connected_on(table: &str, path: &Path) -> usize {
+    let path = path.to_string_lossy();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            // Num RefCount Protocol Flags Type St Inode Path; the path (last) may hold spaces.
+            let mut rest = line.trim_start();
+            let mut state = "";
+            for i in 0..7 {
+                let (field, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if i == 5 {
+                    state = field;
+                }
+                rest = tail.trim_start();
+            }
+            state == "03" && rest == path
+        })
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn established_tcp_rows_on_the_port_are_counted() {
+        // Local 127.0.0.1:38866 (0x97D2): listening (0A), two accepted (01), one closing (06);
+        // a client connection from another port to it (01, local port 0xB0F4) is not ours.
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:97D2 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 0100007F:97D2 0100007F:B0F4 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1
+   2: 0100007F:97D2 0100007F:B0F6 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1
+   3: 0100007F:97D2 0100007F:B0F8 06 00000000:00000000 00:00000000 00000000     0        0 0 3 0 0 0 0 0 0
+   4: 0100007F:B0F4 0100007F:97D2 01 00000000:00000000 00:00000000 00000000     0        0 4 1 0 20 4 30 10 -1
+";
+        assert_eq!(tcp_established_on(table, 0x97D2), 2);
+        assert_eq!(tcp_established_on(table, 80), 0);
+        assert_eq!(tcp_established_on("", 80), 0);
+    }
+
+    #[test]
+    fn connected_unix_rows_bound_to_the_path_are_counted() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path
+0000000000000000: 00000002 00000000 00010000 0001 01 100 /run/neko dir/pub.sock
+0000000000000000: 00000003 00000000 00000000 0001 03 101 /run/neko dir/pub.sock
+0000000000000000: 00000003 00000000 00000000 0001 03 102
+0000000000000000: 00000003 00000000 00000000 0001 03 103 /run/neko dir/pub.sock.other
+0000000000000000: 00000003 00000000 00000000 0001 03 104 /run/neko dir/pub.sock
+";
+        assert_eq!(
+            unix_connected_on(table, Path::new("/run/neko dir/pub.sock")),
+            2
+        );
+        assert_eq!(unix_connected_on(table, Path::new("/elsewhere.sock")), 0);
     }
 }
