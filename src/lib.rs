@@ -8,6 +8,7 @@
 //! - [`admin_token`]: the admin bearer token (from the environment or generated, saved 0600).
 //! - [`http`]: the router and one file per route group.
 //! - [`error`]: `ApiError`, where errors become HTTP.
+//! - [`memory`]: gives back the code pages only start-up used.
 //! - [`run`]: starts the supervision tree and serves HTTP until shutdown.
 
 pub mod admin_token;

@@ -126,11 +126,9 @@ impl Publisher {
                     }
                 }
                 event = self.monitor.next() => match event {
+                    // (XPUB never reports `Disconnected`: the recount above takes them off.)
                     Some(SocketEvent::Accepted(..)) => {
                         self.subscribers.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Some(SocketEvent::Disconnected(_)) => {
-                        let _ = self.subscribers.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
                     }
                     Some(_) => {}
                     None => break,
