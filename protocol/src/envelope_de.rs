@@ -11,20 +11,6 @@ use serde_json::Value;
 
 use crate::message::{Envelope, Message};
 
-/// The `kind` names, as on the wire.
-const KINDS: &[&str] = &[
-    "hello",
-    "welcome",
-    "trigger",
-    "result",
-    "cancel",
-    "status",
-    "heartbeat",
-    "stop",
-    "request",
-    "response",
-];
-
 /// Decodes a body of the message `kind` from `d`.
 fn body<'de, D: Deserializer<'de>>(kind: &str, d: D) -> Result<Message, D::Error> {
     Ok(match kind {
@@ -38,7 +24,7 @@ fn body<'de, D: Deserializer<'de>>(kind: &str, d: D) -> Result<Message, D::Error
         "stop" => Message::Stop(Deserialize::deserialize(d)?),
         "request" => Message::Request(Deserialize::deserialize(d)?),
         "response" => Message::Response(Deserialize::deserialize(d)?),
-        other => return Err(de::Error::unknown_variant(other, KINDS)),
+        other => return Err(de::Error::unknown_variant(other, &Message::KINDS)),
     })
 }
 
@@ -189,6 +175,25 @@ mod tests {
         let mut out = Vec::new();
         rmpv::encode::write_value(&mut out, &map).unwrap();
         out
+    }
+
+    /// Each name in `Message::KINDS` decodes to the message whose `kind()` it is (an empty body
+    /// may lack that kind's required fields, but is never an unknown variant).
+    #[test]
+    fn every_kind_name_decodes_to_its_kind() {
+        for kind in Message::KINDS {
+            let body = rmpv::Value::Map(vec![]);
+            let bytes = packed(&[
+                ("v", 1.into()),
+                ("seq", 1.into()),
+                ("kind", kind.into()),
+                ("body", body),
+            ]);
+            match rmp_serde::from_slice::<Envelope>(&bytes) {
+                Ok(env) => assert_eq!(env.msg.kind(), kind),
+                Err(e) => assert!(e.to_string().contains("missing field"), "{kind}: {e}"),
+            }
+        }
     }
 
     #[test]

@@ -49,6 +49,20 @@ pub enum Message {
 }
 
 impl Message {
+    /// Every `kind` name, as on the wire.
+    pub const KINDS: [&'static str; 10] = [
+        "hello",
+        "welcome",
+        "trigger",
+        "result",
+        "cancel",
+        "status",
+        "heartbeat",
+        "stop",
+        "request",
+        "response",
+    ];
+
     /// The `kind` name, for logs.
     pub fn kind(&self) -> &'static str {
         match self {
