@@ -268,3 +268,62 @@ class Dep(NekoPluginBase):
         "a failed install is not retried"
     );
 }
+
+/// A Python plugin that does not start with neko (`auto_start = false`) and lists no entries in
+/// plugin.toml is listed `stopped` with the entries its code declares, read in the background
+/// without starting it (as the reference imports plugin modules at startup); started, it serves
+/// them. One whose module cannot be imported keeps an empty list, and neko goes on.
+#[tokio::test]
+async fn idle_python_plugins_are_listed_with_their_entries() {
+    let idle = PythonPlugin {
+        dir: "idle_py",
+        toml: "[plugin]\nid = \"idle_py\"\nentry = \"plugins.idle_py:Idle\"\n\
+               [plugin_runtime]\nauto_start = false\n"
+            .into(),
+        init_py: r#"
+from plugin.sdk import NekoPluginBase, plugin_entry
+
+
+class Idle(NekoPluginBase):
+    @plugin_entry(id="greet", name="Greet", description="says hello")
+    def greet(self, who="you", **_):
+        return {"hello": who}
+
+    @plugin_entry(id="count")
+    async def count(self, **_):
+        return {"n": 2}
+"#
+        .into(),
+        files: Vec::new(),
+    };
+    let broken = PythonPlugin {
+        dir: "idle_broken",
+        toml: "[plugin]\nid = \"idle_broken\"\nentry = \"plugins.idle_broken:Nope\"\n\
+               [plugin_runtime]\nauto_start = false\n"
+            .into(),
+        init_py: "raise ImportError('no such dependency')\n".into(),
+        files: Vec::new(),
+    };
+    let neko = Neko::start_mixed(&[], &[idle, broken], "");
+    wait_for_async(
+        || async { neko.plugin("idle_py").await["entries"].as_array().map(Vec::len) == Some(2) },
+        "idle_py listed with its entries",
+    )
+    .await;
+    let p = neko.plugin("idle_py").await;
+    assert_eq!(p["status"], "stopped", "{p}");
+    let entries = p["entries"].as_array().unwrap();
+    let greet = entries.iter().find(|e| e["id"] == "greet").expect("greet");
+    assert_eq!(greet["name"], "Greet");
+    assert_eq!(greet["description"], "says hello");
+    assert!(entries.iter().any(|e| e["id"] == "count"), "{p}");
+
+    let (status, body) = neko.admin_post("/plugin/idle_py/start").await;
+    assert_eq!(status, 200, "{body}");
+    let run = neko.run("idle_py", "greet", json!({"who": "neko"})).await;
+    assert_eq!(run["result"], json!({"hello": "neko"}), "{run}");
+
+    let b = neko.plugin("idle_broken").await;
+    assert_eq!(b["status"], "stopped", "{b}");
+    assert_eq!(b["entries"], json!([]), "{b}");
+}

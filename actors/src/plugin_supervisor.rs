@@ -28,7 +28,7 @@ use crate::message_plane::{MessagePlaneHandle, StoreName};
 use crate::process_host::calls::caller_gone;
 use crate::process_host::{
     ExitReport, HostSettings, ProcessHost, ProcessHostArgs, ProcessHostMsg, TriggerReply,
-    TriggerRequest, child,
+    TriggerRequest, child, describe_python,
 };
 use crate::python_env::PythonEnvMsg;
 use crate::registry::RegistryMsg;
@@ -91,6 +91,11 @@ pub enum PluginSupervisorMsg {
         plugin_id: PluginId,
         launch: u64,
         pid: u32,
+    },
+    /// The entries of a plugin that is not running, read from its code (`describe_python`).
+    Described {
+        plugin_id: PluginId,
+        entries: Vec<EntrySpec>,
     },
     /// A host's plugin said HELLO.
     HostReady {
@@ -211,6 +216,7 @@ impl Actor for PluginSupervisor {
                 state.autostart(&myself, &id).await;
             }
         }
+        state.describe_idle_python_plugins(&myself);
         Ok(state)
     }
 
@@ -250,6 +256,9 @@ impl Actor for PluginSupervisor {
                 launch,
                 pid,
             } => state.host_spawned(plugin_id, launch, pid),
+            PluginSupervisorMsg::Described { plugin_id, entries } => {
+                state.described(plugin_id, entries)
+            }
             PluginSupervisorMsg::HostReady {
                 plugin_id,
                 launch,
@@ -410,6 +419,48 @@ impl PluginSupervisorState {
 
     fn plane_record(&self, store: StoreName, record: Value) {
         self.messages.publish(store, "all", record);
+    }
+
+    /// Lists the entries of Python plugins that do not start with neko (`auto_start = false`)
+    /// and declare none in plugin.toml, as the reference does by importing their modules: one
+    /// `python -m plugin.describe` each, in the background, after the boot plugins started.
+    fn describe_idle_python_plugins(&self, myself: &ActorRef<PluginSupervisorMsg>) {
+        let timeout = self.host_settings.handshake_timeout;
+        for slot in self.slots.values() {
+            let m = &slot.manifest;
+            let python = matches!(m.runtime, crate::manifest::Runtime::Python { .. });
+            if !(python && m.enabled && !m.auto_start && m.entries_preview.is_empty()) {
+                continue;
+            }
+            let (manifest, env, me) = (m.clone(), self.python.clone(), myself.clone());
+            tokio::spawn(async move {
+                match describe_python(&manifest, &env, timeout).await {
+                    Ok(entries) => {
+                        let _ = me.cast(PluginSupervisorMsg::Described {
+                            plugin_id: manifest.id.clone(),
+                            entries,
+                        });
+                    }
+                    Err(error) => tracing::warn!(
+                        plugin_id = %manifest.id, %error,
+                        "cannot list the entries of a plugin that is not running"
+                    ),
+                }
+            });
+        }
+    }
+
+    /// Entries read from a plugin's code; a HELLO's (it started meanwhile) win.
+    fn described(&mut self, id: PluginId, entries: Vec<EntrySpec>) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        if slot.host.is_some() || !slot.lifecycle.entries.is_empty() {
+            return;
+        }
+        tracing::info!(plugin_id = %id, entries = entries.len(), "entries read from the plugin's code");
+        slot.lifecycle.entries = entries;
+        self.publish(&id);
     }
 
     async fn autostart(&mut self, myself: &ActorRef<PluginSupervisorMsg>, id: &PluginId) {

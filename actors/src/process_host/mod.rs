@@ -466,19 +466,7 @@ async fn launch_spec(
         }
         Runtime::Python { entry } => {
             let launch = prepare_python(manifest, python).await?;
-            env.push(("NEKO_PLUGIN_ENTRY".to_string(), entry.clone()));
-            let root = manifest.dir.parent().unwrap_or(&manifest.dir);
-            env.push(("NEKO_PLUGINS_ROOT".to_string(), root.display().to_string()));
-            env.push(("PYTHONUNBUFFERED".to_string(), "1".to_string()));
-            env.push(("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string()));
-            if !launch.python_path.is_empty() {
-                let joined = std::env::join_paths(&launch.python_path)
-                    .map_err(|e| format!("bad PYTHONPATH entry: {e}"))?;
-                env.push((
-                    "PYTHONPATH".to_string(),
-                    joined.to_string_lossy().into_owned(),
-                ));
-            }
+            env.extend(python_env(manifest, entry, &launch)?);
             (
                 launch.python,
                 vec!["-m".to_string(), "plugin.runner".to_string()],
@@ -518,6 +506,84 @@ async fn launch_spec(
         env,
         limits: settings.limits.with_overrides(&manifest.limits),
     })
+}
+
+/// What a Python plugin's interpreter needs to find and import it.
+fn python_env(
+    manifest: &PluginManifest,
+    entry: &str,
+    launch: &PythonLaunch,
+) -> Result<Vec<(String, String)>, String> {
+    let root = manifest.dir.parent().unwrap_or(&manifest.dir);
+    let mut env = vec![
+        ("NEKO_PLUGIN_ENTRY".to_string(), entry.to_string()),
+        ("NEKO_PLUGINS_ROOT".to_string(), root.display().to_string()),
+        ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
+        ("PYTHONDONTWRITEBYTECODE".to_string(), "1".to_string()),
+    ];
+    if !launch.python_path.is_empty() {
+        let joined = std::env::join_paths(&launch.python_path)
+            .map_err(|e| format!("bad PYTHONPATH entry: {e}"))?;
+        env.push((
+            "PYTHONPATH".to_string(),
+            joined.to_string_lossy().into_owned(),
+        ));
+    }
+    Ok(env)
+}
+
+/// The line of `python -m plugin.describe` that carries its answer.
+const DESCRIBE_MARKER: &str = "NEKO_DESCRIBE ";
+
+/// The entries a Python plugin declares, read without starting it: `python -m plugin.describe`
+/// imports its module and reads the class (never constructs it), as the reference's registry
+/// does at startup. Killed after `timeout`.
+pub async fn describe_python(
+    manifest: &PluginManifest,
+    python: &ActorRef<PythonEnvMsg>,
+    timeout: Duration,
+) -> Result<Vec<EntrySpec>, String> {
+    #[derive(serde::Deserialize)]
+    struct Described {
+        entries: Vec<EntrySpec>,
+    }
+    let Runtime::Python { entry } = &manifest.runtime else {
+        return Err("not a Python plugin".into());
+    };
+    let launch = prepare_python(manifest, python).await?;
+    let mut command = tokio::process::Command::new(&launch.python);
+    command
+        .args(["-m", "plugin.describe"])
+        .current_dir(&manifest.dir)
+        .envs(python_env(manifest, entry, &launch)?)
+        .env(env::PLUGIN_ID, manifest.id.as_str())
+        .env(env::PLUGIN_DIR, &manifest.dir)
+        .env(env::PLUGIN_CONFIG, &manifest.config_path)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(timeout, command.output())
+        .await
+        .map_err(|_| format!("describing took longer than {} s", timeout.as_secs()))?
+        .map_err(|e| format!("cannot run {}: {e}", launch.python.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let answer = stdout
+        .lines()
+        .rev()
+        .find_map(|line| line.strip_prefix(DESCRIBE_MARKER));
+    match answer {
+        Some(json) => serde_json::from_str::<Described>(json)
+            .map(|d| d.entries)
+            .map_err(|e| format!("unreadable answer: {e}")),
+        None => {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+            Err(format!(
+                "{} ({})",
+                output.status,
+                last.unwrap_or("no output").trim()
+            ))
+        }
+    }
 }
 
 /// Asks PythonEnv for the interpreter (creating the environment on first use).
