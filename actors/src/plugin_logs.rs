@@ -634,17 +634,21 @@ pub fn tail_lines(
         .collect())
 }
 
-/// Parses `YYYY-MM-DD HH:MM:SS | LEVEL | message` (neko's files) and
-/// `YYYY-MM-DD HH:MM:SS.mmm | LEVEL | <plugin_id> | message` (the Python SDK's); anything else is
+/// Parses `YYYY-MM-DD HH:MM:SS | LEVEL | message` (neko's files),
+/// `YYYY-MM-DD HH:MM:SS.mmm | LEVEL | <plugin_id> | message` (the Python SDK's), and the
+/// reference's Python `logging` shapes `<time> - [name] - LEVEL - file:line - message` and
+/// `<time> - name - LEVEL - message` (time with `,mmm`, as `logging` writes it); anything else is
 /// level `UNKNOWN` with the whole line as the message.
 pub fn parse_line(line: &str) -> LogEntry {
-    parse_known(line).unwrap_or_else(|| LogEntry {
-        timestamp: String::new(),
-        level: "UNKNOWN".into(),
-        file: String::new(),
-        line: 0,
-        message: line.to_string(),
-    })
+    parse_known(line)
+        .or_else(|| parse_dashed(line))
+        .unwrap_or_else(|| LogEntry {
+            timestamp: String::new(),
+            level: "UNKNOWN".into(),
+            file: String::new(),
+            line: 0,
+            message: line.to_string(),
+        })
 }
 
 fn parse_known(line: &str) -> Option<LogEntry> {
@@ -669,7 +673,32 @@ fn parse_known(line: &str) -> Option<LogEntry> {
     })
 }
 
-/// `YYYY-MM-DD HH:MM:SS`, optionally followed by `.` and digits.
+/// `<time> - [name] - LEVEL - file:line - message` or `<time> - name - LEVEL - message`.
+fn parse_dashed(line: &str) -> Option<LogEntry> {
+    let mut parts = line.splitn(4, " - ");
+    let (stamp, _name, level, rest) = (parts.next()?, parts.next()?, parts.next()?, parts.next());
+    let level = level.trim();
+    if !is_timestamp(stamp) || level.is_empty() || !level.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return None;
+    }
+    let rest = rest.unwrap_or("");
+    // `file:line - message`, where the first part is a path and a line number.
+    let located = rest.split_once(" - ").and_then(|(place, message)| {
+        let (file, line) = place.rsplit_once(':')?;
+        let line = line.parse::<u64>().ok()?;
+        (!file.is_empty() && !file.contains(' ')).then(|| (file, line, message))
+    });
+    let (file, line_no, message) = located.unwrap_or(("", 0, rest));
+    Some(LogEntry {
+        timestamp: stamp[..19].to_string(),
+        level: level.to_ascii_uppercase(),
+        file: file.to_string(),
+        line: line_no,
+        message: message.to_string(),
+    })
+}
+
+/// `YYYY-MM-DD HH:MM:SS`, optionally followed by `.` or `,` and digits.
 fn is_timestamp(s: &str) -> bool {
     let b = s.as_bytes();
     if b.len() < 19 {
@@ -683,7 +712,7 @@ fn is_timestamp(s: &str) -> bool {
     });
     let frac_ok = match &b[19..] {
         [] => true,
-        [b'.', digits @ ..] => !digits.is_empty() && digits.iter().all(u8::is_ascii_digit),
+        [b'.' | b',', digits @ ..] => !digits.is_empty() && digits.iter().all(u8::is_ascii_digit),
         _ => false,
     };
     shape_ok && frac_ok
@@ -775,10 +804,30 @@ mod tests {
         assert_eq!(e.message, "careful now");
         let e = parse_line("2026-01-02 03:04:05 | info | ");
         assert_eq!((e.level.as_str(), e.message.as_str()), ("INFO", ""));
+        // The reference's `logging` shapes, with and without a source position.
+        let e = parse_line(
+            "2026-01-02 03:04:05,678 - [weather] - ERROR - main.py:42 - no data - retry",
+        );
+        assert_eq!(e.timestamp, "2026-01-02 03:04:05");
+        assert_eq!(
+            (e.level.as_str(), e.file.as_str(), e.line),
+            ("ERROR", "main.py", 42)
+        );
+        assert_eq!(e.message, "no data - retry");
+        let e = parse_line("2026-01-02 03:04:05 - weather - info - fetched 3 cities");
+        assert_eq!((e.level.as_str(), e.file.as_str(), e.line), ("INFO", "", 0));
+        assert_eq!(e.message, "fetched 3 cities");
+        let e = parse_line("2026-01-02 03:04:05 - w - DEBUG - ratio 3:4 - kept");
+        assert_eq!(
+            (e.file.as_str(), e.message.as_str()),
+            ("", "ratio 3:4 - kept")
+        );
         for junk in [
             "Traceback (most recent call last):",
             "2026-01-02 | INFO | no time",
             "2026-01-02 03:04:05 | not a level | x",
+            "2026-01-02 03:04:05 - name - not a level - x",
+            "yesterday - name - INFO - x",
             "",
         ] {
             let e = parse_line(junk);
