@@ -508,3 +508,34 @@ async fn rust_plugins_call_each_other() {
         .await;
     assert_failed(&run, "DEADLOCK", "echo.call → echo");
 }
+
+/// A Rust plugin's custom event (`Plugin::event`): declared in HELLO, callable by other plugins as
+/// `"<plugin>:<event_type>:<id>"`, not an entry; an undeclared one is NOT_FOUND.
+#[tokio::test]
+async fn rust_custom_events_are_callable_by_other_plugins() {
+    let neko = start(&[], &[echo_plugin("echo", ""), echo_plugin("echo2", "")]).await;
+    let run = neko
+        .run(
+            "echo",
+            "call",
+            json!({"target": "echo2:echo_event:shout", "args": {"text": "hi"}}),
+        )
+        .await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["result"], json!({"shouted": "HI"}), "{run}");
+
+    let run = neko
+        .run(
+            "echo",
+            "call",
+            json!({"target": "echo2:echo_event:whisper", "args": {}}),
+        )
+        .await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"]["code"], "NOT_FOUND", "{run}");
+
+    // A custom event is not an entry: a run of it fails.
+    let run = neko.run("echo2", "shout", json!({})).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"]["code"], "NOT_FOUND", "{run}");
+}

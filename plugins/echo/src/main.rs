@@ -187,15 +187,31 @@ async fn main() -> ExitCode {
             Entry::new("call")
                 .name("Call")
                 .description(
-                    "Calls entry `target` (\"plugin_id:entry_id\") with `args` through neko and \
-                     returns its data, or fails with its error",
+                    "Calls `target` (entry \"plugin_id:entry_id\" or custom event                      \"plugin_id:event_type:event_id\") with `args` through neko and returns its                      data, or fails with its error",
                 )
                 .input_schema(call_schema()),
             |ctx: Context, args: Value| async move {
                 let call = CallArgs::parse(&args)?;
-                ctx.plugins()
-                    .call_entry(&call.target, call.args, call.timeout)
-                    .await
+                let plugins = ctx.plugins();
+                if call.target.matches(':').count() == 2 {
+                    plugins
+                        .call_event(&call.target, call.args, call.timeout)
+                        .await
+                } else {
+                    plugins
+                        .call_entry(&call.target, call.args, call.timeout)
+                        .await
+                }
+            },
+        )
+        .event(
+            "echo_event",
+            Entry::new("shout")
+                .name("Shout")
+                .description("Custom event: returns `text` upper-cased"),
+            |_ctx: Context, args: Value| async move {
+                let text = args.get("text").and_then(Value::as_str).unwrap_or("");
+                Ok(json!({"shouted": text.to_uppercase()}))
             },
         )
         .sync_entry(

@@ -75,12 +75,13 @@ pub(crate) fn deadline(trigger_timeout_ms: u64, entry_timeout_ms: Option<u64>) -
 }
 
 /// The RESULT for a TRIGGER naming an entry the plugin did not declare.
-pub(crate) fn not_found(call_id: &str, entry_id: &str, plugin_id: &str) -> CallResult {
+/// NOT_FOUND for a TRIGGER naming nothing this plugin serves; `what` is e.g. `Entry 'x'`.
+pub(crate) fn not_found(call_id: &str, what: &str, plugin_id: &str) -> CallResult {
     CallResult::failure(
         call_id,
         WireError::new(
             ErrorCode::NotFound,
-            format!("Entry '{entry_id}' not found in plugin '{plugin_id}'"),
+            format!("{what} not found in plugin '{plugin_id}'"),
         ),
     )
 }
@@ -106,7 +107,7 @@ mod tests {
 
     #[test]
     fn not_found_uses_the_reference_message() {
-        let r = not_found("c-1", "nope", "echo");
+        let r = not_found("c-1", "Entry 'nope'", "echo");
         assert!(!r.ok);
         let err = r.error.unwrap();
         assert_eq!(err.code, ErrorCode::NotFound);

@@ -98,6 +98,9 @@ pub enum RunError {
     /// Two entries share an id, so a TRIGGER could not tell them apart.
     #[error("entry id '{0}' is declared twice")]
     DuplicateEntry(String),
+    /// A custom event's type is empty or `plugin_entry`.
+    #[error("custom event type '{0}' is not allowed (empty or plugin_entry)")]
+    BadEventType(String),
     /// The supervisor's endpoint could not be reached.
     #[error("could not connect to the supervisor at {endpoint}: {source}")]
     Connect {

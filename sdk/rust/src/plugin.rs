@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use neko_protocol::{Hello, Message, PROTOCOL_VERSION, Welcome};
+use neko_protocol::{EventSpec, Hello, Message, PLUGIN_ENTRY, PROTOCOL_VERSION, Welcome};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 
@@ -33,6 +33,8 @@ pub(crate) type ShutdownHook = Box<dyn FnOnce(Context) -> BoxFuture<()> + Send>;
 #[derive(Default)]
 pub struct Plugin {
     entries: Vec<(Entry, Handler)>,
+    /// Custom events: (event type, the event as an entry, its handler).
+    events: Vec<(String, Entry, Handler)>,
     on_startup: Option<StartupHook>,
     on_shutdown: Option<ShutdownHook>,
 }
@@ -55,6 +57,23 @@ impl Plugin {
             fut
         }));
         self.entries.push((entry, handler));
+        self
+    }
+
+    /// Declares the custom event `event_type`/`entry`'s id (the reference's `@custom_event`),
+    /// served by the async `handler` like an entry. It is not an entry (`POST /runs` cannot start
+    /// it); other plugins call it by `"<plugin_id>:<event_type>:<id>"`
+    /// ([`crate::Plugins::call_event`]). `event_type` must not be `plugin_entry`.
+    pub fn event<F, Fut>(mut self, event_type: impl Into<String>, entry: Entry, handler: F) -> Self
+    where
+        F: Fn(Context, serde_json::Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        let handler = Handler::Async(Arc::new(move |ctx, args| {
+            let fut: BoxFuture<HandlerResult> = Box::pin(handler(ctx, args));
+            fut
+        }));
+        self.events.push((event_type.into(), entry, handler));
         self
     }
 
@@ -149,6 +168,29 @@ impl Plugin {
             }
             specs.push(spec);
         }
+        let mut events = HashMap::new();
+        let mut event_specs = Vec::with_capacity(self.events.len());
+        for (event_type, entry, handler) in self.events {
+            let spec = entry.spec();
+            if event_type.is_empty() || event_type == PLUGIN_ENTRY {
+                return Err(RunError::BadEventType(event_type));
+            }
+            let registered = Registered {
+                handler,
+                timeout_ms: spec.timeout_ms,
+            };
+            let key = (event_type.clone(), spec.id.clone());
+            if events.insert(key, registered).is_some() {
+                return Err(RunError::DuplicateEntry(format!(
+                    "{event_type}.{}",
+                    spec.id
+                )));
+            }
+            event_specs.push(EventSpec {
+                event_type,
+                id: spec.id.clone(),
+            });
+        }
 
         let deadline = Instant::now() + env.handshake_timeout;
         let mut link = match timeout_at(deadline, Link::connect(&env)).await {
@@ -174,7 +216,7 @@ impl Plugin {
             pid: std::process::id(),
             entries: specs,
             input_schema: None,
-            events: Vec::new(),
+            events: event_specs,
         };
         link.send(Message::Hello(hello))
             .await
@@ -226,6 +268,7 @@ impl Plugin {
             plugin,
             outbox,
             entries,
+            events,
             heartbeat,
             supervisor_pid: env.supervisor_pid,
             on_startup: self.on_startup,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use neko_protocol::{
-    CallResult, ErrorCode, Heartbeat, Message, Request, Response, Trigger, WireError,
+    CallResult, ErrorCode, Heartbeat, Message, PLUGIN_ENTRY, Request, Response, Trigger, WireError,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinError, JoinSet};
@@ -52,6 +52,8 @@ pub(crate) struct Serve {
     link: Link,
     plugin: Arc<PluginInfo>,
     entries: HashMap<String, Registered>,
+    /// Custom events by (event type, id).
+    events: HashMap<(String, String), Registered>,
     /// In-flight calls by call id, so CANCEL can reach them. Removed when their RESULT is sent.
     calls: HashMap<String, Arc<CancelSignal>>,
     /// The call tasks; dropping the set aborts every async handler still running.
@@ -78,6 +80,7 @@ pub(crate) struct ServeArgs {
     pub(crate) plugin: Arc<PluginInfo>,
     pub(crate) outbox: mpsc::UnboundedReceiver<Outgoing>,
     pub(crate) entries: HashMap<String, Registered>,
+    pub(crate) events: HashMap<(String, String), Registered>,
     pub(crate) heartbeat: Duration,
     pub(crate) supervisor_pid: Option<u32>,
     pub(crate) on_startup: Option<StartupHook>,
@@ -101,6 +104,7 @@ impl Serve {
             link: args.link,
             plugin: args.plugin,
             entries: args.entries,
+            events: args.events,
             calls: HashMap::new(),
             tasks: JoinSet::new(),
             outbox: args.outbox,
@@ -193,9 +197,18 @@ impl Serve {
 
     /// Starts a task for `trigger`, or answers NOT_FOUND at once.
     async fn dispatch(&mut self, trigger: Trigger) {
-        let Some(entry) = self.entries.get(&trigger.entry_id) else {
-            let result =
-                call::not_found(&trigger.call_id, &trigger.entry_id, &self.plugin.plugin_id);
+        let registered = match trigger.event_type.as_deref() {
+            None | Some(PLUGIN_ENTRY) => self.entries.get(&trigger.entry_id),
+            Some(event_type) => self
+                .events
+                .get(&(event_type.to_owned(), trigger.entry_id.clone())),
+        };
+        let Some(entry) = registered else {
+            let what = match trigger.event_type.as_deref() {
+                None | Some(PLUGIN_ENTRY) => format!("Entry '{}'", trigger.entry_id),
+                Some(t) => format!("Custom event '{t}.{}'", trigger.entry_id),
+            };
+            let result = call::not_found(&trigger.call_id, &what, &self.plugin.plugin_id);
             self.send(Message::Result(result)).await;
             return;
         };

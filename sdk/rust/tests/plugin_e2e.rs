@@ -801,3 +801,30 @@ async fn duplicate_entry_ids_are_refused() {
         "{outcome:?}"
     );
 }
+
+/// Custom events: the same (type, id) twice, or the type `plugin_entry` or none, are refused
+/// before anything is sent.
+#[tokio::test]
+async fn bad_custom_events_are_refused() {
+    let event = |p: Plugin, t: &str| {
+        p.event(
+            t,
+            Entry::new("e"),
+            |_c: Context, a: Value| async move { Ok(a) },
+        )
+    };
+    let run = |p: Plugin| p.run_with(test_env("tcp://127.0.0.1:1"), std::future::pending::<()>());
+    let twice = event(event(Plugin::new(), "tick"), "tick");
+    let outcome = run(twice).await;
+    assert!(
+        matches!(&outcome, Err(RunError::DuplicateEntry(id)) if id == "tick.e"),
+        "{outcome:?}"
+    );
+    for bad in ["plugin_entry", ""] {
+        let outcome = run(event(Plugin::new(), bad)).await;
+        assert!(
+            matches!(&outcome, Err(RunError::BadEventType(t)) if t == bad),
+            "{outcome:?}"
+        );
+    }
+}
