@@ -306,7 +306,12 @@ class Idle(NekoPluginBase):
     };
     let neko = Neko::start_mixed(&[], &[idle, broken], "");
     wait_for_async(
-        || async { neko.plugin("idle_py").await["entries"].as_array().map(Vec::len) == Some(2) },
+        || async {
+            neko.plugin("idle_py").await["entries"]
+                .as_array()
+                .map(Vec::len)
+                == Some(2)
+        },
         "idle_py listed with its entries",
     )
     .await;

@@ -686,7 +686,7 @@ fn parse_dashed(line: &str) -> Option<LogEntry> {
     let located = rest.split_once(" - ").and_then(|(place, message)| {
         let (file, line) = place.rsplit_once(':')?;
         let line = line.parse::<u64>().ok()?;
-        (!file.is_empty() && !file.contains(' ')).then(|| (file, line, message))
+        (!file.is_empty() && !file.contains(' ')).then_some((file, line, message))
     });
     let (file, line_no, message) = located.unwrap_or(("", 0, rest));
     Some(LogEntry {
