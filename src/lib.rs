@@ -30,11 +30,16 @@ use neko_actors::run_token::RunTokenSigner;
 use neko_actors::run_tracker::RunStoreSettings;
 use neko_actors::{TreeArgs, spawn_tree};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use settings::Settings;
 
 /// Run changes buffered for slow WebSocket clients; one that falls further behind re-reads.
 const RUN_EVENTS_BUFFER: usize = 4096;
+
+/// At shutdown, how long open WebSockets get to send their close frame.
+const WEBSOCKET_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Starts the supervision tree, serves HTTP on `listener` until `shutdown` resolves (or the tree
 /// gives up), then stops every plugin and the tree.
@@ -116,7 +121,10 @@ pub async fn run(
         run_events,
         run_tokens: signer,
         plugin_logs_dir,
+        shutdown: CancellationToken::new(),
+        sockets: TaskTracker::new(),
     };
+    let (ws_shutdown, sockets) = (state.shutdown.clone(), state.sockets.clone());
     let app = http::router(state, settings.gateway.max_body_bytes);
     match memory::release_startup_pages() {
         Ok(r) => tracing::info!(
@@ -135,8 +143,17 @@ pub async fn run(
             _ = shutdown => tracing::info!("shutdown requested; stopping plugins"),
             _ = tree_gone => tracing::error!("supervision tree stopped; shutting down"),
         }
+        ws_shutdown.cancel();
     });
     let served = serve.await;
+    // Upgraded connections outlive the server: let each WebSocket send its close frame.
+    sockets.close();
+    if tokio::time::timeout(WEBSOCKET_CLOSE_WAIT, sockets.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(open = sockets.len(), "WebSockets still open at shutdown");
+    }
     tree.shutdown(Duration::from_millis(sup.shutdown_timeout_ms))
         .await;
     tracing::info!("neko stopped");

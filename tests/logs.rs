@@ -238,6 +238,52 @@ mod live {
             .collect()
     }
 
+    /// A client that says nothing for 30 s gets a `ping` frame (the reference's keep-alive); when
+    /// neko shuts down, the socket is closed with 1001 "server shutting down".
+    #[tokio::test]
+    async fn silent_clients_are_pinged_and_shutdown_closes_the_socket() {
+        let neko = Neko::start(&[crate::helper::echo_plugin("echo", "")]);
+        neko.wait_running("echo").await;
+        let mut ws = connect(&neko, &format!("/ws/logs/echo?code={TOKEN}"))
+            .await
+            .expect("connects");
+        assert_eq!(recv(&mut ws).await["type"], "initial");
+        let started = std::time::Instant::now();
+        let ping = loop {
+            let msg = tokio::time::timeout(std::time::Duration::from_secs(40), ws.next())
+                .await
+                .expect("a ping within 40 s")
+                .expect("socket open")
+                .expect("frame read");
+            if let Message::Text(text) = msg {
+                let frame: Value = serde_json::from_str(&text).unwrap();
+                if frame["type"] == "ping" {
+                    break frame;
+                }
+            }
+        };
+        assert_eq!(ping, serde_json::json!({"type": "ping"}));
+        assert!(
+            started.elapsed() >= std::time::Duration::from_secs(29),
+            "pinged early"
+        );
+
+        crate::helper::signal(neko.pid(), libc::SIGTERM);
+        let closed = loop {
+            match tokio::time::timeout(TIMEOUT, ws.next())
+                .await
+                .expect("closed in time")
+            {
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        };
+        let frame = closed.expect("a close frame with a code");
+        assert_eq!(u16::from(frame.code), 1001, "{frame:?}");
+        assert_eq!(frame.reason.as_str(), "server shutting down");
+    }
+
     /// The initial frame holds the plugin's lines so far; what the plugin prints later arrives
     /// in append frames, exactly those lines; a wrong or missing code, or a bad id, is refused
     /// before the upgrade.

@@ -441,3 +441,22 @@ async fn websockets_admin_socket_events_filter_and_methods() {
     let again = call_err(&mut ws, "plugin.stop", json!({"plugin_id": "echo_a"})).await;
     assert_eq!(again, "404: Plugin 'echo_a' is not running");
 }
+
+/// When neko shuts down (SIGTERM), open `/ws/admin` and `/ws/run` sockets get a 1001 close frame
+/// before the process exits, and neko still exits cleanly.
+#[tokio::test]
+async fn websockets_are_closed_1001_at_shutdown() {
+    let mut neko = Neko::start(&[echo_plugin("echo", "")]);
+    neko.wait_running("echo").await;
+    let mut admin = open_admin(&neko).await;
+    let created = neko
+        .create_run("echo", "sleep", json!({"ms": 60_000}))
+        .await;
+    let (mut run, _) = open_run(&neko, created["run_token"].as_str().unwrap()).await;
+    crate::helper::signal(neko.pid(), libc::SIGTERM);
+    for ws in [&mut admin, &mut run] {
+        assert_eq!(closed(ws).await, (1001, "server shutting down".to_string()));
+    }
+    let status = neko.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -22,12 +22,10 @@ use axum::response::{IntoResponse, Response};
 use neko_actors::clock::iso_now;
 use neko_actors::plugin_logs::{self, LogFollower, LogQuery};
 use neko_actors::registry::RegistryMsg;
-use neko_actors::run_tracker::RunEvent;
 use neko_protocol::PluginId;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::broadcast;
-use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
 
 use super::plugin::parse_id;
 use super::{Admin, AppState, QueryArgs};
@@ -185,8 +183,8 @@ pub async fn socket(
         Err(e) => return e.into_response(),
     };
     let follower = LogFollower::new(app.plugin_logs_dir.clone(), plugin_dir, id);
-    let events = app.run_events.subscribe();
-    ws.on_upgrade(move |socket| tail(socket, follower, events))
+    let (shutdown, sockets) = (app.shutdown.clone(), app.sockets.clone());
+    ws.on_upgrade(move |socket| sockets.track_future(tail(socket, follower, shutdown)))
 }
 
 /// Why the socket ends: the client is gone, or neko is shutting down.
@@ -196,13 +194,8 @@ enum TailEnd {
 }
 
 /// One connection: the initial frame, then appends, pings and the client's frames (ignored)
-/// until the client leaves or neko shuts down (the run-event channel closes, as for
-/// `/ws/admin`).
-async fn tail(
-    mut socket: WebSocket,
-    follower: LogFollower,
-    mut events: broadcast::Receiver<RunEvent>,
-) {
+/// until the client leaves or neko shuts down (`shutdown` is cancelled, as for `/ws/admin`).
+async fn tail(mut socket: WebSocket, follower: LogFollower, shutdown: CancellationToken) {
     let end = async {
         let (mut follower, page) = read(follower, |f| f.initial(INITIAL_LINES)).await?;
         let page = page.unwrap_or_default();
@@ -223,9 +216,7 @@ async fn tail(
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Err(TailEnd::Gone),
                     Some(Ok(_)) => ping_at = tokio::time::Instant::now() + PING_AFTER,
                 },
-                event = events.recv() => if let Err(RecvError::Closed) = event {
-                    return Err(TailEnd::ShuttingDown);
-                },
+                () = shutdown.cancelled() => return Err(TailEnd::ShuttingDown),
                 _ = tokio::time::sleep_until(ping_at) => {
                     ping_at = tokio::time::Instant::now() + PING_AFTER;
                     send(&mut socket, &json!({"type": "ping"})).await?;

@@ -32,6 +32,8 @@ use neko_actors::run_tracker::RunEvent;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
 use crate::error::ApiError;
@@ -54,6 +56,10 @@ pub struct AppState {
     pub run_tokens: RunTokenSigner,
     /// Where plugin log files are written (`<data_dir>/logs/plugins`), for the logs routes.
     pub plugin_logs_dir: std::path::PathBuf,
+    /// Cancelled when neko starts to shut down: every WebSocket sends its close frame (1001).
+    pub shutdown: CancellationToken,
+    /// The open WebSockets, so shutdown can wait (briefly) for their close frames.
+    pub sockets: TaskTracker,
 }
 
 impl AppState {

@@ -70,12 +70,14 @@ const GOING_AWAY: u16 = 1001;
 
 /// `GET /ws/run`.
 pub async fn run_socket(ws: WebSocketUpgrade, State(app): State<AppState>) -> Response {
-    upgrade(ws).on_upgrade(move |socket| serve(socket, app, Kind::Run))
+    let sockets = app.sockets.clone();
+    upgrade(ws).on_upgrade(move |socket| sockets.track_future(serve(socket, app, Kind::Run)))
 }
 
 /// `GET /ws/admin`.
 pub async fn admin_socket(ws: WebSocketUpgrade, State(app): State<AppState>) -> Response {
-    upgrade(ws).on_upgrade(move |socket| serve(socket, app, Kind::Admin))
+    let sockets = app.sockets.clone();
+    upgrade(ws).on_upgrade(move |socket| sockets.track_future(serve(socket, app, Kind::Admin)))
 }
 
 fn upgrade(ws: WebSocketUpgrade) -> WebSocketUpgrade {
@@ -417,10 +419,12 @@ impl Session {
     ) -> End {
         let every = self.limits.ping_every;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let shutdown = self.app.shutdown.clone();
         loop {
             let wake = tokio::select! {
                 frame = incoming.recv() => Wake::Frame(frame),
                 event = events.recv() => Wake::Event(event),
+                () = shutdown.cancelled() => Wake::Event(Err(RecvError::Closed)),
                 Some(done) = self.requests.join_next(), if !self.requests.is_empty() => {
                     Wake::Answered(done)
                 }
@@ -788,6 +792,8 @@ mod tests {
             run_events: broadcast::channel(16).0,
             run_tokens: RunTokenSigner::new("k"),
             plugin_logs_dir: std::path::PathBuf::new(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            sockets: tokio_util::task::TaskTracker::new(),
         }
     }
 
