@@ -97,6 +97,18 @@ pub(crate) enum Handler {
 }
 
 impl Handler {
+    /// Wraps an async handler function (a closure returning a future).
+    pub(crate) fn from_async<F, Fut>(handler: F) -> Self
+    where
+        F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = HandlerResult> + Send + 'static,
+    {
+        Handler::Async(Arc::new(move |ctx, args| {
+            let fut: BoxFuture<HandlerResult> = Box::pin(handler(ctx, args));
+            fut
+        }))
+    }
+
     /// Starts the handler and returns its outcome as a future. Dropping the future aborts an
     /// async handler; a synchronous one keeps running on its thread (Rust cannot interrupt it),
     /// which is why its context's cancel flag is set at the same time.

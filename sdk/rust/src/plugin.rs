@@ -52,11 +52,7 @@ impl Plugin {
         F: Fn(Context, serde_json::Value) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        let handler = Handler::Async(Arc::new(move |ctx, args| {
-            let fut: BoxFuture<HandlerResult> = Box::pin(handler(ctx, args));
-            fut
-        }));
-        self.entries.push((entry, handler));
+        self.entries.push((entry, Handler::from_async(handler)));
         self
     }
 
@@ -69,11 +65,8 @@ impl Plugin {
         F: Fn(Context, serde_json::Value) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
-        let handler = Handler::Async(Arc::new(move |ctx, args| {
-            let fut: BoxFuture<HandlerResult> = Box::pin(handler(ctx, args));
-            fut
-        }));
-        self.events.push((event_type.into(), entry, handler));
+        self.events
+            .push((event_type.into(), entry, Handler::from_async(handler)));
         self
     }
 
