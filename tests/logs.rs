@@ -192,37 +192,17 @@ async fn logs_routes_answer_empty_without_files_and_check_their_input() {
 mod live {
     //! `WS /ws/logs/{id}?code=<admin token>`: the live tail.
 
-    use futures::StreamExt;
     use serde_json::Value;
-    use tokio_tungstenite::tungstenite::{Error, Message};
+    use tokio_tungstenite::tungstenite::Error;
 
     use super::{Neko, TIMEOUT, bin_dir, shell_plugin};
     use crate::helper::TOKEN;
-
-    type Ws = tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >;
-
-    async fn connect(neko: &Neko, path: &str) -> Result<Ws, Error> {
-        let url = format!("{}{path}", neko.base.replacen("http", "ws", 1));
-        tokio_tungstenite::connect_async(url)
-            .await
-            .map(|(ws, _)| ws)
-    }
+    use crate::helper::ws::{Ws, closed, next_json, try_connect as connect};
 
     /// The next JSON frame that is not a ping.
     async fn recv(ws: &mut Ws) -> Value {
         loop {
-            let msg = tokio::time::timeout(TIMEOUT, ws.next())
-                .await
-                .expect("a frame in time")
-                .expect("socket open")
-                .expect("frame read");
-            let Message::Text(text) = msg else {
-                assert!(!msg.is_close(), "closed: {msg:?}");
-                continue;
-            };
-            let frame: Value = serde_json::from_str(&text).expect("JSON frame");
+            let frame = next_json(ws, TIMEOUT).await;
             if frame["type"] != "ping" {
                 return frame;
             }
@@ -249,17 +229,11 @@ mod live {
             .expect("connects");
         assert_eq!(recv(&mut ws).await["type"], "initial");
         let started = std::time::Instant::now();
+        // Appends may come first (the plugin's start-up lines); the ping follows 30 s of silence.
         let ping = loop {
-            let msg = tokio::time::timeout(std::time::Duration::from_secs(40), ws.next())
-                .await
-                .expect("a ping within 40 s")
-                .expect("socket open")
-                .expect("frame read");
-            if let Message::Text(text) = msg {
-                let frame: Value = serde_json::from_str(&text).unwrap();
-                if frame["type"] == "ping" {
-                    break frame;
-                }
+            let frame = next_json(&mut ws, std::time::Duration::from_secs(40)).await;
+            if frame["type"] == "ping" {
+                break frame;
             }
         };
         assert_eq!(ping, serde_json::json!({"type": "ping"}));
@@ -269,19 +243,10 @@ mod live {
         );
 
         crate::helper::signal(neko.pid(), libc::SIGTERM);
-        let closed = loop {
-            match tokio::time::timeout(TIMEOUT, ws.next())
-                .await
-                .expect("closed in time")
-            {
-                Some(Ok(Message::Close(frame))) => break frame,
-                Some(Ok(_)) => continue,
-                other => panic!("no close frame: {other:?}"),
-            }
-        };
-        let frame = closed.expect("a close frame with a code");
-        assert_eq!(u16::from(frame.code), 1001, "{frame:?}");
-        assert_eq!(frame.reason.as_str(), "server shutting down");
+        assert_eq!(
+            closed(&mut ws).await,
+            (1001, "server shutting down".to_string())
+        );
     }
 
     /// The initial frame holds the plugin's lines so far; what the plugin prints later arrives

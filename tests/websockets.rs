@@ -1,22 +1,15 @@
 //! The WebSockets: `/ws/run` (one run's changes, opened with its run token) and `/ws/admin`
 //! (every change, opened with the admin token), spoken to with a real WebSocket client.
 
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::helper::ws::{Ws, closed, next_json, try_connect};
 use crate::helper::{Neko, TIMEOUT, TOKEN, echo_plugin};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 async fn connect(neko: &Neko, path: &str) -> Ws {
-    let url = format!("{}{path}", neko.base.replacen("http", "ws", 1));
-    let (ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("websocket connects");
-    ws
+    try_connect(neko, path).await.expect("websocket connects")
 }
 
 async fn send(ws: &mut Ws, frame: &Value) {
@@ -28,38 +21,12 @@ async fn send(ws: &mut Ws, frame: &Value) {
 /// The next JSON frame from the server (pings are answered and skipped).
 async fn recv(ws: &mut Ws) -> Value {
     loop {
-        let msg = tokio::time::timeout(TIMEOUT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("socket open")
-            .expect("frame read");
-        let Message::Text(text) = msg else {
-            assert!(!msg.is_close(), "closed unexpectedly: {msg:?}");
-            continue;
-        };
-        let frame: Value = serde_json::from_str(&text).expect("JSON frame");
+        let frame = next_json(ws, TIMEOUT).await;
         if frame["type"] == "ping" {
             send(ws, &json!({"type": "pong"})).await;
             continue;
         }
         return frame;
-    }
-}
-
-/// Reads until the server closes; returns the close code and reason.
-async fn closed(ws: &mut Ws) -> (u16, String) {
-    loop {
-        let msg = tokio::time::timeout(TIMEOUT, ws.next())
-            .await
-            .expect("closed in time");
-        match msg {
-            Some(Ok(Message::Close(Some(frame)))) => {
-                return (u16::from(frame.code), frame.reason.to_string());
-            }
-            Some(Ok(Message::Close(None))) | None => panic!("closed without a close frame"),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => panic!("socket failed before its close frame: {e}"),
-        }
     }
 }
 

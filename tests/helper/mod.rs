@@ -1,6 +1,8 @@
 //! Test fixtures: a real `neko` process on a free port with a temporary plugins folder, and a
 //! poll-with-deadline helper.
 
+pub mod ws;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
