@@ -876,22 +876,22 @@ mod tests {
         let name = path.file_name().unwrap().to_str().unwrap();
         assert!(name.starts_with("p1_") && name.ends_with(".log"), "{name}");
         assert_eq!(name.len(), "p1_YYYYmmdd_HHMMSS.log".len(), "{name}");
-        let page = read_logs(
-            dir.path(),
-            None,
-            &id,
-            &LogQuery {
-                lines: 1,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let page = last_line(dir.path(), &id);
         assert_eq!(page.total_lines, 1);
         assert_eq!(page.logs[0].message, "world");
         assert_eq!(page.logs[0].level, "INFO");
         assert_eq!(page.log_file.as_deref(), Some(name));
         // Disabled: nothing is written.
         assert!(PluginLogWriter::open(&PluginLogSettings::disabled(), &id).is_none());
+    }
+
+    /// The newest line of `id`'s newest file in neko's folder `dir`.
+    fn last_line(dir: &Path, id: &PluginId) -> LogsPage {
+        let query = LogQuery {
+            lines: 1,
+            ..Default::default()
+        };
+        read_logs(dir, None, id, &query).unwrap()
     }
 
     /// A full file is followed by a new one; only `max_files` are kept.
@@ -908,16 +908,7 @@ mod tests {
         assert_eq!(files.len(), 3, "{files:?}");
         assert!(files.iter().all(|f| f.size <= 100), "{files:?}");
         // The newest holds the last line.
-        let page = read_logs(
-            dir.path(),
-            None,
-            &id,
-            &LogQuery {
-                lines: 1,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let page = last_line(dir.path(), &id);
         assert_eq!(page.logs[0].message, "line 19 padding padding");
         assert_eq!(page.log_file.as_deref(), Some(files[0].filename.as_str()));
     }
