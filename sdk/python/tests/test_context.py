@@ -119,6 +119,59 @@ def test_request_errors_and_timeouts():
     assert transport.forgotten == ["q-1", "q-2"]
 
 
+class LoopTransport(FakeTransport):
+    """Answers on the event loop, by hand: the loop-native request form (`start_request_async`)."""
+
+    def __init__(self):
+        super().__init__("never")
+        self.answers = {}
+
+    def start_request_async(self, op, args):
+        self.requests.append((op, args))
+        request_id = f"q-{len(self.requests)}"
+        self.answers[request_id] = asyncio.get_running_loop().create_future()
+        return request_id, self.answers[request_id]
+
+
+def test_async_request_deadlines_share_one_timer():
+    transport = LoopTransport()
+    logger = PluginLogger("test").bind(plugin_id="demo")
+    logger.remove()
+    ctx = PluginContext("demo", None, logger, transport)
+
+    async def inside():
+        loop = asyncio.get_running_loop()
+        ended = []
+
+        async def ask(name, timeout):
+            try:
+                result = await ctx._request_async("config.get", {"name": name}, timeout=timeout)
+            except TimeoutError as exc:
+                result = str(exc)
+            ended.append((name, result, round(loop.time() - started, 2)))
+
+        started = loop.time()
+        tasks = [asyncio.create_task(ask(n, t)) for n, t in (("late", 0.3), ("early", 0.1), ("answered", 0.1), ("none", 0))]
+        await asyncio.sleep(0.03)
+        transport.answers["q-3"].set_result({"ok": True, "result": {"config": "x"}})
+        await asyncio.sleep(0.02)
+        transport.answers["q-4"].set_result({"ok": True, "result": {"config": "y"}})
+        await asyncio.gather(*tasks)
+        assert [(n, r) for n, r, _ in ended] == [
+            ("answered", {"config": "x"}),
+            ("none", {"config": "y"}),
+            ("early", "config.get timed out after 0.1s"),
+            ("late", "config.get timed out after 0.3s"),
+        ]
+        # No deadline passes early (the order above shows that each passes in turn).
+        assert ended[2][2] >= 0.09 and ended[3][2] >= 0.29
+        deadlines = ctx._deadlines_of(loop)
+        assert deadlines.ends == {} and deadlines.timer is None
+
+    asyncio.run(inside())
+    assert transport.forgotten == ["q-3", "q-4", "q-2", "q-1"]
+
+
 def test_run_updates_and_exports_send_their_requests():
     ctx, transport = make_ctx()
     ctx.run_update(run_id="r", progress=0.5, stage="s")

@@ -27,9 +27,10 @@ import os
 import threading
 import time
 import tomllib
+import weakref
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Union
 
 from ..sdk.errors import RequestError
 from ..sdk.logger import PluginLogger, enable_plugin_file_logging
@@ -103,6 +104,50 @@ def _expire(answer: asyncio.Future) -> None:
         answer.set_exception(TimeoutError())
 
 
+class _Deadlines:
+    """The deadlines of one event loop's pending requests, under one timer armed at the earliest.
+
+    A timer per request (`call_later`, then `cancel` when the answer comes first, as nearly every
+    answer does) costs a heap push and Python-level comparisons of timer handles on every request;
+    here a request costs a dict entry, and the timer moves only for a deadline earlier than its own.
+    """
+
+    #: Deadlines this close to the timer's firing count as passed (the loop may fire a hair early).
+    SLACK_S = 0.001
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.ends: dict[asyncio.Future, float] = {}
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.at: Optional[float] = None
+
+    def add(self, answer: asyncio.Future, limit: float) -> None:
+        end = self.loop.time() + limit
+        self.ends[answer] = end
+        if self.at is None or end < self.at:
+            self._arm(end)
+
+    def discard(self, answer: asyncio.Future) -> None:
+        # The timer stays: when it fires it finds nothing due and moves to the next deadline.
+        self.ends.pop(answer, None)
+
+    def _arm(self, at: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.at = at
+        self.timer = self.loop.call_at(at, self._fire)
+
+    def _fire(self) -> None:
+        self.timer = self.at = None
+        ends = self.ends
+        limit = self.loop.time() + self.SLACK_S
+        for answer in [a for a, end in ends.items() if end <= limit]:
+            del ends[answer]
+            _expire(answer)
+        if ends:
+            self._arm(min(ends.values()))
+
+
 def running_loop() -> Optional[asyncio.AbstractEventLoop]:
     try:
         return asyncio.get_running_loop()
@@ -124,7 +169,18 @@ def sync_in_loop_error(name: str) -> RuntimeError:
     )
 
 
-def unwrap_response(op: str, body: dict, *, wrap_result: bool = True, timeout_message: Optional[str] = None) -> Any:
+#: What a timeout raises: a text, a function making it (when formatting it is not worth doing for
+#: every request), or None for "<op> timed out after <timeout>s".
+TimeoutText = Union[str, Callable[[], str], None]
+
+
+def _timeout_text(message: TimeoutText, op: str, timeout: Optional[float]) -> str:
+    if message is None:
+        return f"{op} timed out after {timeout}s"
+    return message() if callable(message) else message
+
+
+def unwrap_response(op: str, body: dict, *, wrap_result: bool = True, timeout_message: TimeoutText = None) -> Any:
     """A RESPONSE body → its result, or RequestError (a RuntimeError) with the supervisor's message
     and code. With `timeout_message`, a TIMEOUT answer raises TimeoutError(timeout_message) instead."""
     if not body.get("ok"):
@@ -132,7 +188,7 @@ def unwrap_response(op: str, body: dict, *, wrap_result: bool = True, timeout_me
         message = error.get("message") or f"{op} failed"
         code = error.get("code") or "INTERNAL"
         if timeout_message is not None and code == "TIMEOUT":
-            raise TimeoutError(timeout_message)
+            raise TimeoutError(_timeout_text(timeout_message, op, None))
         raise RequestError(message, code=code, details=error.get("details"))
     result = body.get("result")
     if wrap_result and not isinstance(result, dict):
@@ -167,6 +223,9 @@ class PluginContext:
         self._plane_lock = threading.Lock()
         self._fast_ids = itertools.count(1)
         self._watchers: list[Any] = []
+        #: Deadlines of async requests, per event loop (the last one used is kept at hand).
+        self._deadlines: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Deadlines]" = weakref.WeakKeyDictionary()
+        self._last_deadlines: Optional[_Deadlines] = None
 
     def __repr__(self) -> str:
         return f"PluginContext(plugin_id={self.plugin_id!r})"
@@ -244,7 +303,7 @@ class PluginContext:
         *,
         wrap_result: bool = True,
         wait: Optional[float] = None,
-        timeout_message: Optional[str] = None,
+        timeout_message: TimeoutText = None,
     ) -> Any:
         """`wait`: how long to wait for the RESPONSE (default `timeout`). `timeout_message`: when
         set, both the SDK's own wait expiring and a TIMEOUT answer raise TimeoutError with it."""
@@ -256,23 +315,35 @@ class PluginContext:
             try:
                 body = await asyncio.wait_for(asyncio.wrap_future(future), limit if limit and limit > 0 else None)
             except TimeoutError:
-                raise TimeoutError(timeout_message or f"{op} timed out after {timeout}s") from None
+                raise TimeoutError(_timeout_text(timeout_message, op, timeout)) from None
             finally:
                 self._transport.forget(request_id)
             return unwrap_response(op, body, wrap_result=wrap_result, timeout_message=timeout_message)
         # The response arrives in a future of this loop; the wait is bounded by one timer (what
         # asyncio.wait_for would do, without its extra future and task wake-ups).
         request_id, answer = start_async(op, args)
-        timer = asyncio.get_running_loop().call_later(limit, _expire, answer) if limit and limit > 0 else None
+        deadlines = self._deadlines_of(answer.get_loop()) if limit and limit > 0 else None
+        if deadlines is not None:
+            deadlines.add(answer, limit)
         try:
             body = await answer
         except TimeoutError:
-            raise TimeoutError(timeout_message or f"{op} timed out after {timeout}s") from None
+            raise TimeoutError(_timeout_text(timeout_message, op, timeout)) from None
         finally:
-            if timer is not None:
-                timer.cancel()
+            if deadlines is not None:
+                deadlines.discard(answer)
             self._transport.forget(request_id)
         return unwrap_response(op, body, wrap_result=wrap_result, timeout_message=timeout_message)
+
+    def _deadlines_of(self, loop: asyncio.AbstractEventLoop) -> _Deadlines:
+        deadlines = self._last_deadlines
+        if deadlines is None or deadlines.loop is not loop:
+            with self._plane_lock:  # loops in other threads may make their first request now too
+                deadlines = self._deadlines.get(loop)
+                if deadlines is None:
+                    deadlines = self._deadlines[loop] = _Deadlines(loop)
+            self._last_deadlines = deadlines
+        return deadlines
 
     def _request_sync(
         self,
@@ -284,7 +355,7 @@ class PluginContext:
         check_policy: bool = False,
         wrap_result: bool = True,
         wait: Optional[float] = None,
-        timeout_message: Optional[str] = None,
+        timeout_message: TimeoutText = None,
     ) -> Any:
         self._require_served(op)
         if running_loop() is not None:
@@ -296,7 +367,7 @@ class PluginContext:
         try:
             body = _wait_in_call(future, limit if limit and limit > 0 else None)
         except TimeoutError:
-            raise TimeoutError(timeout_message or f"{op} timed out after {timeout}s") from None
+            raise TimeoutError(_timeout_text(timeout_message, op, timeout)) from None
         finally:
             self._transport.forget(request_id)
         if body is None:
@@ -313,7 +384,7 @@ class PluginContext:
         check_policy: bool = False,
         wrap_result: bool = True,
         wait: Optional[float] = None,
-        timeout_message: Optional[str] = None,
+        timeout_message: TimeoutText = None,
     ) -> Any:
         """Smart: a coroutine inside a running event loop, else the result."""
         self._require_served(op)
@@ -552,7 +623,8 @@ class PluginContext:
             mode != "async",
             wrap_result=False,
             wait=timeout + PLUGIN_CALL_GRACE_S,
-            timeout_message=f"Plugin {target_plugin_id} event {event_type}.{event_id} timed out after {timeout}s",
+            # Made only when needed: formatting it for every call costs more than the call's wait setup.
+            timeout_message=lambda: f"Plugin {target_plugin_id} event {event_type}.{event_id} timed out after {timeout}s",
         )
 
     def trigger_plugin_event(self, target_plugin_id: str, event_type: str, event_id: str, args: Any = None, timeout: float = 10.0) -> Any:

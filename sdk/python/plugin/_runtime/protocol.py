@@ -73,31 +73,38 @@ class _Bad(Exception):
     pass
 
 
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _json_value(value: Any, where: str) -> Any:
-    """Checks that `value` is a JSON value as msgpack carries it (no bin, no ext, str keys)."""
+    """Checks that `value` is a JSON value as msgpack carries it (no bin, no ext, str keys) and
+    returns it as it is: the decoder made it, so there is nothing to copy. msgpack's integers all
+    fit the i64/u64 range serde_json takes."""
     kind = type(value)
-    if kind is str or kind is bool or value is None:
+    if kind in _JSON_SCALARS:
         return value
-    if kind is dict and not value:
-        return {}
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        if value < -(1 << 63) or value > _U64:
-            raise _Bad(f"{where}: integer out of range")
-        return value
-    if isinstance(value, float):
-        return value
-    if isinstance(value, list):
-        return [_json_value(v, where) for v in value]
-    if isinstance(value, dict):
-        out = {}
+    try:
+        _check_json(value, kind, where)
+    except RecursionError:
+        raise _Bad(f"{where}: nested too deeply") from None
+    return value
+
+
+def _check_json(value: Any, kind: type, where: str) -> None:
+    if kind is dict:
         for k, v in value.items():
-            if not isinstance(k, str):
+            if type(k) is not str:
                 raise _Bad(f"{where}: map key is not a string")
-            out[k] = _json_value(v, where)
-        return out
-    raise _Bad(f"{where}: {type(value).__name__} is not a JSON value")
+            t = type(v)
+            if t not in _JSON_SCALARS:
+                _check_json(v, t, where)
+    elif kind is list:
+        for v in value:
+            t = type(v)
+            if t not in _JSON_SCALARS:
+                _check_json(v, t, where)
+    else:
+        raise _Bad(f"{where}: {kind.__name__} is not a JSON value")
 
 
 def _uint(limit: int) -> Callable[[Any, str], int]:

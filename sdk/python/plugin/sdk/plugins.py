@@ -18,9 +18,11 @@ from .errors import PluginCallError, RequestError
 
 def _parts(ref: str, count: int, shape: str) -> list[str]:
     parts = ref.split(":") if isinstance(ref, str) else []
-    if len(parts) != count or not all(p.strip() for p in parts):
-        raise PluginCallError(f"Invalid reference '{ref}': expected '{shape}'", code="VALIDATION_ERROR")
-    return [p.strip() for p in parts]
+    if len(parts) == count:
+        parts = [p.strip() for p in parts]
+        if all(parts):
+            return parts
+    raise PluginCallError(f"Invalid reference '{ref}': expected '{shape}'", code="VALIDATION_ERROR")
 
 
 def _as_call_error(exc: BaseException) -> BaseException:
