@@ -436,7 +436,7 @@ class PluginHost:
                 # As in the reference, worker threads see neither the run id nor the handler scope.
                 work = self.worker_pool.submit(self._thread_call, entry, kwargs, None, None, call)
             elif entry.is_async:
-                self._start_async(call, self._async_call(entry, kwargs, label, run_id, call))
+                self._start_async(call, self._async_call(entry, kwargs, label, run_id, call), label)
                 return
             else:
                 work = self.sync_pool.submit(self._thread_call, entry, kwargs, label, run_id, call)
@@ -446,18 +446,18 @@ class PluginHost:
             self.logger.opt(exception=exc).error("call {} failed inside the runtime", call_id)
             self._finish_call(call, outcome_from_exception(exc))
 
-    def _start_async(self, call: _Call, coro: Any) -> None:
-        """Runs `coro` (the call's handler) as a task of the handler loop; its end finishes the call."""
+    def _start_async(self, call: _Call, coro: Any, label: str) -> None:
+        """Runs `coro` (`_async_call` for the call's handler, which finishes the call itself) as a
+        task of the handler loop, named after what it runs (for the watchdog)."""
 
         def start() -> None:  # on the handler loop
             if call.canceled or call.answered.locked():  # canceled or timed out before it started
                 coro.close()
                 return
-            task = self.handler_loop.create_task(coro)
+            task = self.handler_loop.create_task(coro, name=label)
             call.work = task
-            task.add_done_callback(functools.partial(self._task_done, call))
             # A CANCEL or deadline handled on the I/O loop since the check above found no work
-            # to cancel: cancel it now.
+            # to cancel: cancel it now (whoever canceled it has answered and forgotten the call).
             if call.canceled or call.answered.locked():
                 task.cancel()
 
@@ -466,19 +466,6 @@ class PluginHost:
         elif not self.handlers.call_soon(start):
             coro.close()
             self._finish_call(call, outcome_from_exception(RuntimeError("the handler loop is not running")))
-
-    def _task_done(self, call: _Call, task: asyncio.Task) -> None:  # on the handler loop
-        if task.cancelled():
-            outcome = Outcome.failure("CANCELED", "canceled")
-        else:
-            exc = task.exception()
-            if exc is not None:
-                assert call.entry is not None
-                self._log_failure(call.entry, exc)
-                outcome = outcome_from_exception(exc)
-            else:
-                outcome = task.result()
-        self._finish_call(call, outcome)
 
     def _thread_done(self, call: _Call, work: concurrent.futures.Future) -> None:  # on the pool thread
         entry = call.entry
@@ -494,7 +481,7 @@ class PluginHost:
                 outcome = work.result()
         if isinstance(outcome, _Awaitable):
             # A sync handler returned an awaitable: await it on the handler loop, under the same deadline.
-            self._start_async(call, self._async_call(entry, None, entry.label, call.scope.run_id, call, awaitable=outcome.value))
+            self._start_async(call, self._async_call(entry, None, entry.label, call.scope.run_id, call, awaitable=outcome.value), entry.label)
             return
         self._finish_call(call, outcome)
 
@@ -629,19 +616,25 @@ class PluginHost:
         self.logger.opt(exception=exc.with_traceback(tb)).error("{} raised {}: {}", entry.what, type(exc).__name__, exc)
 
     async def _async_call(self, entry: RuntimeEntry, kwargs: Optional[dict], label: str, run_id: Optional[str], call: _Call, awaitable: Any = None) -> Any:
-        # Runs on the handler loop, in its own task (and so its own copy of the context).
-        name_task(label)
+        # Runs on the handler loop, in its own task (and so its own copy of the context), and
+        # finishes the call as it ends: no done callback, no extra turn of the loop. A task
+        # canceled before its first step never runs this; whoever canceled it has answered.
         scope.enter(label, run_id, call.scope)
         try:
             value = await (awaitable if awaitable is not None else entry.handler(**(kwargs or {})))
         except asyncio.CancelledError:
+            self._finish_call(call, Outcome.failure("CANCELED", "canceled"))
             raise
         except Exception as exc:
             self._log_failure(entry, exc)
             outcome = outcome_from_exception(exc)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt from plugin code: answered, then raised on
+            self._log_failure(entry, exc)
+            self._finish_call(call, outcome_from_exception(exc))
+            raise
         else:
             outcome = convert_return(entry.id, value)
-        self._answer_early(call, outcome)
+        self._finish_call(call, outcome)
         return outcome
 
     def _thread_call(self, entry: RuntimeEntry, kwargs: dict, label: Optional[str], run_id: Optional[str], call: _Call) -> Any:

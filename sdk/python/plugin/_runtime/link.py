@@ -66,14 +66,14 @@ except Exception:  # pragma: no cover - another backend
 
 
 def _recv_message(sock: zmq.Socket) -> Optional[list]:
-    """The next message's frames, or None when none is waiting (never blocks). A receive that finds
-    nothing (EAGAIN) processes the socket's pending commands as reading EVENTS does, which re-arms its
-    edge-triggered FD; frames are taken without a copy, which also tells whether more parts follow,
-    without asking the socket (RCVMORE) for each."""
-    try:
-        frame = _zrecv(sock, _NOBLOCK, False)
-    except zmq.Again:
+    """The next message's frames, or None when none is waiting (never blocks). Reading EVENTS
+    processes the socket's pending commands, which re-arms its edge-triggered FD, and costs less
+    than the EAGAIN exception a receive would raise at the end of every drain; frames are taken
+    without a copy, which also tells whether more parts follow, without asking the socket (RCVMORE)
+    for each."""
+    if not _zget(sock, _EVENTS) & _POLLIN:
         return None
+    frame = _zrecv(sock, _NOBLOCK, False)  # zmq.Again here is handled by the drain
     frames = [frame.bytes]
     while frame.more:
         frame = _zrecv(sock, _NOBLOCK, False)

@@ -344,9 +344,14 @@ def _mac_function(key: bytes, direction: str) -> Callable[[bytes], bytes]:
     """`compute_mac(key, direction, ·)`, from an HMAC already keyed and fed the direction tag (the
     key schedule and the tag are done once per session instead of once per frame)."""
     base = hmac.new(key, direction.encode("ascii"), hashlib.sha256)
+    # OpenSSL's HMAC object behind the `hmac` module's Python wrapper, when there is one: three
+    # method calls per frame without the wrapper's own layer.
+    inner = getattr(base, "_hmac", None)
+    if not all(callable(getattr(inner, name, None)) for name in ("copy", "update", "digest")):
+        inner = base
 
     def mac_of(payload: bytes) -> bytes:
-        mac = base.copy()
+        mac = inner.copy()
         mac.update(payload)
         return mac.digest()
 
