@@ -31,7 +31,7 @@ supported = ">=0.1.0,<0.2.0"
 import asyncio
 from pathlib import Path
 
-from plugin.sdk import NekoPluginBase, custom_event, neko_plugin, plugin_entry
+from plugin.sdk import NekoPluginBase, custom_event, fail, neko_plugin, ok, plugin_entry
 
 
 @neko_plugin
@@ -61,6 +61,19 @@ class Caller(NekoPluginBase):
     @plugin_entry(id="double")
     def double(self, x):
         return {"value": x * 2, "by": self.ctx.plugin_id, "caller": self.ctx.caller_plugin_id}
+
+    @plugin_entry(id="enveloped")
+    def enveloped(self, x=0):
+        return ok(data={"x": x}, message="fine")
+
+    @plugin_entry(id="refusing")
+    async def refusing(self):
+        return fail("NOPE", "not today")
+
+    @plugin_entry(id="relay_whole")
+    async def relay_whole(self, target):
+        # The callee's raw return value, kept out of this entry's own envelope handling.
+        return {"got": await self.plugins.call_entry(target, {})}
 
     @plugin_entry(id="sleepy")
     async def sleepy(self, seconds):
@@ -483,6 +496,38 @@ async fn sync_call_policy_and_list_filters() {
         .run("alpha", "list", json!({"filters": {"status_in": 3}}))
         .await;
     assert_eq!(run["error"]["code"], "VALIDATION_ERROR", "{run}");
+}
+
+/// As in the reference, a plugin call hands back the callee's raw return value: an `ok(...)` or
+/// `fail(...)` envelope arrives whole (a `fail` is data, not an error), while a run of the same
+/// entries gets the envelope's data or fails with its code.
+#[tokio::test]
+async fn envelopes_reach_a_calling_plugin_whole() {
+    let neko = start(&[("alpha", ""), ("beta", "")], &[]).await;
+    let run = neko
+        .run("alpha", "relay_whole", json!({"target": "beta:enveloped"}))
+        .await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let got = &run["result"]["got"];
+    assert_eq!(got["success"], true, "{run}");
+    assert_eq!(got["data"], json!({"x": 0}), "{run}");
+    assert_eq!(got["message"], "fine", "{run}");
+    assert!(got["time"].is_string() && got["error"].is_null(), "{run}");
+
+    let run = neko
+        .run("alpha", "relay_whole", json!({"target": "beta:refusing"}))
+        .await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let got = &run["result"]["got"];
+    assert_eq!(got["success"], false, "{run}");
+    assert_eq!(got["error"]["code"], "NOPE", "{run}");
+    assert_eq!(got["error"]["message"], "not today", "{run}");
+
+    let run = neko.run("beta", "enveloped", json!({"x": 3})).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["result"], json!({"x": 3}), "{run}");
+    let run = neko.run("beta", "refusing", json!({})).await;
+    assert_failed(&run, "NOPE", "not today");
 }
 
 /// Rust → Rust through the echo plugin's `call` entry (async) and `call_blocking` (sync).

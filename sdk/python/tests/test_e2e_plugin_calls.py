@@ -6,7 +6,7 @@ import pytest
 from fake_supervisor import FakeSupervisor
 
 PLUGIN_CODE = '''
-from plugin.sdk import NekoPluginBase, PluginCallError, custom_event, plugin_entry
+from plugin.sdk import NekoPluginBase, PluginCallError, custom_event, fail, ok, plugin_entry
 
 
 class Alpha(NekoPluginBase):
@@ -36,6 +36,14 @@ class Alpha(NekoPluginBase):
     @plugin_entry(id="query")
     async def query(self, **_):
         return await self.plugins.require("beta")
+
+    @plugin_entry(id="enveloped")
+    def enveloped(self, **_):
+        return ok(data={"a": 1}, message="fine")
+
+    @plugin_entry(id="refusing")
+    async def refusing(self, **_):
+        return fail("NOPE", "not today")
 
     @custom_event(event_type="game", id="ping")
     async def ping(self, n=0, **_):
@@ -110,3 +118,19 @@ def test_custom_event_called_by_another_plugin(sup):
     assert r["ok"] and r["data"] == {"pong": 5, "caller": "beta", "label": "game.ping"}
     r = sup.result(sup.trigger("pong", {}, event_type="game", caller="beta"))
     assert r["error"] == {"code": "NOT_FOUND", "message": "Custom event 'game.pong' not found", "details": None}
+
+
+def test_envelopes_reach_a_calling_plugin_whole_and_runs_unwrapped(sup):
+    """The reference hands a plugin call the callee's raw return value: an ok()/fail() envelope is
+    the data itself (a fail() is not an error); a run of the same entry is unwrapped as usual."""
+    r = sup.result(sup.trigger("enveloped", {}, caller="beta"))
+    assert r["ok"] and r["data"]["success"] is True and r["data"]["data"] == {"a": 1} and r["data"]["message"] == "fine"
+    assert {"error", "time", "trace_id"} <= set(r["data"])
+    r = sup.result(sup.trigger("refusing", {}, caller="beta"))
+    assert r["ok"] and r["data"]["success"] is False and r["data"]["error"]["code"] == "NOPE"
+    assert r["data"]["error"]["message"] == "not today"
+    # Through /runs (no caller) the envelope is the run's outcome.
+    r = sup.call("enveloped")
+    assert r["ok"] and r["data"] == {"a": 1}
+    r = sup.call("refusing")
+    assert not r["ok"] and r["error"]["code"] == "NOPE" and r["error"]["message"] == "not today"

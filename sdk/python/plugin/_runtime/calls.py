@@ -3,7 +3,8 @@
 - `prepare_kwargs`: the TRIGGER's `args` become keyword arguments, `_ctx` included; `_ctx` is left
   out for handlers that accept neither `_ctx` nor `**kwargs`. Arguments that do not fit the
   signature are refused up front (VALIDATION_ERROR "Invalid call: ...").
-- `convert_return`: ok/fail envelopes, Ok/Err-style results and plain JSON values → an `Outcome`.
+- `convert_return`: ok/fail envelopes, Ok/Err-style results and plain JSON values → an `Outcome`
+  (envelopes stay whole for calls from other plugins).
 - `outcome_from_exception`: an exception → INTERNAL "<Type>: <message>" (TIMEOUT for TimeoutError;
   an error neko answered a request with keeps its own code).
 """
@@ -197,9 +198,12 @@ def _is_result_object(value: Any) -> bool:
     return not isinstance(value, (dict, list, str, bytes)) and callable(getattr(value, "is_ok", None))
 
 
-def convert_return(entry_id: str, value: Any) -> Outcome:
-    """What an entry returned → the call's outcome."""
-    if is_envelope(value):
+def convert_return(entry_id: str, value: Any, *, raw_envelopes: bool = False) -> Outcome:
+    """What an entry returned → the call's outcome. With `raw_envelopes` (a call from another
+    plugin), `ok(...)`/`fail(...)` envelopes are the data itself, as the reference hands a plugin
+    call's raw return value back unchanged; Ok/Err results are still unwrapped (the newer SDK's
+    contract for calls between plugins)."""
+    if is_envelope(value) and not raw_envelopes:
         if not value["success"]:
             return _failure_from_envelope(entry_id, value)
         value = value.get("data")

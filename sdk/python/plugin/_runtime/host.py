@@ -633,7 +633,7 @@ class PluginHost:
             self._finish_call(call, outcome_from_exception(exc))
             raise
         else:
-            outcome = convert_return(entry.id, value)
+            outcome = convert_return(entry.id, value, raw_envelopes=call.scope.caller is not None)
         self._finish_call(call, outcome)
         return outcome
 
@@ -647,7 +647,7 @@ class PluginHost:
             else:
                 if inspect.isawaitable(value):
                     return _Awaitable(value)
-                outcome = convert_return(entry.id, value)
+                outcome = convert_return(entry.id, value, raw_envelopes=call.scope.caller is not None)
             self._answer_early(call, outcome)
             return outcome
 
