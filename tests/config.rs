@@ -506,14 +506,16 @@ async fn config_routes_refuse_traversal_unknown_plugins_and_missing_tokens() {
 }
 
 /// A Python plugin's `self.config` reads the effective config: a profile activated over HTTP
-/// changes what the running plugin sees, as it changes `GET /plugin/{id}/config`.
+/// changes what the running plugin sees, as it changes `GET /plugin/{id}/config`. The plugin also
+/// reads its profiles and plugin.toml alone, and deep-merges writes into plugin.toml (never its
+/// `plugin.id`), as the reference's `self.config.update/set` do.
 #[tokio::test]
 async fn plugin_reads_the_same_effective_config() {
     let plugin = PythonPlugin {
         dir: "cfgprobe",
         toml: "[plugin]\nid = \"cfgprobe\"\nentry = \"plugins.cfgprobe:Probe\"\n\n[plugin.sdk]\nsupported = \">=0.1.0,<0.2.0\"\n\n[probe]\nanswer = 42\nkeep = \"base\"\n".into(),
         init_py: r#"
-from plugin.sdk import NekoPluginBase, neko_plugin, plugin_entry, ok
+from plugin.sdk import NekoPluginBase, PluginConfigError, neko_plugin, plugin_entry, ok
 
 
 @neko_plugin
@@ -521,6 +523,26 @@ class Probe(NekoPluginBase):
     @plugin_entry(id="read")
     def read(self, **_):
         return ok(data={"answer": self.config.get_sync("probe.answer"), "keep": self.config.get_sync("probe.keep")})
+
+    @plugin_entry(id="profiles")
+    async def profiles(self, **_):
+        return {
+            "state": await self.config.get_profiles_state(),
+            "dev": await self.config.get_profile("dev"),
+            "base": await self.config.dump_base(),
+            "as_dev": await self.config.dump_effective("dev"),
+        }
+
+    @plugin_entry(id="write")
+    def write(self, **_):
+        self.config.set_sync("probe.answer", 99)
+        written = self.config.update_sync({"probe": {"added": [1, 2]}})
+        try:
+            self.config.update_sync({"plugin": {"id": "other"}})
+            refused = None
+        except PluginConfigError as exc:
+            refused = str(exc)
+        return {"written": written, "refused": refused}
 "#
         .into(),
         files: Vec::new(),
@@ -542,4 +564,31 @@ class Probe(NekoPluginBase):
     let run = neko.run("cfgprobe", "read", json!({})).await;
     assert_eq!(run["result"]["answer"], 7, "{run}");
     assert_eq!(run["result"]["keep"], "base", "{run}");
+
+    let run = neko.run("cfgprobe", "profiles", json!({})).await;
+    let seen = &run["result"];
+    assert_eq!(seen["state"]["config_profiles"]["active"], "dev", "{run}");
+    assert_eq!(seen["dev"]["config"]["probe"]["answer"], 7, "{run}");
+    assert_eq!(seen["base"]["probe"]["answer"], 42, "{run}");
+    assert_eq!(
+        seen["as_dev"]["probe"],
+        json!({"answer": 7, "keep": "base"}),
+        "{run}"
+    );
+
+    let run = neko.run("cfgprobe", "write", json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["result"]["written"]["success"], true, "{run}");
+    assert_eq!(run["result"]["written"]["requires_reload"], true, "{run}");
+    let refused = run["result"]["refused"].as_str().unwrap_or_default();
+    assert!(refused.contains("protected field 'plugin.id'"), "{run}");
+    let on_disk = read_toml(&neko, "cfgprobe/plugin.toml");
+    assert_eq!(on_disk["plugin"]["id"].as_str(), Some("cfgprobe"));
+    let probe = on_disk["probe"].as_table().expect("[probe]");
+    assert_eq!(probe["answer"].as_integer(), Some(99));
+    assert_eq!(probe["keep"].as_str(), Some("base"));
+    assert_eq!(probe["added"].as_array().map(Vec::len), Some(2));
+    // The active profile still wins over the written base value.
+    let run = neko.run("cfgprobe", "read", json!({})).await;
+    assert_eq!(run["result"]["answer"], 7, "{run}");
 }

@@ -74,6 +74,12 @@ pub enum ConfigRequest {
     DeleteProfile(String),
     /// Make a mapped profile the active one.
     Activate(String),
+    /// Deep-merge this object into plugin.toml (a plugin's own `config.update`); `plugin.id` and
+    /// `plugin.entry` cannot change.
+    Update(Map<String, Value>),
+    /// The base config with the named profile applied (whatever profile is active), plus
+    /// `effective_profile`.
+    Effective(String),
 }
 
 /// What a config request answers; each variant is one of the reference's JSON shapes.
@@ -96,6 +102,18 @@ pub enum ConfigReply {
     Profile(ProfileView),
     /// DELETE config/profiles/{name}.
     Removed(ProfileRemoved),
+    /// A plugin's `config.effective` with a profile name.
+    Effective(EffectiveView),
+}
+
+/// `{"plugin_id", "config", "effective_profile", "last_modified", "config_path"}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EffectiveView {
+    pub plugin_id: PluginId,
+    pub config: Value,
+    pub effective_profile: String,
+    pub last_modified: Option<String>,
+    pub config_path: PathBuf,
 }
 
 /// `{"plugin_id", "config", "last_modified", "config_path"}`.
@@ -268,6 +286,34 @@ pub fn serve(
         } => ConfigReply::Profile(put_profile(folder, &name, config, make_active)?),
         ConfigRequest::DeleteProfile(name) => ConfigReply::Removed(delete_profile(folder, &name)?),
         ConfigRequest::Activate(name) => ConfigReply::Profiles(activate(folder, &name)?),
+        ConfigRequest::Update(patch) => {
+            let (base, _) = read_base(folder)?;
+            let patch = json_to_toml(patch)?;
+            check_protected(&base, &patch, false)?;
+            let mut new = base;
+            merge_tables(&mut new, patch);
+            write_file(&folder.config_path, render(&new)?.as_bytes())?;
+            written(folder, env_profile)?
+        }
+        ConfigRequest::Effective(name) => {
+            let (mut base, _) = read_base(folder)?;
+            let profile = get_profile(folder, &name)?;
+            let Value::Object(overlay) = profile.config else {
+                unreachable!("a profile is a table")
+            };
+            let overlay = json_to_toml(overlay)?;
+            if overlay.contains_key(PLUGIN_TABLE) {
+                return Err(no_plugin_section());
+            }
+            deep_merge(&mut base, overlay);
+            ConfigReply::Effective(EffectiveView {
+                plugin_id: id,
+                config: toml_to_json(toml::Value::Table(base)),
+                effective_profile: name,
+                last_modified: last_modified(&folder.config_path),
+                config_path: folder.config_path.clone(),
+            })
+        }
     })
 }
 
@@ -338,22 +384,20 @@ pub fn with_profile(
 
 /// Merges `overlay` into `base`: tables merge key by key (overlay wins), anything else is
 /// replaced. The top-level `plugin` table is never touched.
-fn deep_merge(base: &mut toml::Table, overlay: toml::Table) {
-    fn merge(into: &mut toml::Table, from: toml::Table) {
-        for (k, v) in from {
-            match (into.get_mut(&k), v) {
-                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
-                (_, v) => {
-                    into.insert(k, v);
-                }
+fn deep_merge(base: &mut toml::Table, mut overlay: toml::Table) {
+    overlay.remove(PLUGIN_TABLE);
+    merge_tables(base, overlay);
+}
+
+/// Tables merge key by key (`from` wins), anything else is replaced.
+fn merge_tables(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge_tables(a, b),
+            (_, v) => {
+                into.insert(k, v);
             }
         }
-    }
-    for (k, v) in overlay {
-        if k == PLUGIN_TABLE {
-            continue;
-        }
-        merge(base, toml::Table::from_iter([(k, v)]));
     }
 }
 

@@ -39,6 +39,7 @@ use crate::plugin_config::{self, PluginFolder};
 use crate::plugin_logs::{PluginLogSettings, PluginLogWriter};
 use crate::plugin_supervisor::PluginSupervisorMsg;
 use crate::python_env::{PythonEnvMsg, PythonLaunch};
+use crate::registry::RegistryMsg;
 use crate::root::TreeRefs;
 use crate::run_tracker::RunTrackerMsg;
 use crate::status_manager::StatusManagerMsg;
@@ -509,6 +510,19 @@ async fn launch_spec(
 }
 
 /// What a Python plugin's interpreter needs to find and import it.
+/// A config request's failure as the plugin sees it: the same text as the config routes give.
+fn config_error(e: crate::error::Error) -> WireError {
+    use crate::error::Error;
+    let code = match &e {
+        Error::PluginNotFound(_) | Error::PluginUnknown(_) | Error::ConfigMissing(_) => {
+            ErrorCode::NotFound
+        }
+        Error::ConfigRejected(_) => ErrorCode::ValidationError,
+        _ => ErrorCode::Internal,
+    };
+    WireError::new(code, e.to_string())
+}
+
 fn python_env(
     manifest: &PluginManifest,
     entry: &str,
@@ -769,6 +783,8 @@ impl ProcessHostState {
     fn request(&mut self, myself: &ActorRef<ProcessHostMsg>, req: Request) {
         let outcome = match req.op.as_str() {
             "run.update" | "export.push" => return self.forward_to_runs(myself, req),
+            "config.base" | "config.profiles" | "config.profile" | "config.effective"
+            | "config.update" => return self.forward_to_registry(myself, req),
             "plugin.call" => return self.plugin_call(myself, req),
             "plugins.query" => {
                 let refs = self.tree.borrow().clone();
@@ -800,6 +816,66 @@ impl ProcessHostState {
         if let Err(e) = self.link.send(Message::Response(response)) {
             tracing::warn!(plugin_id = %self.plugin_id, error = %e, "could not answer a plugin request");
         }
+    }
+
+    /// The plugin's own config beyond `config.get` (base, profiles, a profile's effective view,
+    /// writes): the Registry serves these as it serves the config routes, one at a time, so a
+    /// plugin's write never interleaves with an operator's.
+    fn forward_to_registry(&mut self, myself: &ActorRef<ProcessHostMsg>, req: Request) {
+        use plugin_config::ConfigRequest;
+        let invalid = |m: &str| WireError::new(ErrorCode::ValidationError, m);
+        let profile_name = || match req.args.get("profile_name") {
+            Some(Value::String(name)) if !name.trim().is_empty() => Ok(name.trim().to_string()),
+            _ => Err(invalid("Invalid profile_name")),
+        };
+        let request = match req.op.as_str() {
+            "config.base" => Ok(ConfigRequest::GetBase),
+            "config.profiles" => Ok(ConfigRequest::Profiles),
+            "config.profile" => profile_name().map(ConfigRequest::GetProfile),
+            "config.effective" => match req.args.get("profile_name") {
+                None | Some(Value::Null) => Ok(ConfigRequest::Get),
+                Some(_) => profile_name().map(ConfigRequest::Effective),
+            },
+            _ => match req.args.get("updates") {
+                Some(Value::Object(updates)) => Ok(ConfigRequest::Update(updates.clone())),
+                _ => Err(invalid("Invalid updates: must be a dict")),
+            },
+        };
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => return self.respond(Response::from_outcome(req.request_id, Err(e))),
+        };
+        let registry = self.tree.borrow().as_ref().map(|t| t.registry.clone());
+        let (id, host) = (self.plugin_id.clone(), myself.clone());
+        tokio::spawn(async move {
+            let outcome = match registry {
+                None => Err(WireError::new(
+                    ErrorCode::NotReady,
+                    "the plugin registry is restarting",
+                )),
+                Some(registry) => {
+                    let call = registry.call(
+                        |reply| RegistryMsg::Config(id, request, reply),
+                        Some(PLUGIN_REQUEST_TIMEOUT),
+                    );
+                    match call.await {
+                        Ok(ractor::rpc::CallResult::Success(Ok(reply))) => {
+                            serde_json::to_value(reply)
+                                .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
+                        }
+                        Ok(ractor::rpc::CallResult::Success(Err(e))) => Err(config_error(e)),
+                        _ => Err(WireError::new(
+                            ErrorCode::Internal,
+                            "the plugin registry did not answer",
+                        )),
+                    }
+                }
+            };
+            let _ = host.cast(ProcessHostMsg::Respond(Response::from_outcome(
+                req.request_id,
+                outcome,
+            )));
+        });
     }
 
     /// Run progress and exports belong to the RunTracker: ask it without blocking this host (a

@@ -77,7 +77,7 @@ def test_config_reads_synchronously_outside_a_loop():
         cfg.get("demo.missing")
     with pytest.raises(PluginConfigError):
         cfg.get_section("demo.greeting")
-    assert {op for op, _ in transport.requests} == {"config.get"}
+    assert {op for op, _ in transport.requests} == {"config.get", "config.base"}
     assert len(transport.forgotten) == len(transport.requests)
 
 
@@ -194,10 +194,6 @@ def test_features_of_later_releases_name_themselves():
     ctx, transport = make_ctx()
     cases = [
         (lambda: ctx.query_memory("lan", "q"), "memory queries"),
-        (lambda: PluginConfig(ctx).update({"a": 1}), "config writes"),
-        (lambda: PluginConfig(ctx).set("a.b", 1), "config writes"),
-        (lambda: PluginConfig(ctx).get_profiles_state(), "config profiles"),
-        (lambda: PluginConfig(ctx).dump_effective("dev"), "config profiles"),
         (lambda: ctx.bus.memory.query("lan", "q"), "memory queries"),
     ]
     for call, words in cases:
@@ -205,11 +201,32 @@ def test_features_of_later_releases_name_themselves():
             call()
     assert transport.requests == []  # nothing was sent
     assert isinstance(ctx.bus, BusHub)
-    assert set(PENDING_FEATURES) == {
-        "memory.query", "config.update",
-        "config.profiles", "config.profile", "config.effective", "system.config",
-    }
+    assert set(PENDING_FEATURES) == {"memory.query", "system.config"}
     assert not set(PENDING_FEATURES) & SERVED_OPS  # a served op is never "pending"
+
+
+def test_config_writes_and_profiles_send_their_requests():
+    ctx, transport = make_ctx()
+    cfg = PluginConfig(ctx)
+    cfg.update({"demo": {"greeting": "Yo"}})
+    cfg.set("demo.nested.level", 4)
+    assert cfg.dump_base() == CONFIG
+    cfg.get_profiles_state_sync()
+    cfg.get_profile_sync("dev")
+    assert cfg.dump_effective_sync("dev") == CONFIG
+    assert transport.requests == [
+        ("config.update", {"updates": {"demo": {"greeting": "Yo"}}}),
+        ("config.update", {"updates": {"demo": {"nested": {"level": 4}}}}),
+        ("config.base", {}),
+        ("config.profiles", {}),
+        ("config.profile", {"profile_name": "dev"}),
+        ("config.effective", {"profile_name": "dev"}),
+    ]
+    with pytest.raises(PluginConfigError, match="Invalid updates: must be a dict"):
+        cfg.update_sync(["not", "a", "dict"])
+    ctx, _ = make_ctx("error")
+    with pytest.raises(PluginConfigError, match="cannot read plugin.toml"):
+        PluginConfig(ctx).update({"a": 1})
 
 
 def test_message_plane_features_need_its_endpoints(monkeypatch):

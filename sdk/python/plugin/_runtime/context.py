@@ -38,15 +38,24 @@ from . import scope
 from .message_plane import MessagePlane, MessagePlaneConfig, receipt, uuid4_str
 
 #: Request ops this SDK sends because the supervisor serves them.
-SERVED_OPS = frozenset({"config.get", "run.update", "export.push", "plugin.call", "plugins.query"})
+SERVED_OPS = frozenset(
+    {
+        "config.get",
+        "config.base",
+        "config.profiles",
+        "config.profile",
+        "config.effective",
+        "config.update",
+        "run.update",
+        "export.push",
+        "plugin.call",
+        "plugins.query",
+    }
+)
 
 #: Ops whose features arrive later, with the words used in the NotImplementedError.
 PENDING_FEATURES = {
     "memory.query": "memory queries (ctx.query_memory)",
-    "config.update": "config writes (self.config.update/set, ctx.update_own_config)",
-    "config.profiles": "config profiles (self.config.get_profiles_state)",
-    "config.profile": "config profiles (self.config.get_profile)",
-    "config.effective": "config profiles (self.config.dump_effective with a profile name)",
     "system.config": "the system config (ctx.get_system_config)",
 }
 
@@ -465,8 +474,7 @@ class PluginContext:
         return await self._request_async("config.get", {}, timeout)
 
     async def get_own_base_config(self, timeout: float = 5.0) -> dict:
-        # Without profiles (not served yet) the base config is the whole plugin.toml.
-        return await self._request_async("config.get", {}, timeout)
+        return await self._request_async("config.base", {}, timeout)
 
     async def get_own_effective_config(self, profile_name: Optional[str] = None, timeout: float = 5.0) -> dict:
         if profile_name is None:

@@ -51,7 +51,7 @@ def load_class(entry: str) -> Any:
 
 def _local_answer(env: RuntimeEnv):
     def answer(op: str, args: dict) -> Any:
-        if op == "config.get":
+        if op in ("config.get", "config.base"):  # plugin.toml as it is (profiles need neko)
             return local_config_get(env.plugin_id, env.config_path)
         raise LookupError(op)
 

@@ -68,8 +68,13 @@ def _patch_for(path: str, value: Any) -> dict:
     return patch
 
 
+#: Request op of each read that is not the effective config.
+_READ_OPS = {"dump_base": "config.base"}
+
+
 class PluginConfig:
-    """Read access to the plugin's configuration (writes and profiles come with later neko releases)."""
+    """The plugin's configuration: reads (the effective config, plugin.toml alone, profiles) and
+    deep-merge writes into plugin.toml, all through the supervisor."""
 
     def __init__(self, ctx: Any):
         self.ctx = ctx
@@ -77,17 +82,17 @@ class PluginConfig:
     def __repr__(self) -> str:
         return f"PluginConfig(plugin_id={getattr(self.ctx, 'plugin_id', None)!r})"
 
-    # -- the one read the supervisor serves today ----------------------------------------------
+    # -- reads: the effective config (base + active profile), or plugin.toml alone -------------
 
     def _fetch_sync(self, op: str, timeout: float) -> dict:
         try:
-            return _config_of(self.ctx._request_sync("config.get", {}, timeout, name=f"config.{op}"), op)
+            return _config_of(self.ctx._request_sync(_READ_OPS.get(op, "config.get"), {}, timeout, name=f"config.{op}"), op)
         except RequestError as exc:
             raise PluginConfigError(str(exc), operation=op) from exc
 
     async def _fetch_async(self, op: str, timeout: float) -> dict:
         try:
-            return _config_of(await self.ctx._request_async("config.get", {}, timeout), op)
+            return _config_of(await self.ctx._request_async(_READ_OPS.get(op, "config.get"), {}, timeout), op)
         except RequestError as exc:
             raise PluginConfigError(str(exc), operation=op) from exc
 
@@ -105,7 +110,6 @@ class PluginConfig:
     async def dump_async(self, timeout: float = 5.0) -> dict:
         return await self._fetch_async("dump", timeout)
 
-    # Without profiles the base config is the whole plugin.toml.
     def dump_base(self, timeout: float = 5.0) -> Any:
         return self.dump_base_async(timeout=timeout) if _in_loop() else self.dump_base_sync(timeout=timeout)
 
@@ -118,18 +122,19 @@ class PluginConfig:
         return await self._fetch_async("dump_base", timeout)
 
     def dump_effective(self, profile_name: Optional[str] = None, timeout: float = 5.0) -> Any:
-        if profile_name is not None:
-            self.ctx._require_served("config.effective")
         if _in_loop():
             return self.dump_effective_async(profile_name, timeout=timeout)
         return self.dump_effective_sync(profile_name, timeout=timeout)
 
     def dump_effective_sync(self, profile_name: Optional[str] = None, timeout: float = 5.0) -> dict:
-        if profile_name is not None:
-            self.ctx._require_served("config.effective")
         if _in_loop():
             raise _sync_refused("dump_effective")
-        return self._fetch_sync("dump_effective", timeout)
+        if profile_name is None:
+            return self._fetch_sync("dump_effective", timeout)
+        try:
+            return _config_of(self.ctx._request_sync("config.effective", {"profile_name": profile_name}, timeout), "dump_effective")
+        except RequestError as exc:
+            raise PluginConfigError(str(exc), operation="dump_effective") from exc
 
     async def dump_effective_async(self, profile_name: Optional[str] = None, timeout: float = 5.0) -> dict:
         if profile_name is not None:
@@ -209,10 +214,18 @@ class PluginConfig:
             raise _sync_refused("update")
         if not isinstance(patch, dict):
             raise PluginConfigError("Invalid updates: must be a dict", operation="update")
-        return self.ctx._request_sync("config.update", {"updates": patch}, timeout)
+        try:
+            return self.ctx._request_sync("config.update", {"updates": patch}, timeout)
+        except RequestError as exc:
+            raise PluginConfigError(str(exc), operation="update") from exc
 
     async def update_async(self, patch: dict, timeout: float = 10.0) -> Any:
-        return await self.ctx.update_own_config(patch, timeout=timeout)
+        if not isinstance(patch, dict):
+            raise PluginConfigError("Invalid updates: must be a dict", operation="update")
+        try:
+            return await self.ctx.update_own_config(patch, timeout=timeout)
+        except RequestError as exc:
+            raise PluginConfigError(str(exc), operation="update") from exc
 
     def set(self, path: str, value: Any, timeout: float = 10.0) -> Any:
         self.ctx._require_served("config.update")
