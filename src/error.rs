@@ -29,9 +29,42 @@ impl ApiError {
 
     /// 422 with a FastAPI-style validation detail list.
     pub fn validation(loc: &[&str], msg: impl Into<String>) -> Self {
+        Self::unprocessable(json!([{"loc": loc, "msg": msg.into(), "type": "value_error"}]))
+    }
+
+    /// 422 for a body that does not fit its model, as FastAPI words the common cases: a missing
+    /// field is `missing` at `["body", <field>]`, anything else a `value_error` at `["body"]`.
+    pub fn body_shape(error: &serde_json::Error) -> Self {
+        let text = error.to_string();
+        let missing = text
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(field, _)| field.to_string());
+        Self::unprocessable(match missing {
+            Some(field) => {
+                json!([{"type": "missing", "loc": ["body", field], "msg": "Field required"}])
+            }
+            None => json!([{"type": "value_error", "loc": ["body"], "msg": text}]),
+        })
+    }
+
+    /// 422 for a body that is not JSON, as FastAPI answers it: `json_invalid` at the byte offset
+    /// where decoding failed.
+    pub fn json_invalid(body: &[u8], error: &serde_json::Error) -> Self {
+        let offset = byte_offset(body, error.line(), error.column());
+        Self::unprocessable(json!([{
+            "type": "json_invalid",
+            "loc": ["body", offset],
+            "msg": "JSON decode error",
+            "input": {},
+            "ctx": {"error": error.to_string()},
+        }]))
+    }
+
+    fn unprocessable(detail: Value) -> Self {
         Self {
             status: StatusCode::UNPROCESSABLE_ENTITY,
-            detail: json!([{"loc": loc, "msg": msg.into(), "type": "value_error"}]),
+            detail,
             bearer_challenge: false,
         }
     }
@@ -78,4 +111,14 @@ impl IntoResponse for ApiError {
         }
         resp
     }
+}
+
+/// The byte offset of serde_json's (1-based line, column) position in `body`.
+fn byte_offset(body: &[u8], line: usize, column: usize) -> usize {
+    let line_start: usize = body
+        .split_inclusive(|&b| b == b'\n')
+        .take(line.saturating_sub(1))
+        .map(<[u8]>::len)
+        .sum();
+    (line_start + column.saturating_sub(1)).min(body.len())
 }

@@ -218,7 +218,7 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// A JSON body, read whatever the content type says (the reference's clients are not all strict),
-/// with JSON errors: 413 over the size limit, 400 for malformed JSON, 422 for the wrong shape.
+/// with FastAPI's errors: 413 over the size limit, 422 for malformed JSON or the wrong shape.
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
@@ -236,13 +236,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let value: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
             serde_json::Value::Object(Default::default())
         } else {
-            serde_json::from_slice(&bytes).map_err(|e| {
-                ApiError::new(StatusCode::BAD_REQUEST, format!("Malformed JSON body: {e}"))
-            })?
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::json_invalid(&bytes, &e))?
         };
         serde_json::from_value(value)
             .map(JsonBody)
-            .map_err(|e| ApiError::validation(&["body"], e.to_string()))
+            .map_err(|e| ApiError::body_shape(&e))
     }
 }
 
