@@ -269,22 +269,26 @@ class Dep(NekoPluginBase):
     );
 }
 
-/// A Python plugin that does not start with neko (`auto_start = false`) and lists no entries in
-/// plugin.toml is listed `stopped` with the entries its code declares, read in the background
+/// A Python plugin that does not start with neko (`auto_start = false`) is listed `stopped` with
+/// the entries its code declares besides those plugin.toml lists, read in the background
 /// without starting it (as the reference imports plugin modules at startup); started, it serves
 /// them. One whose module cannot be imported keeps an empty list, and neko goes on.
 #[tokio::test]
 async fn idle_python_plugins_are_listed_with_their_entries() {
     let idle = PythonPlugin {
         dir: "idle_py",
-        toml: "[plugin]\nid = \"idle_py\"\nentry = \"plugins.idle_py:Idle\"\n\
+        toml:
+            "[plugin]\nid = \"idle_py\"\nentry = \"plugins.idle_py:Idle\"\nentries = [\"plain\"]\n\
                [plugin_runtime]\nauto_start = false\n"
-            .into(),
+                .into(),
         init_py: r#"
 from plugin.sdk import NekoPluginBase, plugin_entry
 
 
 class Idle(NekoPluginBase):
+    def plain(self, **_):
+        return {"plain": True}
+
     @plugin_entry(id="greet", name="Greet", description="says hello")
     def greet(self, who="you", **_):
         return {"hello": who}
@@ -310,7 +314,7 @@ class Idle(NekoPluginBase):
             neko.plugin("idle_py").await["entries"]
                 .as_array()
                 .map(Vec::len)
-                == Some(2)
+                == Some(3)
         },
         "idle_py listed with its entries",
     )
@@ -322,6 +326,7 @@ class Idle(NekoPluginBase):
     assert_eq!(greet["name"], "Greet");
     assert_eq!(greet["description"], "says hello");
     assert!(entries.iter().any(|e| e["id"] == "count"), "{p}");
+    assert!(entries.iter().any(|e| e["id"] == "plain"), "{p}");
 
     let (status, body) = neko.admin_post("/plugin/idle_py/start").await;
     assert_eq!(status, 200, "{body}");

@@ -421,15 +421,15 @@ impl PluginSupervisorState {
         self.messages.publish(store, "all", record);
     }
 
-    /// Lists the entries of Python plugins that do not start with neko (`auto_start = false`)
-    /// and declare none in plugin.toml, as the reference does by importing their modules: one
+    /// Lists the entries of Python plugins that do not start with neko (`auto_start = false`),
+    /// decorated ones besides those plugin.toml names, as the reference does by importing their modules: one
     /// `python -m plugin.describe` each, in the background, after the boot plugins started.
     fn describe_idle_python_plugins(&self, myself: &ActorRef<PluginSupervisorMsg>) {
         let timeout = self.host_settings.handshake_timeout;
         for slot in self.slots.values() {
             let m = &slot.manifest;
             let python = matches!(m.runtime, crate::manifest::Runtime::Python { .. });
-            if !(python && m.enabled && !m.auto_start && m.entries_preview.is_empty()) {
+            if !(python && m.enabled && !m.auto_start) {
                 continue;
             }
             let (manifest, env, me) = (m.clone(), self.python.clone(), myself.clone());
