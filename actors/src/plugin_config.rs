@@ -241,7 +241,8 @@ pub fn serve(
             })
         }
         ConfigRequest::GetToml => {
-            let (_, text) = read_base(folder)?;
+            // The text as it is, even when it does not parse: that is how it gets fixed.
+            let text = read_text(folder)?;
             ConfigReply::Toml(TomlView {
                 plugin_id: id,
                 toml: text,
@@ -271,9 +272,12 @@ pub fn serve(
             toml: render(&json_to_toml(object)?)?,
         }),
         ConfigRequest::ReplaceToml(text) => {
-            let (base, _) = read_base(folder)?;
             let parsed = parse_toml(&text)?;
-            check_protected(&base, &parsed, true)?;
+            match parse_toml(&read_text(folder)?) {
+                Ok(base) => check_protected(&base, &parsed, true)?,
+                // A file that does not parse may be replaced, as long as the id stays the folder's.
+                Err(_) => check_own_id(folder, &parsed)?,
+            }
             write_file(&folder.config_path, text.as_bytes())?;
             written(folder, env_profile)?
         }
@@ -299,7 +303,9 @@ pub fn serve(
             let (mut base, _) = read_base(folder)?;
             let profile = get_profile(folder, &name)?;
             let Value::Object(overlay) = profile.config else {
-                unreachable!("a profile is a table")
+                return Err(Error::ConfigRejected(format!(
+                    "Profile '{name}' is not a table"
+                )));
             };
             let overlay = json_to_toml(overlay)?;
             if overlay.contains_key(PLUGIN_TABLE) {
@@ -402,14 +408,29 @@ fn merge_tables(into: &mut toml::Table, from: toml::Table) {
 }
 
 fn read_base(folder: &PluginFolder) -> Result<(toml::Table, String), Error> {
-    let text = std::fs::read_to_string(&folder.config_path).map_err(|e| {
+    let text = read_text(folder)?;
+    Ok((parse_toml(&text)?, text))
+}
+
+fn read_text(folder: &PluginFolder) -> Result<String, Error> {
+    std::fs::read_to_string(&folder.config_path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::PluginNotFound(folder.id.clone())
         } else {
             Error::ConfigRejected(format!("Cannot read {}: {e}", folder.config_path.display()))
         }
-    })?;
-    Ok((parse_toml(&text)?, text))
+    })
+}
+
+/// Refuses a `plugin.id` other than the folder's (when the current file cannot say what it was).
+fn check_own_id(folder: &PluginFolder, new: &toml::Table) -> Result<(), Error> {
+    match plugin_key(new, "id") {
+        Some(toml::Value::String(id)) if id == folder.id.as_str() => Ok(()),
+        _ => Err(Error::ConfigRejected(format!(
+            "Cannot modify protected field 'plugin.id': it must stay '{}'",
+            folder.id
+        ))),
+    }
 }
 
 fn parse_toml(text: &str) -> Result<toml::Table, Error> {

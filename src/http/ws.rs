@@ -58,7 +58,7 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// `export.list`: page size when none (or ≤ 0) is given, and the largest.
 const EXPORT_LIMIT_DEFAULT: i64 = 200;
 const EXPORT_LIMIT_MAX: i64 = 500;
-/// `runs.list` returns at most this many runs, newest first.
+/// `runs.list` returns the newest this many runs, oldest first (the reference's insertion order).
 const RUNS_LIST_LIMIT: usize = 1000;
 
 /// Close codes.
@@ -703,7 +703,7 @@ async fn list_runs(app: &AppState, plugin_id: Option<String>) -> Result<Value, S
     let (runs, _) = ask_runs(app, |reply| RunTrackerMsg::List(filter, reply))
         .await?
         .map_err(|e| e.to_string())?;
-    Ok(Value::Array(runs.iter().map(record_json).collect()))
+    Ok(Value::Array(runs.iter().rev().map(record_json).collect()))
 }
 
 async fn create_run(app: &AppState, params: &Map<String, Value>) -> Result<Value, String> {

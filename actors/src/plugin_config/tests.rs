@@ -265,3 +265,79 @@ fn atomic_write_replaces_and_leaves_no_temp_file() {
     assert_eq!(std::fs::read_to_string(&p).unwrap(), "two");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
+
+#[test]
+fn a_plugin_toml_that_does_not_parse_is_shown_and_can_be_fixed() {
+    let broken = "[plugin\nid = 'p'\n";
+    let (_t, f) = folder(broken);
+    let shown = json_of(serve(&f, ConfigRequest::GetToml, None).unwrap());
+    assert_eq!(shown["toml"], broken);
+    let e = serve(&f, ConfigRequest::Get, None).unwrap_err();
+    assert!(e.to_string().starts_with("Invalid TOML format: "), "{e}");
+    // Another id is refused, even though the current file cannot say which it was.
+    let e = serve(
+        &f,
+        ConfigRequest::ReplaceToml("[plugin]\nid = 'q'\n".into()),
+        None,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("'plugin.id'"), "{e}");
+    assert_eq!(std::fs::read_to_string(&f.config_path).unwrap(), broken);
+    serve(&f, ConfigRequest::ReplaceToml(BASE.into()), None).unwrap();
+    assert_eq!(std::fs::read_to_string(&f.config_path).unwrap(), BASE);
+}
+
+#[test]
+fn update_deep_merges_into_plugin_toml_and_keeps_the_id() {
+    let (_t, f) = folder(BASE);
+    let patch = obj(json!({"debug": {"level": 3, "extra": [1, 2]}, "new": {"k": "v"}}));
+    let written = json_of(serve(&f, ConfigRequest::Update(patch), None).unwrap());
+    assert_eq!(written["success"], true);
+    assert_eq!(written["requires_reload"], true);
+    let on_disk: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&f.config_path).unwrap()).unwrap();
+    let debug = on_disk["debug"].as_table().unwrap();
+    assert_eq!(debug["level"].as_integer(), Some(3));
+    assert_eq!(debug["ratio"].as_float(), Some(0.5)); // untouched keys stay
+    assert_eq!(debug["extra"].as_array().unwrap().len(), 2);
+    assert_eq!(on_disk["new"]["k"].as_str(), Some("v"));
+    assert_eq!(on_disk["plugin"]["entry"].as_str(), Some("m:C"));
+    for patch in [
+        json!({"plugin": {"id": "q"}}),
+        json!({"plugin": {"entry": "x:Y"}}),
+    ] {
+        let e = serve(&f, ConfigRequest::Update(obj(patch)), None).unwrap_err();
+        assert!(e.to_string().contains("protected field"), "{e}");
+    }
+    // Other [plugin] keys may change.
+    serve(
+        &f,
+        ConfigRequest::Update(obj(json!({"plugin": {"name": "P"}}))),
+        None,
+    )
+    .unwrap();
+    assert!(
+        std::fs::read_to_string(&f.config_path)
+            .unwrap()
+            .contains("name = \"P\"")
+    );
+}
+
+#[test]
+fn effective_with_a_profile_name_applies_that_profile() {
+    let (_t, f) = folder(BASE);
+    std::fs::create_dir_all(f.dir.join("profiles")).unwrap();
+    std::fs::write(f.dir.join("profiles/dev.toml"), "[db]\nhost = 'dev'\n").unwrap();
+    let view = json_of(serve(&f, ConfigRequest::Effective("dev".into()), None).unwrap());
+    assert_eq!(view["effective_profile"], "dev");
+    assert_eq!(view["config"]["db"], json!({"host": "dev", "port": 1}));
+    // Not active: the effective config itself is still the base.
+    let plain = json_of(serve(&f, ConfigRequest::Get, None).unwrap());
+    assert_eq!(plain["config"]["db"]["host"], "a");
+    std::fs::write(f.dir.join("profiles/bad.toml"), "[plugin]\nid = 'x'\n").unwrap();
+    let e = serve(&f, ConfigRequest::Effective("bad".into()), None).unwrap_err();
+    assert!(
+        e.to_string().contains("must not define top-level 'plugin'"),
+        "{e}"
+    );
+}
