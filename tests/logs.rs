@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::helper::{Neko, PluginDir, TIMEOUT, bin_dir, echo_plugin, shell_plugin};
+use crate::helper::{Neko, PluginDir, TIMEOUT, bin_dir, bundled_plugin, echo_plugin, shell_plugin};
 
 /// A native plugin that prints one line on stderr, then (a moment later, so the order in the
 /// file is known) six on stdout, then runs the echo plugin, which speaks the protocol.
@@ -108,6 +108,31 @@ async fn plugin_output_is_written_to_its_file_and_read_back() {
     );
     assert!(files["log_files"][0]["modified"].as_f64().unwrap() > 0.0);
     assert!(files["time"].is_string());
+}
+
+/// A Python plugin's log lines keep their own level in neko's file: an entry that raises is found
+/// with `level=ERROR`, with the SDK's message, not as INFO output.
+#[tokio::test]
+async fn python_plugin_lines_keep_their_level() {
+    let neko = Neko::start_mixed(&[], &[bundled_plugin("hello")], "");
+    neko.wait_running("hello").await;
+    let run = neko.run("hello", "boom", serde_json::json!({})).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    let body = wait_body(&neko, "/plugin/hello/logs?level=ERROR", |b| {
+        messages(b).iter().any(|m| m.contains("boom requested"))
+    })
+    .await;
+    let entry = body["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["message"].as_str().unwrap().contains("boom requested"))
+        .unwrap();
+    assert_eq!(entry["level"], "ERROR", "{body}");
+    assert!(
+        !entry["message"].as_str().unwrap().contains("| ERROR |"),
+        "{body}"
+    );
 }
 
 /// Without files in neko's folder (here: `plugin_files = false`), the plugin's own `logs/` is

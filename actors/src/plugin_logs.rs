@@ -638,17 +638,21 @@ pub fn tail_lines(
 /// `YYYY-MM-DD HH:MM:SS.mmm | LEVEL | <plugin_id> | message` (the Python SDK's), and the
 /// reference's Python `logging` shapes `<time> - [name] - LEVEL - file:line - message` and
 /// `<time> - name - LEVEL - message` (time with `,mmm`, as `logging` writes it); anything else is
-/// level `UNKNOWN` with the whole line as the message.
+/// level `UNKNOWN` with the whole line as the message. neko's files keep a plugin's output as
+/// `<time> | INFO | <the line it printed>`: when that line has one of these shapes itself, its
+/// own level, place and message are the entry's.
 pub fn parse_line(line: &str) -> LogEntry {
-    parse_known(line)
-        .or_else(|| parse_dashed(line))
-        .unwrap_or_else(|| LogEntry {
+    let parse = |l: &str| parse_known(l).or_else(|| parse_dashed(l));
+    match parse(line) {
+        Some(outer) => parse(&outer.message).unwrap_or(outer),
+        None => LogEntry {
             timestamp: String::new(),
             level: "UNKNOWN".into(),
             file: String::new(),
             line: 0,
             message: line.to_string(),
-        })
+        },
+    }
 }
 
 fn parse_known(line: &str) -> Option<LogEntry> {
@@ -817,6 +821,27 @@ mod tests {
         let e = parse_line("2026-01-02 03:04:05 - weather - info - fetched 3 cities");
         assert_eq!((e.level.as_str(), e.file.as_str(), e.line), ("INFO", "", 0));
         assert_eq!(e.message, "fetched 3 cities");
+        // A plugin's output as neko's file keeps it: the printed line's own level and place win.
+        let e = parse_line(
+            "2026-01-02 03:04:09 | INFO | 2026-01-02 03:04:05.123 | ERROR    | hello | Entry 'boom' raised",
+        );
+        assert_eq!(
+            (e.level.as_str(), e.message.as_str()),
+            ("ERROR", "Entry 'boom' raised")
+        );
+        assert_eq!(e.timestamp, "2026-01-02 03:04:05");
+        let e = parse_line(
+            "2026-01-02 03:04:09 | INFO | 2026-01-02 03:04:05,1 - [w] - WARNING - a.py:7 - hm",
+        );
+        assert_eq!(
+            (e.level.as_str(), e.file.as_str(), e.line),
+            ("WARNING", "a.py", 7)
+        );
+        let e = parse_line("2026-01-02 03:04:09 | INFO | plain print output");
+        assert_eq!(
+            (e.level.as_str(), e.message.as_str()),
+            ("INFO", "plain print output")
+        );
         let e = parse_line("2026-01-02 03:04:05 - w - DEBUG - ratio 3:4 - kept");
         assert_eq!(
             (e.file.as_str(), e.message.as_str()),
