@@ -337,3 +337,60 @@ class Idle(NekoPluginBase):
     assert_eq!(b["status"], "stopped", "{b}");
     assert_eq!(b["entries"], json!([]), "{b}");
 }
+
+/// `lifecycle("reload")` runs when neko starts the plugin for a reload, after `startup`; a first
+/// start, a plain stop/start and a crash restart run `startup` only.
+#[tokio::test]
+async fn reload_runs_the_reload_hook() {
+    let plugin = PythonPlugin {
+        dir: "reloading",
+        toml: "[plugin]\nid = \"reloading\"\nentry = \"plugins.reloading:Hooks\"\n".into(),
+        init_py: r#"
+import os
+from pathlib import Path
+
+from plugin.sdk import NekoPluginBase, lifecycle, plugin_entry
+
+LOG = Path(__file__).parent / "hooks.log"
+
+
+class Hooks(NekoPluginBase):
+    @lifecycle(id="startup")
+    def started(self, **_):
+        with open(LOG, "a") as f:
+            f.write("startup\n")
+
+    @lifecycle(id="reload")
+    async def reloaded(self, **_):
+        with open(LOG, "a") as f:
+            f.write("reload\n")
+
+    @plugin_entry(id="crash")
+    def crash(self, **_):
+        os._exit(3)
+"#
+        .into(),
+        files: Vec::new(),
+    };
+    let neko = Neko::start_mixed(&[], &[plugin], "");
+    neko.wait_running("reloading").await;
+    let log = neko.plugins_dir.join("reloading/hooks.log");
+    let lines = || std::fs::read_to_string(&log).unwrap_or_default();
+    let wait_lines = |want: &'static str| {
+        let lines = &lines;
+        async move {
+            wait_for_async(|| async { lines() == want }, want).await;
+        }
+    };
+    wait_lines("startup\n").await;
+
+    let (status, body) = neko.admin_post("/plugin/reloading/reload").await;
+    assert_eq!(status, 200, "{body}");
+    wait_lines("startup\nstartup\nreload\n").await;
+
+    // A crash restart is not a reload.
+    let _ = neko.create_run("reloading", "crash", json!({})).await;
+    wait_lines("startup\nstartup\nreload\nstartup\n").await;
+    neko.wait_running("reloading").await;
+    assert_eq!(lines(), "startup\nstartup\nreload\nstartup\n");
+}

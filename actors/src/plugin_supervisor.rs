@@ -147,6 +147,8 @@ struct Slot {
     stop_waiters: Vec<RpcReplyPort<Result<(), Error>>>,
     /// A reload is under way: start again once the current process is gone.
     reload_after_stop: bool,
+    /// The next launch is a reload's (the plugin is told, and runs its reload hook).
+    reload_launch: bool,
     /// Calls that arrived while the plugin was starting or restarting.
     waiting_calls: Vec<WaitingCall>,
 }
@@ -360,6 +362,7 @@ impl PluginSupervisorState {
             start_waiters: Vec::new(),
             stop_waiters: Vec::new(),
             reload_after_stop: false,
+            reload_launch: false,
             waiting_calls: Vec::new(),
         };
         let _ = self.status.cast(StatusManagerMsg::LifecycleChanged {
@@ -622,7 +625,15 @@ impl PluginSupervisorState {
     ) {
         let running = self.slots.get(&id).is_some_and(|s| s.host.is_some());
         if !running {
-            return self.start(myself, id, reply).await;
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.reload_launch = true;
+            }
+            self.start(myself, id.clone(), reply).await;
+            // Taken by the launch; a start that failed before launching must not leave it set.
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.reload_launch = false;
+            }
+            return;
         }
         tracing::info!(plugin_id = %id, "reloading plugin");
         self.lifecycle_record("plugin_reload_requested", &id, json!({}));
@@ -773,6 +784,7 @@ impl PluginSupervisorState {
             python: self.python.clone(),
             tree: self.tree.clone(),
             plane: self.messages.endpoints().clone(),
+            reloaded: std::mem::take(&mut slot.reload_launch),
         };
         let name = format!("neko.host.{id}.{launch}");
         match Actor::spawn_linked(Some(name), ProcessHost, args, myself.get_cell()).await {
@@ -903,6 +915,7 @@ impl PluginSupervisorState {
                         if let Some(slot) = self.slots.get_mut(id) {
                             slot.tracker.reset();
                             slot.lifecycle.restarts = 0;
+                            slot.reload_launch = true;
                         }
                         Box::pin(self.launch(myself, id)).await;
                     }

@@ -57,4 +57,6 @@ pub mod env {
     pub const MESSAGE_PLANE_PUB: &str = "NEKO_MESSAGE_PLANE_ZMQ_PUB_ENDPOINT";
     /// The message plane's INGEST (PULL) endpoint (the reference's name).
     pub const MESSAGE_PLANE_INGEST: &str = "NEKO_MESSAGE_PLANE_ZMQ_INGEST_ENDPOINT";
+    /// `1` when this process was started by a reload (the plugin then runs its reload hook).
+    pub const RELOADED: &str = "NEKO_PLUGIN_RELOADED";
 }

@@ -98,6 +98,8 @@ pub struct ProcessHostArgs {
     pub tree: watch::Receiver<Option<TreeRefs>>,
     /// The message plane's endpoints, passed to the plugin.
     pub plane: MessagePlaneEndpoints,
+    /// Started by a reload (`POST /plugin/{id}/reload`): the plugin runs `lifecycle("reload")`.
+    pub reloaded: bool,
 }
 
 /// The reply to a TRIGGER: the entry's data, or why there is none.
@@ -309,7 +311,22 @@ impl Actor for ProcessHost {
             myself.clone(),
         )
         .await?;
-        let plane = Some(args.plane.clone());
+        // What this launch tells the plugin besides its link: the message plane it pushes to and
+        // queries (the reference's variable names), and whether it was started by a reload.
+        let mut launch_env = vec![
+            (env::MESSAGE_PLANE_RPC.to_string(), args.plane.rpc.clone()),
+            (
+                env::MESSAGE_PLANE_PUB.to_string(),
+                args.plane.publish.clone(),
+            ),
+            (
+                env::MESSAGE_PLANE_INGEST.to_string(),
+                args.plane.ingest.clone(),
+            ),
+        ];
+        if args.reloaded {
+            launch_env.push((env::RELOADED.to_string(), "1".to_string()));
+        }
         let limits = args.settings.limits.with_overrides(&args.manifest.limits);
         let prepare = tokio::spawn(prepare(
             args.manifest.clone(),
@@ -317,7 +334,7 @@ impl Actor for ProcessHost {
             key.clone(),
             args.settings.clone(),
             args.python.clone(),
-            plane,
+            launch_env,
             myself.clone(),
         ));
         Ok(ProcessHostState {
@@ -416,10 +433,10 @@ async fn prepare(
     key: FrameKey,
     settings: Arc<HostSettings>,
     python: ActorRef<PythonEnvMsg>,
-    plane: Option<MessagePlaneEndpoints>,
+    launch_env: Vec<(String, String)>,
     host: ActorRef<ProcessHostMsg>,
 ) {
-    let result = launch_spec(&manifest, endpoint, &key, &settings, &python, plane).await;
+    let result = launch_spec(&manifest, endpoint, &key, &settings, &python, launch_env).await;
     let _ = host.cast(ProcessHostMsg::Prepared(result));
 }
 
@@ -429,17 +446,9 @@ async fn launch_spec(
     key: &FrameKey,
     settings: &HostSettings,
     python: &ActorRef<PythonEnvMsg>,
-    plane: Option<MessagePlaneEndpoints>,
+    launch_env: Vec<(String, String)>,
 ) -> Result<LaunchSpec, String> {
-    let mut env = Vec::new();
-    // The message plane plugins push to and query (the reference's variable names).
-    if let Some(plane) = plane {
-        env.extend([
-            (env::MESSAGE_PLANE_RPC.to_string(), plane.rpc),
-            (env::MESSAGE_PLANE_PUB.to_string(), plane.publish),
-            (env::MESSAGE_PLANE_INGEST.to_string(), plane.ingest),
-        ]);
-    }
+    let mut env = launch_env;
     let (program, args) = match &manifest.runtime {
         Runtime::Native {
             command,

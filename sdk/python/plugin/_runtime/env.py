@@ -29,6 +29,8 @@ class RuntimeEnv:
     config_path: Optional[Path] = None
     entry: Optional[str] = None
     plugins_root: Optional[Path] = None
+    #: This launch is a reload (`NEKO_PLUGIN_RELOADED=1`): `lifecycle("reload")` runs after startup.
+    reloaded: bool = False
 
     def __repr__(self) -> str:  # never print the key
         return f"RuntimeEnv(plugin_id={self.plugin_id!r}, endpoint={self.endpoint!r}, key=<redacted>)"
@@ -78,4 +80,5 @@ class RuntimeEnv:
         out.entry = env.get("NEKO_PLUGIN_ENTRY", "").strip() or None
         root = env.get("NEKO_PLUGINS_ROOT", "").strip()
         out.plugins_root = Path(root) if root else out.plugin_dir.parent
+        out.reloaded = env.get("NEKO_PLUGIN_RELOADED", "").strip() == "1"
         return out

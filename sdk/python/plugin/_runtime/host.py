@@ -27,7 +27,8 @@ handlers; heartbeats, deadlines, CANCELs and the results of sync handlers keep f
 most ~0.1 s, the stand-by check). A watchdog on the I/O loop warns when the handler loop has not
 answered for `STALL_WARN_S` (5 s), naming the handler.
 
-Lifecycle: `lifecycle("startup")` runs after WELCOME while heartbeats already flow; TRIGGERs that
+Lifecycle: `lifecycle("startup")` runs after WELCOME while heartbeats already flow (then
+`lifecycle("reload")` when neko started this process for a reload); TRIGGERs that
 arrive meanwhile wait for it. Then timers, auto-started custom events and `@message` dispatch
 (`message_dispatch`, when the class has `@message` handlers) start. STOP (or SIGTERM) stops them,
 runs `lifecycle("shutdown")` within the grace period, flushes and exits 0.
@@ -758,6 +759,10 @@ class PluginHost:
         hook = self.tables.lifecycle.get("startup")
         if hook is not None:
             await self._run_hook("lifecycle.startup", hook)
+        # A reload is a fresh process: after its startup, the plugin learns why it was started.
+        hook = self.tables.lifecycle.get("reload") if self.env.reloaded else None
+        if hook is not None and not self.stopping:
+            await self._run_hook("lifecycle.reload", hook)
         if self.stopping:
             return
         self.logger.info("startup finished; serving (queued calls: {})", len(self.queued))
