@@ -5,6 +5,7 @@ import sqlite3
 import sys
 import threading
 
+import msgpack
 import pytest
 
 from plugin._runtime.context import PluginContext
@@ -36,19 +37,38 @@ def test_set_get_and_the_rest(tmp_path):
     assert s.clear() == 2 and s.count() == 0 and s.dump() == {}
 
 
-def test_json_semantics_and_bad_values(tmp_path):
+def test_msgpack_semantics_and_bad_values(tmp_path):
     s = store(tmp_path)
     s.set("t", (1, 2))
     s.set("d", {1: "x"})
-    assert s.get("t") == [1, 2]  # as JSON has it
-    assert s.get("d") == {"1": "x"}
-    for bad in (object(), {1, 2}, b"bytes", {"nested": object()}):
+    s.set("b", b"\x00bytes")
+    assert s.get("t") == [1, 2]  # as msgpack has it
+    assert s.get("d") == {1: "x"}
+    assert s.get("b") == b"\x00bytes"
+    for bad in (object(), {1, 2}, {"nested": object()}, 1 << 70):
         with pytest.raises(TypeError) as info:
             s.set("bad", bad)
-        assert "JSON-serialisable" in str(info.value) and "'bad'" in str(info.value)
+        assert "msgpack-serialisable" in str(info.value) and "'bad'" in str(info.value)
     assert not s.exists("bad")
     with pytest.raises(TypeError):
         s.set(1, "key must be a string")
+
+
+def test_rows_are_the_reference_encoding_and_old_json_rows_still_read(tmp_path):
+    s = store(tmp_path)
+    s.set("v", {"a": [1, 2]})
+    s.close()
+    conn = sqlite3.connect(tmp_path / "store.db")
+    (raw,) = conn.execute("SELECT value FROM kv_store WHERE key = 'v'").fetchone()
+    assert isinstance(raw, bytes) and msgpack.unpackb(raw) == {"a": [1, 2]}
+    # A row as the reference writes it, and one an earlier neko wrote as JSON text.
+    conn.execute("INSERT INTO kv_store VALUES ('ref', ?, 1.0, 1.0)", (msgpack.packb({"from": "reference"}, use_bin_type=True),))
+    conn.execute("""INSERT INTO kv_store VALUES ('old', '{"from": "json"}', 1.0, 1.0)""")
+    conn.commit()
+    conn.close()
+    assert s.get("ref") == {"from": "reference"} and s.get("old") == {"from": "json"}
+    assert s.dump() == {"v": {"a": [1, 2]}, "ref": {"from": "reference"}, "old": {"from": "json"}}
+    s.close()
 
 
 def test_keys_prefix_is_literal(tmp_path):
@@ -117,12 +137,20 @@ def test_threads_and_async_code(tmp_path):
     s.close()
 
 
-def test_disabled_store_says_how_to_enable_it(tmp_path):
-    s = store(tmp_path, enabled=False)
-    for call in (lambda: s.get("a"), lambda: s.set("a", 1), lambda: s.keys(), lambda: s.count(), lambda: s.dump()):
-        with pytest.raises(RuntimeError) as info:
-            call()
-        assert "[plugin.store]" in str(info.value) and "enabled = true" in str(info.value)
+def test_a_disabled_store_reads_nothing_and_drops_writes_with_a_warning(tmp_path):
+    lines = []
+    logger = PluginLogger("test").bind(plugin_id="demo")
+    logger.remove()
+    logger.add(lambda message: lines.append(str(message)), level="WARNING")
+    s = PluginStore("demo", tmp_path, logger=logger, enabled=False)
+    s.set("a", 1)
+    s["b"] = 2
+    assert s.get("a") is None and s.get("a", 5) == 5
+    assert (s.exists("a"), s.delete("a"), s.keys(), s.count(), s.clear(), s.dump()) == (False, False, [], 0, 0, {})
+    assert "a" not in s and len(s) == 0 and list(s) == []
+    with pytest.raises(KeyError):
+        s["a"]
+    assert len(lines) == 2 and "[plugin.store]" in lines[0] and "enabled = true" in lines[0]
     assert not (tmp_path / "store.db").exists()
 
 
@@ -164,8 +192,8 @@ def test_base_leaves_store_and_db_off_by_default(tmp_path):
     plugin = NekoPluginBase(ctx)
     assert plugin.store.enabled is False and plugin.db.enabled is False
     assert plugin.db.db_path == tmp_path / "demo.db"
-    with pytest.raises(RuntimeError, match=r"\[plugin.store\]"):
-        plugin.store.set("x", 1)
+    plugin.store.set("x", 1)  # dropped, as the reference does
+    assert plugin.store.get("x") is None
     with pytest.raises(RuntimeError, match=r"\[plugin.database\]"):
         plugin.db.session().__enter__()
     with pytest.raises(RuntimeError, match=r"\[plugin.database\]"):

@@ -1,16 +1,19 @@
 """`self.store`: a plugin's persistent key-value store (reference §5.7, plugin/sdk/store.py).
 
-A SQLite table `kv_store` in `<plugin dir>/store.db`. Values are stored as JSON text: anything
-`json.dumps` takes (dicts, lists, strings, numbers, booleans, None). Tuples come back as lists and
-dict keys as strings, as JSON has it; other values raise `TypeError` when set.
+A SQLite table `kv_store(key, value, created_at, updated_at)` in `<plugin dir>/store.db`, the
+reference's own table and encoding: values are msgpack BLOBs, so a store.db written by the
+reference reads here, and the other way round. Anything msgpack takes can be stored (dicts,
+lists, str, bytes, numbers, booleans, None); tuples come back as lists; other values raise
+`TypeError` when set. (Rows an earlier neko wrote as JSON text still read.)
 
 The store is off unless the plugin's plugin.toml says
 
     [plugin.store]
     enabled = true
 
-Off, every method raises `RuntimeError` saying so. Nothing touches the disk before the first call:
-the database file and table are made then. The store is safe to use from several threads (each
+Off, it behaves as the reference's does: reads find nothing (`get` returns its default), writes
+are dropped with a warning in the plugin's log, and nothing touches the disk. On, the database
+file and table are made at the first call. The store is safe to use from several threads (each
 thread has its own connection) and from async code (calls are short; put big loops in
 `asyncio.to_thread`).
 """
@@ -24,13 +27,15 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+import msgpack
+
 #: The file name inside the plugin folder.
 STORE_FILE = "store.db"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv_store (
     key TEXT PRIMARY KEY,
-    value TEXT NOT NULL,
+    value BLOB NOT NULL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 )
@@ -70,16 +75,7 @@ class PluginStore:
 
     # -- plumbing -----------------------------------------------------------------------------------
 
-    def _require_enabled(self) -> None:
-        if not self.enabled:
-            raise RuntimeError(
-                f"PluginStore is disabled for plugin '{self.plugin_id}': add\n"
-                f"    [plugin.store]\n    enabled = true\n"
-                f"to its plugin.toml to use self.store"
-            )
-
     def _conn(self) -> sqlite3.Connection:
-        self._require_enabled()
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
@@ -95,19 +91,21 @@ class PluginStore:
         self._local.conn = conn
         return conn
 
-    def _encode(self, key: str, value: Any) -> str:
+    def _encode(self, key: str, value: Any) -> bytes:
         try:
-            return json.dumps(value, ensure_ascii=False, allow_nan=True)
-        except (TypeError, ValueError) as exc:
+            return msgpack.packb(value, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
             raise TypeError(
-                f"PluginStore values must be JSON-serialisable (dict, list, str, int, float, bool, None); "
+                f"PluginStore values must be msgpack-serialisable (dict, list, str, bytes, int, float, bool, None); "
                 f"the value for key {key!r} is not: {exc}"
             ) from None
 
-    def _decode(self, key: str, text: Any, default: Any) -> Any:
+    def _decode(self, key: str, stored: Any, default: Any) -> Any:
         try:
-            return json.loads(text)
-        except (TypeError, ValueError) as exc:
+            if isinstance(stored, str):  # a row an earlier neko wrote as JSON text
+                return json.loads(stored)
+            return msgpack.unpackb(stored, raw=False, strict_map_key=False)
+        except Exception as exc:
             if self.logger is not None:
                 self.logger.warning("[Store] cannot decode the value of key '{}': {}", key, exc)
             return default
@@ -123,14 +121,22 @@ class PluginStore:
     def get(self, key: str, default: Any = None) -> Any:
         """The value stored under `key`, or `default`."""
         key = self._check_key(key)
+        if not self.enabled:
+            return default
         row = self._conn().execute("SELECT value FROM kv_store WHERE key = ?", (key,)).fetchone()
         if row is None:
             return default
         return self._decode(key, row[0], default)
 
     def set(self, key: str, value: Any) -> None:
-        """Stores `value` (JSON-serialisable; TypeError otherwise) under `key`."""
+        """Stores `value` (msgpack-serialisable; TypeError otherwise) under `key`."""
         key = self._check_key(key)
+        if not self.enabled:
+            if self.logger is not None:
+                self.logger.warning(
+                    "[Store] set('{}') dropped: the store is off (add [plugin.store] enabled = true to plugin.toml)", key
+                )
+            return
         text = self._encode(key, value)
         now = time.time()
         conn = self._conn()
@@ -144,6 +150,8 @@ class PluginStore:
     def delete(self, key: str) -> bool:
         """Removes `key`; True when it was there."""
         key = self._check_key(key)
+        if not self.enabled:
+            return False
         conn = self._conn()
         with conn:
             cursor = conn.execute("DELETE FROM kv_store WHERE key = ?", (key,))
@@ -151,10 +159,14 @@ class PluginStore:
 
     def exists(self, key: str) -> bool:
         key = self._check_key(key)
+        if not self.enabled:
+            return False
         return self._conn().execute("SELECT 1 FROM kv_store WHERE key = ?", (key,)).fetchone() is not None
 
     def keys(self, prefix: str = "") -> list[str]:
         """Every key (sorted), or those starting with `prefix` (taken literally, not as a pattern)."""
+        if not self.enabled:
+            return []
         conn = self._conn()
         if prefix:
             # substr() instead of LIKE: '%' and '_' in a prefix are ordinary characters.
@@ -167,18 +179,24 @@ class PluginStore:
 
     def clear(self) -> int:
         """Removes everything; the number of keys removed."""
+        if not self.enabled:
+            return 0
         conn = self._conn()
         with conn:
             cursor = conn.execute("DELETE FROM kv_store")
         return cursor.rowcount
 
     def count(self) -> int:
+        if not self.enabled:
+            return 0
         row = self._conn().execute("SELECT COUNT(*) FROM kv_store").fetchone()
         return int(row[0]) if row else 0
 
     def dump(self) -> dict[str, Any]:
         """Every key with its value."""
         out: dict[str, Any] = {}
+        if not self.enabled:
+            return out
         for key, text in self._conn().execute("SELECT key, value FROM kv_store ORDER BY key").fetchall():
             value = self._decode(key, text, _MISSING)
             if value is not _MISSING:
