@@ -280,6 +280,13 @@ def test_messages_get_sends_the_reference_envelopes(plane, ctx):
     with pytest.raises(NonReplayableTraceError):
         light.reload()
 
+    # The reference's message-plane read: `get` with keyword arguments and a topic.
+    mp = ctx.bus.messages.get_message_plane(max_count=5, topic="all")
+    assert last_request(plane)["args"] == {"store": "messages", "topic": "all", "limit": 5, "light": False}
+    assert [r.message_id for r in mp] == ["m1", "m2", "m3"]
+    mp = ctx.bus.messages.get_message_plane(plugin_id="b", topic="other")
+    assert last_request(plane)["op"] == "bus.query" and last_request(plane)["args"]["topic"] == "other"
+
     every = ctx.bus.messages.get_message_plane_all(page_limit=2, priority_min=1)
     since = [r for r in plane.requests if r["op"] == "bus.get_since"]
     assert [r["args"] for r in since] == [
