@@ -1,6 +1,7 @@
 """The plugin context and `self.config` / `self.plugins` over a fake transport."""
 
 import asyncio
+import json
 import concurrent.futures
 import threading
 
@@ -300,4 +301,7 @@ def test_base_does_no_io_in_its_constructor():
     assert p.get_input_schema() == {}
     p.report_status({"x": 1})
     assert transport.posted == [("status", {"status": {"x": 1}})]
-    assert p.system_info.get_python_env()["python_version"]
+    env = p.system_info.get_python_env()
+    assert env["python"]["version_info"]["major"] == 3 and env["python"]["executable"]
+    assert env["os"]["system"] and env["os"]["architecture"]["bits"]
+    json.dumps(env)  # plain JSON data

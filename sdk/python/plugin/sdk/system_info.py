@@ -13,19 +13,47 @@ class SystemInfo:
         self.ctx = ctx
 
     def get_python_env(self) -> dict:
-        """Python and platform facts of this plugin process."""
+        """Python and OS facts of this plugin process, in the reference's shape:
+        `{"python": {version, version_info, implementation, executable, prefix, base_prefix,
+        platform}, "os": {platform, platform_str, system, release, version, machine, processor,
+        architecture, details}}`."""
+        uname = platform.uname()
+        bits, linkage = platform.architecture()
+        info = sys.version_info
+        libc = platform.libc_ver()
+        mac = platform.mac_ver()
+        win = platform.win32_ver()
         return {
-            "python_version": platform.python_version(),
-            "python_implementation": platform.python_implementation(),
-            "python_executable": sys.executable,
-            "python_prefix": sys.prefix,
-            "in_virtualenv": sys.prefix != getattr(sys, "base_prefix", sys.prefix),
-            "platform": sys.platform,
-            "system": platform.system(),
-            "release": platform.release(),
-            "machine": platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "pid": os.getpid(),
+            "python": {
+                "version": sys.version,
+                "version_info": {
+                    "major": info.major,
+                    "minor": info.minor,
+                    "micro": info.micro,
+                    "releaselevel": info.releaselevel,
+                    "serial": info.serial,
+                },
+                "implementation": platform.python_implementation(),
+                "executable": sys.executable,
+                "prefix": sys.prefix,
+                "base_prefix": getattr(sys, "base_prefix", None),
+                "platform": {"python_build": list(platform.python_build()), "python_compiler": platform.python_compiler()},
+            },
+            "os": {
+                "platform": sys.platform,
+                "platform_str": platform.platform(),
+                "system": uname.system,
+                "release": uname.release,
+                "version": uname.version,
+                "machine": uname.machine,
+                "processor": uname.processor,
+                "architecture": {"bits": bits, "linkage": linkage},
+                "details": {
+                    "win32_ver": dict(zip(("release", "version", "csd", "ptype"), win)),
+                    "mac_ver": {"release": mac[0], "versioninfo": list(mac[1]), "machine": mac[2]},
+                    "libc_ver": {"lib": libc[0], "version": libc[1]},
+                },
+            },
         }
 
     def get_platform_info(self) -> dict:
