@@ -59,9 +59,14 @@ pub async fn run(
         None => rand::random::<[u8; 32]>().to_vec(),
     });
     let run_events = tokio::sync::broadcast::channel(RUN_EVENTS_BUFFER).0;
+    let host_settings = settings.host_settings(
+        runtime_dir,
+        plugin_logs_dir.clone(),
+        (&plugins_dir, &data_dir),
+    );
     let tree = spawn_tree(TreeArgs {
         plugins_dir,
-        host_settings: settings.host_settings(runtime_dir, plugin_logs_dir.clone()),
+        host_settings,
         restart_defaults: settings.restart_policy.clone(),
         python: PythonSettings {
             interpreter: settings.python.interpreter.clone(),

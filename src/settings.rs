@@ -536,11 +536,13 @@ impl Settings {
         })
     }
 
-    /// The slice every ProcessHost gets; plugin log files go under `plugin_logs_dir`.
+    /// The slice every ProcessHost gets; plugin log files go under `plugin_logs_dir`. `dirs` are
+    /// the absolute plugins folder and data dir (for `system.config`).
     pub fn host_settings(
         &self,
         runtime_dir: PathBuf,
         plugin_logs_dir: PathBuf,
+        dirs: (&Path, &Path),
     ) -> Arc<HostSettings> {
         let s = &self.supervision;
         Arc::new(HostSettings {
@@ -555,7 +557,69 @@ impl Settings {
             max_frame_bytes: s.max_frame_bytes,
             limits: self.limits.resource_limits(),
             plugin_logs: self.log.plugin_log_settings(plugin_logs_dir),
+            system_config: self.system_config(dirs.0, dirs.1),
         })
+    }
+
+    /// What a plugin's `system.config` request answers: these settings under the names of the
+    /// reference's `plugin.settings`, where neko has the same knob (the message plane's endpoints
+    /// are added per launch).
+    fn system_config(
+        &self,
+        plugins_dir: &Path,
+        data_dir: &Path,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::json;
+        let secs = |ms: u64| ms as f64 / 1000.0;
+        let s = &self.supervision;
+        let mp = &self.message_plane;
+        let entries = [
+            ("PLUGIN_CONFIG_ROOT", json!(plugins_dir)),
+            ("BLOB_STORE_DIR", json!(data_dir.join("blobs"))),
+            ("BLOB_UPLOAD_MAX_BYTES", json!(self.runs.blob_max_bytes)),
+            ("EXPORT_INLINE_BINARY_MAX_BYTES", json!(256 * 1024)),
+            ("RUN_TOKEN_TTL_SECONDS", json!(self.runs.token_ttl_seconds)),
+            (
+                "PLUGIN_EXECUTION_TIMEOUT",
+                json!(secs(self.runs.default_timeout_ms)),
+            ),
+            ("PLUGIN_TRIGGER_TIMEOUT", json!(10.0)),
+            (
+                "PLUGIN_SHUTDOWN_TIMEOUT",
+                json!(secs(s.stop_grace_ms + s.term_grace_ms)),
+            ),
+            (
+                "PLUGIN_SHUTDOWN_TOTAL_TIMEOUT",
+                json!(secs(s.shutdown_timeout_ms)),
+            ),
+            ("MESSAGE_PLANE_BACKEND", json!("neko")),
+            ("MESSAGE_PLANE_RUN_MODE", json!("embedded")),
+            ("MESSAGE_PLANE_VALIDATE_MODE", json!(mp.validate_mode)),
+            ("MESSAGE_PLANE_STORE_MAXLEN", json!(mp.store_maxlen)),
+            ("MESSAGE_PLANE_TOPIC_MAX", json!(mp.topic_max)),
+            (
+                "MESSAGE_PLANE_PAYLOAD_MAX_BYTES",
+                json!(mp.payload_max_bytes),
+            ),
+            (
+                "MESSAGE_PLANE_GET_RECENT_MAX_LIMIT",
+                json!(mp.get_recent_max_limit),
+            ),
+            (
+                "SYNC_CALL_IN_HANDLER_POLICY",
+                json!(
+                    std::env::var("NEKO_PLUGIN_SYNC_CALL_POLICY").unwrap_or_else(|_| "warn".into())
+                ),
+            ),
+            (
+                "PLUGIN_LOG_LEVEL",
+                json!(self.log.level.to_ascii_uppercase()),
+            ),
+        ];
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
     }
 }
 

@@ -533,6 +533,12 @@ class Probe(NekoPluginBase):
             "as_dev": await self.config.dump_effective("dev"),
         }
 
+    @plugin_entry(id="system")
+    async def system(self, **_):
+        from plugin.sdk import SystemInfo
+
+        return {"config": await self.ctx.get_system_config(), "settings": await SystemInfo(self.ctx).get_server_settings()}
+
     @plugin_entry(id="write")
     def write(self, **_):
         self.config.set_sync("probe.answer", 99)
@@ -591,4 +597,20 @@ class Probe(NekoPluginBase):
     // The active profile still wins over the written base value.
     let run = neko.run("cfgprobe", "read", json!({})).await;
     assert_eq!(run["result"]["answer"], 7, "{run}");
+
+    // neko's settings under the reference's names, with this plugin's message plane.
+    let run = neko.run("cfgprobe", "system", json!({})).await;
+    let config = &run["result"]["config"]["config"];
+    let root = std::path::PathBuf::from(config["PLUGIN_CONFIG_ROOT"].as_str().unwrap_or_default());
+    assert_eq!(
+        root.canonicalize().ok(),
+        neko.plugins_dir.canonicalize().ok(),
+        "{run}"
+    );
+    assert_eq!(config["RUN_TOKEN_TTL_SECONDS"], 3600, "{run}");
+    let rpc = config["MESSAGE_PLANE_ZMQ_RPC_ENDPOINT"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(rpc.starts_with("tcp://127.0.0.1:"), "{run}");
+    assert_eq!(run["result"]["settings"], *config, "{run}");
 }

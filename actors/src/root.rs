@@ -552,6 +552,7 @@ mod tests {
                 max_frame_bytes: 1 << 20,
                 limits: Default::default(),
                 plugin_logs: crate::plugin_logs::PluginLogSettings::disabled(),
+                system_config: Default::default(),
             }),
             restart_defaults: RestartSettings::default(),
             python: PythonSettings {

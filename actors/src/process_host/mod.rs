@@ -71,6 +71,9 @@ pub struct HostSettings {
     pub limits: ResourceLimits,
     /// `[log]`: where each launch's output is written to a file, and how much is kept.
     pub plugin_logs: PluginLogSettings,
+    /// What a plugin's `system.config` request gets: neko's settings under the reference's
+    /// names (`plugin.settings`), the message plane's endpoints filled in per launch.
+    pub system_config: serde_json::Map<String, Value>,
 }
 
 /// The ProcessHost actor.
@@ -262,6 +265,8 @@ pub struct ProcessHostState {
     supervisor: ActorRef<PluginSupervisorMsg>,
     status: ActorRef<StatusManagerMsg>,
     tree: watch::Receiver<Option<TreeRefs>>,
+    /// The message plane this launch was given (for `system.config`).
+    plane: MessagePlaneEndpoints,
     link: Link,
     key: FrameKey,
     phase: Phase,
@@ -346,6 +351,7 @@ impl Actor for ProcessHost {
             supervisor: args.supervisor,
             status: args.status,
             tree: args.tree,
+            plane: args.plane,
             link,
             key,
             phase: Phase::Preparing(prepare),
@@ -794,6 +800,7 @@ impl ProcessHostState {
             "run.update" | "export.push" => return self.forward_to_runs(myself, req),
             "config.base" | "config.profiles" | "config.profile" | "config.effective"
             | "config.update" => return self.forward_to_registry(myself, req),
+            "system.config" => Ok(self.system_config()),
             "plugin.call" => return self.plugin_call(myself, req),
             "plugins.query" => {
                 let refs = self.tree.borrow().clone();
@@ -825,6 +832,20 @@ impl ProcessHostState {
         if let Err(e) = self.link.send(Message::Response(response)) {
             tracing::warn!(plugin_id = %self.plugin_id, error = %e, "could not answer a plugin request");
         }
+    }
+
+    /// `{"config": {NAME: value}}`: neko's settings under the reference's names, with the
+    /// message plane this plugin was given.
+    fn system_config(&self) -> Value {
+        let mut config = self.settings.system_config.clone();
+        for (name, endpoint) in [
+            ("MESSAGE_PLANE_ZMQ_RPC_ENDPOINT", &self.plane.rpc),
+            ("MESSAGE_PLANE_ZMQ_PUB_ENDPOINT", &self.plane.publish),
+            ("MESSAGE_PLANE_ZMQ_INGEST_ENDPOINT", &self.plane.ingest),
+        ] {
+            config.insert(name.to_string(), Value::String(endpoint.clone()));
+        }
+        serde_json::json!({ "config": config })
     }
 
     /// The plugin's own config beyond `config.get` (base, profiles, a profile's effective view,

@@ -202,7 +202,7 @@ def test_features_of_later_releases_name_themselves():
             call()
     assert transport.requests == []  # nothing was sent
     assert isinstance(ctx.bus, BusHub)
-    assert set(PENDING_FEATURES) == {"memory.query", "system.config"}
+    assert set(PENDING_FEATURES) == {"memory.query"}
     assert not set(PENDING_FEATURES) & SERVED_OPS  # a served op is never "pending"
 
 

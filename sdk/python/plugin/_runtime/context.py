@@ -46,6 +46,7 @@ SERVED_OPS = frozenset(
         "config.profile",
         "config.effective",
         "config.update",
+        "system.config",
         "run.update",
         "export.push",
         "plugin.call",
@@ -56,7 +57,6 @@ SERVED_OPS = frozenset(
 #: Ops whose features arrive later, with the words used in the NotImplementedError.
 PENDING_FEATURES = {
     "memory.query": "memory queries (ctx.query_memory)",
-    "system.config": "the system config (ctx.get_system_config)",
 }
 
 #: How much longer than a plugin call's own timeout the SDK waits for neko's answer: neko enforces

@@ -1,7 +1,8 @@
-"""`SystemInfo`: facts about the plugin's Python and platform, and (later) neko's settings."""
+"""`SystemInfo`: facts about the plugin's Python and platform, and neko's settings."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import platform
 import sys
@@ -66,16 +67,30 @@ class SystemInfo:
         }
 
     def get_system_config(self, timeout: float = 5.0) -> Any:
-        """neko's settings (served by a later neko release)."""
+        """`{"config": {NAME: value}}`: neko's settings under the reference's names (smart: a
+        coroutine inside a running event loop)."""
         return self._ctx_request("system.config", timeout)
 
     def get_server_settings(self, timeout: float = 5.0) -> Any:
-        return self._ctx_request("system.config", timeout)
+        """The `config` dict of `get_system_config` (smart)."""
+        result = self.get_system_config(timeout)
+        if inspect.isawaitable(result):
+
+            async def finish() -> dict:
+                return _settings_of(await result)
+
+            return finish()
+        return _settings_of(result)
 
     def _ctx_request(self, op: str, timeout: float) -> Any:
         if self.ctx is None or not hasattr(self.ctx, "_request"):
             raise NotImplementedError(f"{op} needs a plugin context")
         return self.ctx._request(op, {}, timeout)
+
+
+def _settings_of(result: Any) -> dict:
+    config = result.get("config") if isinstance(result, dict) else None
+    return config if isinstance(config, dict) else {}
 
 
 __all__ = ["SystemInfo"]
