@@ -109,11 +109,11 @@ def test_request_errors_and_timeouts():
         PluginConfig(ctx).dump()
 
     ctx, transport = make_ctx("never")
-    with pytest.raises(TimeoutError, match=r"config.get timed out after 0.05s"):
+    with pytest.raises(TimeoutError, match=r"PLUGIN_CONFIG_GET timed out after 0.05s"):
         ctx._request_sync("config.get", {}, timeout=0.05)
 
     async def inside():
-        with pytest.raises(TimeoutError, match=r"config.get timed out after 0.05s"):
+        with pytest.raises(TimeoutError, match=r"PLUGIN_CONFIG_GET timed out after 0.05s"):
             await ctx._request_async("config.get", {}, timeout=0.05)
 
     asyncio.run(inside())
@@ -161,8 +161,8 @@ def test_async_request_deadlines_share_one_timer():
         assert [(n, r) for n, r, _ in ended] == [
             ("answered", {"config": "x"}),
             ("none", {"config": "y"}),
-            ("early", "config.get timed out after 0.1s"),
-            ("late", "config.get timed out after 0.3s"),
+            ("early", "PLUGIN_CONFIG_GET timed out after 0.1s"),
+            ("late", "PLUGIN_CONFIG_GET timed out after 0.3s"),
         ]
         # No deadline passes early (the order above shows that each passes in turn).
         assert ended[2][2] >= 0.09 and ended[3][2] >= 0.29

@@ -1,6 +1,8 @@
 """The import surface plugins rely on, and the `plugins` namespace."""
 
 import importlib
+
+import pytest
 import subprocess
 import sys
 import textwrap
@@ -81,3 +83,15 @@ def test_plugins_namespace_resolves_to_the_plugins_root(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(SDK_DIR), "PATH": ""}, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_the_reference_exception_hierarchy():
+    import plugin
+    from plugin.api.exceptions import PluginError, PluginExecutionError, PluginNotRunningError, PluginTimeoutError
+
+    assert issubclass(PluginTimeoutError, PluginError) and plugin.PluginError is PluginError
+    assert str(PluginExecutionError("p", "entry e", "boom")) == "Plugin 'p' entry 'entry e' execution failed: boom"
+    assert str(PluginNotRunningError("p")) == "Plugin 'p' is not running (status: unknown)"
+    assert str(PluginTimeoutError("p", "e", 1.5)) == "Plugin 'p' entry 'e' timed out after 1.5s"
+    with pytest.raises(AttributeError):
+        plugin.nothing_here

@@ -251,7 +251,7 @@ def test_plugins_list_and_require():
     plugins = Plugins(ctx)
     assert plugins.list({"name_contains": "oth"}) == listed
     assert plugins.require("other") == listed["plugins"][0]
-    with pytest.raises(PluginCallError, match="Plugin 'ghost' not found") as info:
+    with pytest.raises(PluginCallError, match="Required plugin 'ghost' not found") as info:
         plugins.require("ghost")
     assert info.value.code == "NOT_FOUND"
 

@@ -179,13 +179,30 @@ def sync_in_loop_error(name: str) -> RuntimeError:
 
 
 #: What a timeout raises: a text, a function making it (when formatting it is not worth doing for
-#: every request), or None for "<op> timed out after <timeout>s".
+#: every request), or None for "<REQUEST_TYPE> timed out after <timeout>s".
 TimeoutText = Union[str, Callable[[], str], None]
+
+
+#: The reference's request type for each op, as its timeouts name them ("RUN_UPDATE timed out after 5.0s").
+REQUEST_TYPES = {
+    "config.get": "PLUGIN_CONFIG_GET",
+    "config.base": "PLUGIN_CONFIG_BASE_GET",
+    "config.profiles": "PLUGIN_CONFIG_PROFILES_GET",
+    "config.profile": "PLUGIN_CONFIG_PROFILE_GET",
+    "config.effective": "PLUGIN_CONFIG_EFFECTIVE_GET",
+    "config.update": "PLUGIN_CONFIG_UPDATE",
+    "system.config": "PLUGIN_SYSTEM_CONFIG_GET",
+    "run.update": "RUN_UPDATE",
+    "export.push": "EXPORT_PUSH",
+    "plugin.call": "PLUGIN_TO_PLUGIN",
+    "plugins.query": "PLUGIN_QUERY",
+    "memory.query": "MEMORY_QUERY",
+}
 
 
 def _timeout_text(message: TimeoutText, op: str, timeout: Optional[float]) -> str:
     if message is None:
-        return f"{op} timed out after {timeout}s"
+        return f"{REQUEST_TYPES.get(op, op)} timed out after {timeout}s"
     return message() if callable(message) else message
 
 

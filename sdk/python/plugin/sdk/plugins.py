@@ -111,7 +111,7 @@ class Plugins:
         for item in (listed or {}).get("plugins", []) if isinstance(listed, dict) else []:
             if isinstance(item, dict) and item.get("plugin_id", item.get("id")) == plugin_id:
                 return item
-        raise PluginCallError(f"Plugin '{plugin_id}' not found", code="NOT_FOUND")
+        raise PluginCallError(f"Required plugin '{plugin_id}' not found", code="NOT_FOUND")
 
 
 __all__ = ["Plugins", "PluginCallError"]

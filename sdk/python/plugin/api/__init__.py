@@ -1,0 +1,1 @@
+"""Reference-compatible location of the plugin system's public API modules (`plugin.api.exceptions`)."""
