@@ -78,6 +78,14 @@ async fn unknown_targets_and_down_plugins_fail_clearly() {
     let run = neko.run("nope", "echo", json!({})).await;
     assert_eq!(run["status"], "failed");
     assert_eq!(run["error"]["code"], "NOT_FOUND");
+    assert_eq!(
+        run["error"]["message"],
+        "Plugin 'nope' is not found/registered"
+    );
+    assert_eq!(
+        run["error"]["details"]["known_plugins"],
+        json!(["echo", "later"])
+    );
     let run = neko.run("echo", "nope", json!({})).await;
     assert_eq!(run["error"]["code"], "NOT_FOUND");
     assert_eq!(
@@ -87,6 +95,16 @@ async fn unknown_targets_and_down_plugins_fail_clearly() {
     let run = neko.run("later", "echo", json!({})).await;
     assert_eq!(run["status"], "failed");
     assert_eq!(run["error"]["code"], "NOT_READY");
+    let message = run["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Plugin 'later' is registered but not running"),
+        "{run}"
+    );
+    assert_eq!(
+        run["error"]["details"]["running_plugins"],
+        json!(["echo"]),
+        "{run}"
+    );
 }
 
 /// The same idempotency key returns the same run.

@@ -389,9 +389,11 @@ impl PluginSupervisorState {
                     forward_call(id, &host.actor, call.req, call.reply);
                 }
             }
-            (_, Want::Stopped) => {
-                for call in slot.waiting_calls.drain(..) {
-                    let _ = call.reply.send(Err(not_running(id, state)));
+            (_, Want::Stopped) if !slot.waiting_calls.is_empty() => {
+                let calls = std::mem::take(&mut slot.waiting_calls);
+                let refused = self.not_running(id, state);
+                for call in calls {
+                    let _ = call.reply.send(Err(refused.clone()));
                 }
             }
             _ => {}
@@ -648,6 +650,28 @@ impl PluginSupervisorState {
         self.publish(&id);
     }
 
+    /// The reference's refusal for a plugin that is not running, with its details: a hint and
+    /// the plugins that are.
+    fn not_running(&self, id: &PluginId, state: PluginState) -> WireError {
+        let mut running: Vec<&str> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.host.as_ref().is_some_and(|h| h.ready))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        running.sort_unstable();
+        WireError {
+            details: Some(json!({
+                "hint": format!("start it first: POST /plugin/{id}/start"),
+                "running_plugins": running,
+            })),
+            ..WireError::new(
+                ErrorCode::NotReady,
+                format!("Plugin '{id}' is registered but not running (status: {state})"),
+            )
+        }
+    }
+
     fn trigger(
         &mut self,
         myself: &ActorRef<PluginSupervisorMsg>,
@@ -666,10 +690,15 @@ impl PluginSupervisorState {
             }),
         );
         let Some(slot) = self.slots.get_mut(&id) else {
-            let _ = reply.send(Err(WireError::new(
-                ErrorCode::NotFound,
-                format!("Plugin '{id}' is not found/registered"),
-            )));
+            let mut known: Vec<&str> = self.slots.keys().map(PluginId::as_str).collect();
+            known.sort_unstable();
+            let _ = reply.send(Err(WireError {
+                details: Some(json!({ "known_plugins": known })),
+                ..WireError::new(
+                    ErrorCode::NotFound,
+                    format!("Plugin '{id}' is not found/registered"),
+                )
+            }));
             return;
         };
         match &slot.host {
@@ -700,7 +729,8 @@ impl PluginSupervisorState {
                 });
             }
             _ => {
-                let _ = reply.send(Err(not_running(&id, slot.lifecycle.state)));
+                let state = slot.lifecycle.state;
+                let _ = reply.send(Err(self.not_running(&id, state)));
             }
         }
     }
@@ -1079,12 +1109,4 @@ fn forward_call(
             format!("Plugin '{id}' is restarting"),
         )));
     }
-}
-
-/// The reference's refusal for a plugin that is not running.
-fn not_running(id: &PluginId, state: PluginState) -> WireError {
-    WireError::new(
-        ErrorCode::NotReady,
-        format!("Plugin '{id}' is registered but not running (status: {state})"),
-    )
 }
