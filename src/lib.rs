@@ -52,6 +52,10 @@ pub async fn run(
     let data_dir = absolute(&settings.gateway.data_dir)?;
     let runtime_dir = data_dir.join("run");
     make_private_dir(&runtime_dir)?;
+    // Plugins' "memory" states live as long as this run: a new neko starts without them.
+    let state_dir = runtime_dir.join(neko_actors::process_host::STATE_DIR_NAME);
+    let _ = std::fs::remove_dir_all(&state_dir);
+    make_private_dir(&state_dir)?;
     let plugins_dir = absolute(&settings.plugins.dir)?;
     let plugin_logs_dir = data_dir.join("logs").join("plugins");
     let signer = RunTokenSigner::new(match &settings.runs.token_secret {

@@ -394,3 +394,98 @@ class Hooks(NekoPluginBase):
     neko.wait_running("reloading").await;
     assert_eq!(lines(), "startup\nstartup\nreload\nstartup\n");
 }
+
+/// `__freezable__` attributes are saved after each successful entry (`[plugin_state]`
+/// persist_mode "auto", file backend) and come back when the process is restarted after a
+/// crash, with `lifecycle("unfreeze")` run after `startup`; the saved copy is then cleared. With
+/// the "memory" backend the state survives a reload of the same neko run.
+#[tokio::test]
+async fn freezable_state_survives_a_crash_and_a_reload() {
+    let keeper = |id: &'static str, backend: &str| {
+        PythonPlugin {
+        dir: id,
+        toml: format!(
+            "[plugin]\nid = \"{id}\"\nentry = \"plugins.{id}:Keeper\"\n\n\
+             [plugin_state]\npersist_mode = \"auto\"\nbackend = \"{backend}\"\n"
+        ),
+        init_py: r#"
+import datetime
+import os
+
+from plugin.sdk import NekoPluginBase, lifecycle, plugin_entry
+
+
+class Keeper(NekoPluginBase):
+    __freezable__ = ["count", "seen", "since"]
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.count = 0
+        self.seen = set()
+        self.since = None
+        self.unfrozen = False
+
+    @lifecycle(id="unfreeze")
+    def thawed(self, **_):
+        self.unfrozen = True
+
+    @plugin_entry(id="bump")
+    def bump(self, tag="x", **_):
+        self.count += 1
+        self.seen.add(tag)
+        self.since = self.since or datetime.date(2026, 1, 2)
+        return {"count": self.count}
+
+    @plugin_entry(id="peek", persist=False)
+    def peek(self, **_):
+        return {"count": self.count, "seen": sorted(self.seen), "since": str(self.since), "unfrozen": self.unfrozen}
+
+    @plugin_entry(id="crash")
+    def crash(self, **_):
+        os._exit(3)
+"#
+        .into(),
+        files: Vec::new(),
+    }
+    };
+    let neko = Neko::start_mixed(
+        &[],
+        &[keeper("keeper", "file"), keeper("kept", "memory")],
+        "",
+    );
+    for id in ["keeper", "kept"] {
+        neko.wait_running(id).await;
+        for tag in ["a", "b"] {
+            let run = neko.run(id, "bump", json!({"tag": tag})).await;
+            assert_eq!(run["status"], "succeeded", "{run}");
+        }
+    }
+    assert!(neko.plugins_dir.join("keeper/.plugin_state").is_file());
+
+    // A crash: the restarted process has the state back, and ran its unfreeze hook.
+    let pid = neko.plugin("keeper").await["pid"].as_u64().unwrap();
+    let _ = neko.create_run("keeper", "crash", json!({})).await;
+    wait_for_async(
+        || async {
+            let p = neko.plugin("keeper").await;
+            p["status"] == "running" && p["pid"].as_u64() != Some(pid)
+        },
+        "keeper restarted",
+    )
+    .await;
+    let run = neko.run("keeper", "peek", json!({})).await;
+    assert_eq!(
+        run["result"],
+        json!({"count": 2, "seen": ["a", "b"], "since": "2026-01-02", "unfrozen": true}),
+        "{run}"
+    );
+    assert!(!neko.plugins_dir.join("keeper/.plugin_state").exists());
+
+    // The memory backend: kept by this neko for a reload, never written to the plugin's folder.
+    let (status, body) = neko.admin_post("/plugin/kept/reload").await;
+    assert_eq!(status, 200, "{body}");
+    let run = neko.run("kept", "peek", json!({})).await;
+    assert_eq!(run["result"]["count"], 2, "{run}");
+    assert_eq!(run["result"]["unfrozen"], true, "{run}");
+    assert!(!neko.plugins_dir.join("kept/.plugin_state").exists());
+}

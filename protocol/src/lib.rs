@@ -59,4 +59,7 @@ pub mod env {
     pub const MESSAGE_PLANE_INGEST: &str = "NEKO_MESSAGE_PLANE_ZMQ_INGEST_ENDPOINT";
     /// `1` when this process was started by a reload (the plugin then runs its reload hook).
     pub const RELOADED: &str = "NEKO_PLUGIN_RELOADED";
+    /// A private folder that lives as long as this supervisor run, for plugin state kept "in
+    /// memory" (surviving the plugin's restarts, not the supervisor's).
+    pub const STATE_DIR: &str = "NEKO_PLUGIN_STATE_DIR";
 }

@@ -79,6 +79,10 @@ pub struct HostSettings {
 /// The ProcessHost actor.
 pub struct ProcessHost;
 
+/// The folder under the runtime dir where plugins keep state "in memory" (see
+/// [`neko_protocol::env::STATE_DIR`]); neko empties it when it starts.
+pub const STATE_DIR_NAME: &str = "state";
+
 /// A plugin's TIMEOUT this close to the call's deadline counts as the deadline.
 const DEADLINE_SLACK: Duration = Duration::from_millis(50);
 
@@ -513,6 +517,14 @@ async fn launch_spec(
         (
             env::PLUGIN_CONFIG.to_string(),
             manifest.config_path.display().to_string(),
+        ),
+        (
+            env::STATE_DIR.to_string(),
+            settings
+                .runtime_dir
+                .join(STATE_DIR_NAME)
+                .display()
+                .to_string(),
         ),
     ]);
     Ok(LaunchSpec {

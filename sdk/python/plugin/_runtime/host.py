@@ -50,8 +50,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
 from ..sdk.logger import PluginLogger
-from ..sdk.shared.constants import SDK_NAME, SDK_VERSION
+from ..sdk.shared.constants import PERSIST_ATTR, SDK_NAME, SDK_VERSION
 from ..sdk.shared.core.events import EventMeta
+from ..sdk.state import StatePersistence
 from . import scope
 from .calls import (
     InvalidCall,
@@ -144,6 +145,11 @@ class PluginHost:
         self.started = False
         self.stopping = False
         self.hard_exit = False
+        #: State persistence (`__freezable__`): what saves after successful entries, the instance it
+        #: saves, and whether a saved state was restored at this start (then `unfreeze` runs).
+        self.state: Optional[StatePersistence] = None
+        self.instance: Any = None
+        self.restored = False
         self._serving = False
         self.timer_stop = threading.Event()
         self._busy = 0
@@ -635,6 +641,7 @@ class PluginHost:
             raise
         else:
             outcome = convert_return(entry.id, value, raw_envelopes=call.scope.caller is not None)
+            self._persist(entry, outcome)
         self._finish_call(call, outcome)
         return outcome
 
@@ -649,8 +656,21 @@ class PluginHost:
                 if inspect.isawaitable(value):
                     return _Awaitable(value)
                 outcome = convert_return(entry.id, value, raw_envelopes=call.scope.caller is not None)
+                self._persist(entry, outcome)
             self._answer_early(call, outcome)
             return outcome
+
+    def _persist(self, entry: RuntimeEntry, outcome: Outcome) -> None:
+        """After a successful entry: saves the `__freezable__` attributes when the entry's
+        `persist` flag and the plugin's persist mode say so. A failed save is logged; the call's
+        answer stands."""
+        state = self.state
+        if state is None or not outcome.ok or not state.should_save(getattr(entry.handler, PERSIST_ATTR, None)):
+            return
+        try:
+            state.save(self.instance, reason="auto")
+        except Exception as exc:
+            self.logger.warning("state not saved after {}: {}: {}", entry.what, type(exc).__name__, exc)
 
     @contextmanager
     def _busy_thread(self) -> Iterator[None]:
@@ -763,6 +783,9 @@ class PluginHost:
         hook = self.tables.lifecycle.get("reload") if self.env.reloaded else None
         if hook is not None and not self.stopping:
             await self._run_hook("lifecycle.reload", hook)
+        hook = self.tables.lifecycle.get("unfreeze") if self.restored else None
+        if hook is not None and not self.stopping:
+            await self._run_hook("lifecycle.unfreeze", hook)
         if self.stopping:
             return
         self.logger.info("startup finished; serving (queued calls: {})", len(self.queued))

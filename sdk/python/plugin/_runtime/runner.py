@@ -17,6 +17,7 @@ from typing import Any
 
 from ..sdk.logger import PluginLogger, StdlibBridge, get_plugin_logger
 from ..sdk.shared.constants import SDK_VERSION
+from ..sdk.state import StatePersistence
 from . import namespace
 from .context import PluginContext
 from .entries import build_tables
@@ -111,6 +112,16 @@ def main() -> int:
 
     tables = build_tables(instance, manifest, logger)
     host = PluginHost(env, link, tables, logger)
+    # `__freezable__` attributes saved by an earlier process come back before anything runs.
+    state = getattr(instance, "_state_persistence", None)
+    if isinstance(state, StatePersistence) and state.enabled:
+        host.state, host.instance = state, instance
+        try:
+            host.restored = state.restore(instance)
+        except Exception:
+            logger.exception("the saved state could not be restored; starting without it")
+        if host.restored:
+            logger.info("state restored ({})", ", ".join(state.freezable))
     try:
         code = asyncio.run(host.run())
     except Exception:

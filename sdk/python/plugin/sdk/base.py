@@ -13,7 +13,7 @@ from .logger import PluginLogger, enable_plugin_file_logging, get_plugin_logger
 from .plugins import Plugins
 from .shared.constants import DEFAULT_INPUT_SCHEMA, NEKO_PLUGIN_META_ATTR, NEKO_PLUGIN_TAG, SDK_VERSION
 from .shared.core.events import EventHandler, scan_event_handlers
-from .state import StatePersistence
+from .state import StatePersistence, persist_mode, state_backend
 from .store import PluginStore
 from .system_info import SystemInfo
 
@@ -31,18 +31,16 @@ class PluginMeta:
     author: Optional[dict] = None
 
 
-def _plugin_section(ctx: Any) -> dict:
-    """`[plugin]` of the plugin's plugin.toml (read locally: no round-trip to neko), or {}."""
+def _plugin_toml(ctx: Any) -> dict:
+    """The plugin's plugin.toml (read locally: no round-trip to neko), or {}."""
     path = getattr(ctx, "config_path", None)
     if not path:
         return {}
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except (OSError, TypeError, ValueError):  # TOMLDecodeError is a ValueError
         return {}
-    section = data.get("plugin")
-    return section if isinstance(section, dict) else {}
 
 
 def _feature(section: dict, name: str) -> tuple[bool, dict]:
@@ -93,14 +91,22 @@ class NekoPluginBase:
         _set(self, "plugins", Plugins(ctx))
         _set(self, "logger", getattr(ctx, "logger", None) or get_plugin_logger(self._plugin_id))
         self.file_logger: Optional[PluginLogger] = None
-        self._state_persistence = StatePersistence(self._plugin_id, freezable=getattr(self, "__freezable__", []))
-        self._freeze_checkpoint = self._state_persistence
         self._system_info: Optional[SystemInfo] = None
         self._config_dir: Optional[Path] = None
         self._bus: Any = None
-        section = _plugin_section(ctx)
+        doc = _plugin_toml(ctx)
+        section = doc.get("plugin") if isinstance(doc.get("plugin"), dict) else {}
         plugin_dir = _plugin_dir(ctx)
         logger = getattr(ctx, "logger", None)
+        self._state_persistence = StatePersistence(
+            self._plugin_id,
+            plugin_dir,
+            freezable=getattr(self, "__freezable__", []),
+            backend=state_backend(doc),
+            mode=persist_mode(doc, type(self)),
+            logger=logger,
+        )
+        self._freeze_checkpoint = self._state_persistence
         store_on, _ = _feature(section, "store")
         db_on, db_table = _feature(section, "database")
         name = db_table.get("name")
