@@ -489,3 +489,42 @@ class Keeper(NekoPluginBase):
     assert_eq!(run["result"]["unfrozen"], true, "{run}");
     assert!(!neko.plugins_dir.join("kept/.plugin_state").exists());
 }
+
+/// A plugin whose `__init__` asks neko for something only a connected plugin can have (here
+/// `self.plugins.require`, as reference plugins check their dependencies) still starts: the SDK
+/// says HELLO with the entries its class declares and constructs it once connected, before any
+/// call is served.
+#[tokio::test]
+async fn init_may_ask_neko_for_other_plugins() {
+    let plugin = PythonPlugin {
+        dir: "needy",
+        toml: "[plugin]\nid = \"needy\"\nentry = \"plugins.needy:Needy\"\n".into(),
+        init_py: r#"
+from plugin.sdk import NekoPluginBase, plugin_entry
+
+
+class Needy(NekoPluginBase):
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.dependency = self.plugins.require("echo")
+        self.base = self.config.dump_base()
+
+    @plugin_entry(id="dependency")
+    def show(self, **_):
+        return {"dependency": self.dependency["plugin_id"], "id": self.base["plugin"]["id"]}
+"#
+        .into(),
+        files: Vec::new(),
+    };
+    let neko = Neko::start_mixed(&[echo_plugin("echo", "")], &[plugin], "");
+    neko.wait_running("needy").await;
+    let run = neko.run("needy", "dependency", json!({})).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(
+        run["result"],
+        json!({"dependency": "echo", "id": "needy"}),
+        "{run}"
+    );
+    let entries = neko.plugin("needy").await["entries"].clone();
+    assert_eq!(entries[0]["id"], "dependency", "{entries}");
+}

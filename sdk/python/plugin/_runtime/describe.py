@@ -15,24 +15,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from ..sdk.logger import get_plugin_logger
 from . import namespace
-from .entries import build_tables
+from .entries import bare_instance, build_tables
 from .manifest import read_manifest
 from .runner import _tidy_sys_path, load_class
 
 #: Prefix of the answer line.
 MARKER = "NEKO_DESCRIBE "
-
-
-def bare_instance(cls: type) -> Any:
-    """An instance of `cls` whose `__init__` never ran: enough to look its methods up."""
-    try:
-        return cls.__new__(cls)
-    except TypeError:  # a __new__ that wants the constructor's arguments
-        return object.__new__(cls)
 
 
 def main() -> int:

@@ -145,6 +145,14 @@ def plugin_input_schema(cls: type, logger: Optional[PluginLogger] = None) -> Opt
     return value if isinstance(value, dict) else None
 
 
+def bare_instance(cls: type) -> Any:
+    """An instance of `cls` whose `__init__` never ran: enough to look its methods up."""
+    try:
+        return cls.__new__(cls)
+    except TypeError:  # a __new__ that wants the constructor's arguments
+        return object.__new__(cls)
+
+
 def build_tables(instance: Any, manifest: dict, logger: PluginLogger) -> HandlerTables:
     tables = HandlerTables()
     tables.input_schema = plugin_input_schema(type(instance), logger)

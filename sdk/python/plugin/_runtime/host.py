@@ -150,6 +150,9 @@ class PluginHost:
         self.state: Optional[StatePersistence] = None
         self.instance: Any = None
         self.restored = False
+        #: Set when the plugin's `__init__` needed neko: constructs it (and installs its handler
+        #: tables) once connected, on a pool thread, before `startup`; calls wait meanwhile.
+        self.construct: Optional[Callable[[], None]] = None
         self._serving = False
         self.timer_stop = threading.Event()
         self._busy = 0
@@ -776,6 +779,14 @@ class PluginHost:
                 return
 
     async def _startup(self) -> None:
+        if self.construct is not None:
+            assert self.loop is not None
+            try:
+                await self.loop.run_in_executor(self.sync_pool, self.construct)
+            except Exception:
+                self.logger.exception("the plugin class could not be constructed")
+                self._finish(1)
+                return
         hook = self.tables.lifecycle.get("startup")
         if hook is not None:
             await self._run_hook("lifecycle.startup", hook)

@@ -101,6 +101,9 @@ class Link:
         self._state = "new"  # new → running (after WELCOME) → closed
         #: Answers requests made before the link runs (e.g. config reads in a plugin's __init__).
         self.local_answer: Optional[Callable[[str, dict], Any]] = None
+        #: The first op asked before the link runs that only neko can answer (the runner then
+        #: constructs the plugin again once connected, should its `__init__` fail).
+        self.needed_before_connect: Optional[str] = None
         # Receiving: verified envelopes wait in `_inbox` for `recv()`, unless a receiver takes them.
         self._inbox: deque[Envelope] = deque()
         self._recv_waiter: Optional[asyncio.Future] = None
@@ -579,6 +582,7 @@ class Link:
             try:
                 resolve({"request_id": request_id, "ok": True, "result": self.local_answer(op, args), "error": None})
             except LookupError:
+                self.needed_before_connect = self.needed_before_connect or op
                 raise RuntimeError(
                     f"'{op}' is not available before the plugin is connected to neko; "
                     f"call it from a @lifecycle(id='startup') handler or an entry"

@@ -20,7 +20,7 @@ from ..sdk.shared.constants import SDK_VERSION
 from ..sdk.state import StatePersistence
 from . import namespace
 from .context import PluginContext
-from .entries import build_tables
+from .entries import bare_instance, build_tables
 from .env import EnvError, RuntimeEnv
 from .host import PluginHost
 from .link import Link
@@ -57,6 +57,27 @@ def _local_answer(env: RuntimeEnv):
         raise LookupError(op)
 
     return answer
+
+
+def _adopt(host: PluginHost, instance: Any, manifest: dict, logger: PluginLogger, tables: Any = None) -> None:
+    """Makes `instance` the plugin the host serves: its handler tables, and the `__freezable__`
+    attributes an earlier process saved, restored before anything runs."""
+    if tables is None:
+        tables = build_tables(instance, manifest, logger)
+        announced, built = set(host.tables.entries), set(tables.entries)
+        if announced != built:
+            logger.warning("entries differ from those announced at HELLO (not served: {})", sorted(built - announced) or "none")
+    host.tables = tables
+    state = getattr(instance, "_state_persistence", None)
+    if not (isinstance(state, StatePersistence) and state.enabled):
+        return
+    host.state, host.instance = state, instance
+    try:
+        host.restored = state.restore(instance)
+    except Exception:
+        logger.exception("the saved state could not be restored; starting without it")
+    if host.restored:
+        logger.info("state restored ({})", ", ".join(state.freezable))
 
 
 def _exit(code: int, hard: bool) -> int:
@@ -104,24 +125,26 @@ def main() -> int:
     link = Link(env.endpoint, env.key, env.max_frame_bytes, logger)
     link.local_answer = _local_answer(env)
     ctx = PluginContext(env.plugin_id, env.config_path, logger, link, env.plugin_dir)
+    deferred = False
     try:
         instance = cls(ctx)
-    except Exception:
-        logger.exception("the plugin class '{}' could not be constructed", entry)
-        return 1
+    except Exception as exc:
+        op = link.needed_before_connect
+        if op is None:
+            logger.exception("the plugin class '{}' could not be constructed", entry)
+            return 1
+        # Its __init__ asked neko for something (other plugins, say) that only a connected link
+        # can answer, as the reference allows: say HELLO with the entries its class declares,
+        # and construct it again once connected (before any call is served).
+        logger.info("the plugin's __init__ needs neko ('{}' failed with {}); constructing it again once connected", op, type(exc).__name__)
+        instance, deferred = bare_instance(cls), True
 
     tables = build_tables(instance, manifest, logger)
     host = PluginHost(env, link, tables, logger)
-    # `__freezable__` attributes saved by an earlier process come back before anything runs.
-    state = getattr(instance, "_state_persistence", None)
-    if isinstance(state, StatePersistence) and state.enabled:
-        host.state, host.instance = state, instance
-        try:
-            host.restored = state.restore(instance)
-        except Exception:
-            logger.exception("the saved state could not be restored; starting without it")
-        if host.restored:
-            logger.info("state restored ({})", ", ".join(state.freezable))
+    if deferred:
+        host.construct = lambda: _adopt(host, cls(ctx), manifest, logger)
+    else:
+        _adopt(host, instance, manifest, logger, tables)
     try:
         code = asyncio.run(host.run())
     except Exception:
