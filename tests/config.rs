@@ -520,6 +520,14 @@ from plugin.sdk import NekoPluginBase, PluginConfigError, neko_plugin, plugin_en
 
 @neko_plugin
 class Probe(NekoPluginBase):
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.at_init = self.config.get("probe.answer")
+
+    @plugin_entry(id="init_read")
+    def init_read(self, **_):
+        return {"answer": self.at_init}
+
     @plugin_entry(id="read")
     def read(self, **_):
         return ok(data={"answer": self.config.get_sync("probe.answer"), "keep": self.config.get_sync("probe.keep")})
@@ -613,4 +621,15 @@ class Probe(NekoPluginBase):
         .unwrap_or_default();
     assert!(rpc.starts_with("tcp://127.0.0.1:"), "{run}");
     assert_eq!(run["result"]["settings"], *config, "{run}");
+
+    // A read in the constructor, before the plugin is connected, sees the active profile too.
+    let run = neko.run("cfgprobe", "init_read", json!({})).await;
+    assert_eq!(
+        run["result"]["answer"], 42,
+        "started before the profile: {run}"
+    );
+    let (status, body) = admin(&neko, "POST", "/plugin/cfgprobe/reload", None).await;
+    assert_eq!(status, 200, "{body}");
+    let run = neko.run("cfgprobe", "init_read", json!({})).await;
+    assert_eq!(run["result"]["answer"], 7, "{run}");
 }

@@ -62,4 +62,7 @@ pub mod env {
     /// A private folder that lives as long as this supervisor run, for plugin state kept "in
     /// memory" (surviving the plugin's restarts, not the supervisor's).
     pub const STATE_DIR: &str = "NEKO_PLUGIN_STATE_DIR";
+    /// A JSON file holding the plugin's effective config at launch (`config.get`'s answer), for
+    /// reads made before the plugin is connected.
+    pub const EFFECTIVE_CONFIG: &str = "NEKO_PLUGIN_EFFECTIVE_CONFIG";
 }

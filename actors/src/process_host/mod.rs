@@ -336,6 +336,9 @@ impl Actor for ProcessHost {
         if args.reloaded {
             launch_env.push((env::RELOADED.to_string(), "1".to_string()));
         }
+        if let Some(path) = effective_config_file(&args.manifest, &args.settings.runtime_dir) {
+            launch_env.push((env::EFFECTIVE_CONFIG.to_string(), path));
+        }
         let limits = args.settings.limits.with_overrides(&args.manifest.limits);
         let prepare = tokio::spawn(prepare(
             args.manifest.clone(),
@@ -537,6 +540,43 @@ async fn launch_spec(
 }
 
 /// What a Python plugin's interpreter needs to find and import it.
+/// The plugin's effective config (base + active profile) as `config.get` answers it.
+fn effective_config(manifest: &PluginManifest) -> Result<Value, String> {
+    let folder = PluginFolder {
+        id: manifest.id.clone(),
+        dir: manifest.dir.clone(),
+        config_path: manifest.config_path.clone(),
+    };
+    plugin_config::effective_view(&folder, plugin_config::env_profile(&manifest.id))
+        .map_err(|e| e.to_string())
+        .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()))
+}
+
+/// Writes the plugin's effective config at launch to `<runtime dir>/<id>.config.json` (0600), for
+/// the config reads its constructor makes before it is connected; None (the SDK then reads
+/// plugin.toml alone) when it cannot be computed or written.
+fn effective_config_file(
+    manifest: &PluginManifest,
+    runtime_dir: &std::path::Path,
+) -> Option<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let config = effective_config(manifest).ok()?;
+    let path = runtime_dir.join(format!("{}.config.json", manifest.id));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(config.to_string().as_bytes()));
+    if let Err(error) = written {
+        tracing::warn!(plugin_id = %manifest.id, %error, "could not write the launch's effective config");
+        return None;
+    }
+    Some(path.display().to_string())
+}
+
 /// A config request's failure as the plugin sees it: the same text as the config routes give.
 fn config_error(e: crate::error::Error) -> WireError {
     use crate::error::Error;
@@ -822,15 +862,7 @@ impl ProcessHostState {
             "config.get" => {
                 // The same effective config (base + active profile) that `GET /plugin/{id}/config`
                 // shows.
-                let folder = PluginFolder {
-                    id: self.plugin_id.clone(),
-                    dir: self.manifest.dir.clone(),
-                    config_path: self.manifest.config_path.clone(),
-                };
-                plugin_config::effective_view(&folder, plugin_config::env_profile(&self.plugin_id))
-                    .map_err(|e| e.to_string())
-                    .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()))
-                    .map_err(|e| WireError::new(ErrorCode::Internal, e))
+                effective_config(&self.manifest).map_err(|e| WireError::new(ErrorCode::Internal, e))
             }
             other => Err(WireError::new(
                 ErrorCode::NotFound,

@@ -31,6 +31,8 @@ class RuntimeEnv:
     plugins_root: Optional[Path] = None
     #: This launch is a reload (`NEKO_PLUGIN_RELOADED=1`): `lifecycle("reload")` runs after startup.
     reloaded: bool = False
+    #: The effective config at launch (`NEKO_PLUGIN_EFFECTIVE_CONFIG`), for reads before connecting.
+    effective_config: Optional[Path] = None
 
     def __repr__(self) -> str:  # never print the key
         return f"RuntimeEnv(plugin_id={self.plugin_id!r}, endpoint={self.endpoint!r}, key=<redacted>)"
@@ -81,4 +83,6 @@ class RuntimeEnv:
         root = env.get("NEKO_PLUGINS_ROOT", "").strip()
         out.plugins_root = Path(root) if root else out.plugin_dir.parent
         out.reloaded = env.get("NEKO_PLUGIN_RELOADED", "").strip() == "1"
+        effective = env.get("NEKO_PLUGIN_EFFECTIVE_CONFIG", "").strip()
+        out.effective_config = Path(effective) if effective else None
         return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import os
 import sys
@@ -52,7 +53,14 @@ def load_class(entry: str) -> Any:
 
 def _local_answer(env: RuntimeEnv):
     def answer(op: str, args: dict) -> Any:
-        if op in ("config.get", "config.base"):  # plugin.toml as it is (profiles need neko)
+        if op == "config.get" and env.effective_config is not None:
+            # The effective config (profiles applied) neko wrote for this launch.
+            try:
+                with open(env.effective_config, encoding="utf-8") as fh:
+                    return json.load(fh)
+            except (OSError, ValueError):
+                pass
+        if op in ("config.get", "config.base"):  # plugin.toml as it is
             return local_config_get(env.plugin_id, env.config_path)
         raise LookupError(op)
 
