@@ -540,6 +540,41 @@ async fn launch_spec(
 }
 
 /// What a Python plugin's interpreter needs to find and import it.
+/// Answers the plugin's request `request_id` with `outcome` once it resolves, without holding up
+/// the host (a plugin's other messages keep flowing meanwhile).
+fn respond_later(
+    host: &ActorRef<ProcessHostMsg>,
+    request_id: String,
+    outcome: impl std::future::Future<Output = Result<Value, WireError>> + Send + 'static,
+) {
+    let host = host.clone();
+    tokio::spawn(async move {
+        let response = Response::from_outcome(request_id, outcome.await);
+        let _ = host.cast(ProcessHostMsg::Respond(response));
+    });
+}
+
+/// Asks `actor` (None while it restarts), named `who` in the errors, for a plugin's request.
+async fn ask<M: ractor::Message, T: Send + 'static>(
+    actor: Option<ActorRef<M>>,
+    who: &str,
+    msg: impl FnOnce(RpcReplyPort<T>) -> M,
+) -> Result<T, WireError> {
+    let Some(actor) = actor else {
+        return Err(WireError::new(
+            ErrorCode::NotReady,
+            format!("the {who} is restarting"),
+        ));
+    };
+    match actor.call(msg, Some(PLUGIN_REQUEST_TIMEOUT)).await {
+        Ok(ractor::rpc::CallResult::Success(value)) => Ok(value),
+        _ => Err(WireError::new(
+            ErrorCode::Internal,
+            format!("the {who} did not answer"),
+        )),
+    }
+}
+
 /// The plugin's effective config (base + active profile) as `config.get` answers it.
 fn effective_config(manifest: &PluginManifest) -> Result<Value, String> {
     let folder = PluginFolder {
@@ -920,35 +955,14 @@ impl ProcessHostState {
             Err(e) => return self.respond(Response::from_outcome(req.request_id, Err(e))),
         };
         let registry = self.tree.borrow().as_ref().map(|t| t.registry.clone());
-        let (id, host) = (self.plugin_id.clone(), myself.clone());
-        tokio::spawn(async move {
-            let outcome = match registry {
-                None => Err(WireError::new(
-                    ErrorCode::NotReady,
-                    "the plugin registry is restarting",
-                )),
-                Some(registry) => {
-                    let call = registry.call(
-                        |reply| RegistryMsg::Config(id, request, reply),
-                        Some(PLUGIN_REQUEST_TIMEOUT),
-                    );
-                    match call.await {
-                        Ok(ractor::rpc::CallResult::Success(Ok(reply))) => {
-                            serde_json::to_value(reply)
-                                .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
-                        }
-                        Ok(ractor::rpc::CallResult::Success(Err(e))) => Err(config_error(e)),
-                        _ => Err(WireError::new(
-                            ErrorCode::Internal,
-                            "the plugin registry did not answer",
-                        )),
-                    }
-                }
-            };
-            let _ = host.cast(ProcessHostMsg::Respond(Response::from_outcome(
-                req.request_id,
-                outcome,
-            )));
+        let id = self.plugin_id.clone();
+        respond_later(myself, req.request_id, async move {
+            let reply = ask(registry, "plugin registry", |reply| {
+                RegistryMsg::Config(id, request, reply)
+            })
+            .await?;
+            serde_json::to_value(reply.map_err(config_error)?)
+                .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))
         });
     }
 
@@ -957,36 +971,20 @@ impl ProcessHostState {
     fn forward_to_runs(&mut self, myself: &ActorRef<ProcessHostMsg>, req: Request) {
         let runs = self.tree.borrow().as_ref().map(|t| t.runs.clone());
         let plugin_id = self.plugin_id.to_string();
-        let host = myself.clone();
-        tokio::spawn(async move {
-            let outcome = match runs {
-                None => Err(WireError::new(
-                    ErrorCode::NotReady,
-                    "the run tracker is restarting",
-                )),
-                Some(runs) => {
-                    let call = runs.call(
-                        |reply| RunTrackerMsg::FromPlugin {
-                            plugin_id,
-                            op: req.op,
-                            args: req.args,
-                            reply,
-                        },
-                        Some(PLUGIN_REQUEST_TIMEOUT),
-                    );
-                    match call.await {
-                        Ok(ractor::rpc::CallResult::Success(outcome)) => outcome,
-                        _ => Err(WireError::new(
-                            ErrorCode::Internal,
-                            "the run tracker did not answer",
-                        )),
-                    }
-                }
-            };
-            let _ = host.cast(ProcessHostMsg::Respond(Response::from_outcome(
-                req.request_id,
-                outcome,
-            )));
+        let Request {
+            request_id,
+            op,
+            args,
+            ..
+        } = req;
+        respond_later(myself, request_id, async move {
+            ask(runs, "run tracker", |reply| RunTrackerMsg::FromPlugin {
+                plugin_id,
+                op,
+                args,
+                reply,
+            })
+            .await?
         });
     }
 
