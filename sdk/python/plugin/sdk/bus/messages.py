@@ -25,6 +25,8 @@ class MessageClient(BusClient):
         timeout: float = 5.0,
         raw: bool = False,
         no_fallback: bool = False,
+        *,
+        topic: str = "all",
     ) -> MessageList:
         """Recent messages, every plugin's unless `plugin_id` names one ("*" = all).
 
@@ -35,27 +37,6 @@ class MessageClient(BusClient):
         `raw=True` on an unfiltered read asks for index-only ("light") items and gives a list
         that cannot be reloaded. `no_fallback` is accepted (there is nothing to fall back to).
         """
-        return self._read(plugin_id, max_count, priority_min, source, filter, strict, since_ts, timeout, raw, "all")
-
-    def get_message_plane(
-        self,
-        *,
-        plugin_id: Optional[str] = None,
-        max_count: int = 50,
-        priority_min: Optional[int] = None,
-        source: Optional[str] = None,
-        filter: Any = None,
-        strict: bool = True,
-        since_ts: Optional[float] = None,
-        timeout: float = 5.0,
-        raw: bool = False,
-        topic: str = "all",
-    ) -> MessageList:
-        """`get` on one topic of the messages store (the reference's message-plane read; its
-        messages all go to topic "all")."""
-        return self._read(plugin_id, max_count, priority_min, source, filter, strict, since_ts, timeout, raw, topic or "all")
-
-    def _read(self, plugin_id, max_count, priority_min, source, filter, strict, since_ts, timeout, raw, topic) -> MessageList:
         pid = norm_plugin_id(plugin_id)
         src = source if isinstance(source, str) and source else None
         prio = int(priority_min) if priority_min is not None else None
@@ -64,12 +45,12 @@ class MessageClient(BusClient):
         simple = pid is None and src is None and prio is None and since is None and not filter
         light = bool(raw) and simple
         if simple and strict:
-            args = {"store": "messages", "topic": topic, "limit": int(max_count), "light": light}
+            args = {"store": "messages", "topic": topic or "all", "limit": int(max_count), "light": light}
             events = self._items("get", "bus.get_recent", args, timeout)
         else:
             args = {
                 "store": "messages",
-                "topic": topic,
+                "topic": topic or "all",
                 "limit": int(max_count),
                 "plugin_id": pid,
                 "source": src,
@@ -83,6 +64,11 @@ class MessageClient(BusClient):
             events = self._items("get", "bus.query", args, timeout)
         get_params, local = plan_params(args, max_count, local)
         return self._list(events, get_params=None if raw else get_params, local_filter=local, strict=strict, plugin_id=plugin_id)  # type: ignore[return-value]
+
+    def get_message_plane(self, *, topic: str = "all", **options: Any) -> MessageList:
+        """`get` (the same keyword arguments) on one topic of the messages store: the reference's
+        message-plane read (its messages all go to topic "all")."""
+        return self.get(topic=topic, **options)
 
     async def get_async(self, **kwargs: Any) -> MessageList:
         return await self._in_thread(self.get, **kwargs)
