@@ -4,8 +4,9 @@ use serde_json::json;
 
 use crate::helper::{Neko, PluginDir, echo_plugin, process_alive, shell_plugin, wait_for_async};
 
-/// `GET /plugins` lists running plugins with the entries from their HELLO, stopped ones, and a
-/// plugin whose plugin.toml is broken (with its error), while the others run normally.
+/// `GET /plugins` lists running plugins with the entries from their HELLO and stopped ones; as
+/// in the reference, plugins whose plugin.toml cannot be used are not registered: they are
+/// listed apart in `invalid_plugins`, with their error, while the others run normally.
 #[tokio::test]
 async fn listing_shows_entries_status_and_broken_plugins() {
     let neko = Neko::start(&[
@@ -53,19 +54,33 @@ async fn listing_shows_entries_status_and_broken_plugins() {
     assert!(echo_entry["input_schema"].is_object());
 
     assert_eq!(find("idle")["status"], "stopped");
-    let broken = find("broken");
+    let ids: Vec<&str> = plugins.iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["echo", "idle"], "only registered plugins: {body}");
+    for p in plugins {
+        assert!(p["status"] == "running" || p["status"] == "stopped", "{p}");
+    }
+    let invalid = body["invalid_plugins"].as_array().unwrap();
+    let invalid_one = |id: &str| invalid.iter().find(|p| p["id"] == id).cloned().unwrap();
+    let broken = invalid_one("broken");
     assert_eq!(broken["status"], "invalid");
     assert!(
         broken["error"].as_str().unwrap().contains("TOML"),
         "{broken}"
     );
     assert!(
-        find("wrongsdk")["error"]
+        invalid_one("wrongsdk")["error"]
             .as_str()
             .unwrap()
             .contains("0.1.0")
     );
-    assert!(find("jvm")["error"].as_str().unwrap().contains("jvm"));
+    assert!(
+        invalid_one("jvm")["error"]
+            .as_str()
+            .unwrap()
+            .contains("jvm")
+    );
+    let (_, available) = neko.get("/available").await;
+    assert_eq!(available["plugins_count"], 2, "{available}");
 
     let (_, status) = neko.get("/plugin/status?plugin_id=echo").await;
     assert_eq!(status["status"]["status"], "running");

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use neko_actors::clock::{iso_from_unix, iso_now};
-use neko_actors::manifest::{DependencyConflicts, HOST_SDK_VERSION, PluginManifest, Runtime};
+use neko_actors::manifest::{DependencyConflicts, PluginManifest, Runtime};
 use neko_actors::plugin_query::{entries_of, shown_status};
 use neko_actors::plugin_supervisor::{PluginSupervisorMsg, StartOutcome};
 use neko_actors::registry::RegistryMsg;
@@ -34,35 +34,34 @@ pub async fn plugins(State(app): State<AppState>) -> Result<Json<Value>, ApiErro
     .into_iter()
     .map(|s| (s.plugin_id.clone(), s))
     .collect();
-    let mut list: Vec<Value> = snap
+    let list: Vec<Value> = snap
         .plugins
         .iter()
         .map(|m| plugin_info(m, statuses.get(&m.id)))
         .collect();
-    list.extend(snap.broken.iter().map(|b| {
-        let id = b.id.clone().unwrap_or_else(|| {
-            b.dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        });
-        // Every key a listed plugin has, so clients can read any of them on every item.
-        json!({
-            "id": id, "name": id, "description": "", "version": "", "entries": [],
-            "sdk_version": HOST_SDK_VERSION, "sdk_recommended": null, "sdk_supported": null,
-            "sdk_untested": null, "sdk_conflicts": [],
-            "input_schema": neko_protocol::default_input_schema(), "author": null,
-            "dependencies": [], "entry_point": "", "runtime": null,
-            "status": PluginState::Invalid, "state": PluginState::Invalid, "error": b.error,
-            "config_path": b.config_path, "runtime_enabled": false, "runtime_auto_start": false,
+    // Plugins whose plugin.toml cannot be used are not registered (the reference skips them);
+    // they are listed apart, with why, so nobody has to read the log to find them.
+    let invalid: Vec<Value> = snap
+        .broken
+        .iter()
+        .map(|b| {
+            let id = b.id.clone().unwrap_or_else(|| {
+                b.dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            json!({"id": id, "status": PluginState::Invalid, "error": b.error, "config_path": b.config_path})
         })
-    }));
+        .collect();
     let message = if list.is_empty() {
         "no plugins registered"
     } else {
         ""
     };
-    Ok(Json(json!({"plugins": list, "message": message})))
+    Ok(Json(
+        json!({"plugins": list, "message": message, "invalid_plugins": invalid}),
+    ))
 }
 
 fn plugin_info(m: &PluginManifest, status: Option<&PluginStatus>) -> Value {

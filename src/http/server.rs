@@ -28,8 +28,8 @@ pub async fn available(State(app): State<AppState>) -> Result<Json<Value>, ApiEr
     Ok(Json(json!({
         "status": "ok",
         "available": true,
-        // Every plugin GET /plugins lists, broken ones included.
-        "plugins_count": snap.plugins.len() + snap.broken.len(),
+        // Registered plugins, as GET /plugins lists them (not those with an unusable plugin.toml).
+        "plugins_count": snap.plugins.len(),
         "time": iso_now(),
     })))
 }
