@@ -528,3 +528,49 @@ class Needy(NekoPluginBase):
     let entries = neko.plugin("needy").await["entries"].clone();
     assert_eq!(entries[0]["id"], "dependency", "{entries}");
 }
+
+/// A Python plugin whose module does not import, or whose class cannot be constructed, cannot
+/// start as configured: the SDK exits 78 before HELLO, so neko reports why and does not restart
+/// it (a retry would fail the same way); a manual start fails with the reason, and runs fail at
+/// once instead of waiting for restarts.
+#[tokio::test]
+async fn a_plugin_that_cannot_be_constructed_is_not_restarted() {
+    let broken = |id: &'static str, init_py: &str| PythonPlugin {
+        dir: id,
+        toml: format!("[plugin]\nid = \"{id}\"\nentry = \"plugins.{id}:Broken\"\n"),
+        init_py: init_py.into(),
+        files: Vec::new(),
+    };
+    let neko = Neko::start_mixed(
+        &[],
+        &[
+            broken(
+                "initboom",
+                "from plugin.sdk import NekoPluginBase\n\n\nclass Broken(NekoPluginBase):\n    def __init__(self, ctx):\n        super().__init__(ctx)\n        raise RuntimeError('missing API key')\n",
+            ),
+            broken("importboom", "import module_that_does_not_exist\n"),
+        ],
+        "",
+    );
+    for (id, why) in [
+        ("initboom", "missing API key"),
+        ("importboom", "module_that_does_not_exist"),
+    ] {
+        wait_for_async(
+            || async { neko.plugin(id).await["status"] == "crashed" },
+            "given up at once",
+        )
+        .await;
+        let p = neko.plugin(id).await;
+        assert_eq!(p["restarts"], 0, "{p}");
+        assert!(p["error"].as_str().unwrap_or_default().contains(why), "{p}");
+
+        let (status, body) = neko.admin_post(&format!("/plugin/{id}/start")).await;
+        assert!(status >= 400, "{status} {body}");
+        assert!(body.to_string().contains(why), "{body}");
+        let run = neko.run(id, "anything", json!({})).await;
+        assert_eq!(run["status"], "failed", "{run}");
+        assert_eq!(run["error"]["code"], "NOT_READY", "{run}");
+        assert_eq!(neko.plugin(id).await["restarts"], 0);
+    }
+}

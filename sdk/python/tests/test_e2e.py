@@ -453,18 +453,19 @@ def test_bundled_hello_plugin(tmp_path):
         sup.close()
 
 
-def test_bad_environment_exits_non_zero(plugin_dir):
+def test_bad_environment_exits_cannot_start(plugin_dir):
+    # 78 (EX_CONFIG): cannot start as configured, which neko does not retry.
     sup = FakeSupervisor(plugin_dir, "demo", "plugins.demo:Demo")
     try:
         sup.start(NEKO_PLUGIN_ENDPOINT="")
-        assert sup.proc.wait(timeout=10) == 1
+        assert sup.proc.wait(timeout=10) == 78
         assert "NEKO_PLUGIN_ENDPOINT is not set" in sup.stderr()
     finally:
         sup.close()
     sup = FakeSupervisor(plugin_dir, "demo", "plugins.demo:Demo")
     try:
         sup.start(NEKO_PLUGIN_ENTRY="plugins.demo:Missing")
-        assert sup.proc.wait(timeout=10) == 1
+        assert sup.proc.wait(timeout=10) == 78
         assert "cannot import the plugin class 'plugins.demo:Missing'" in sup.stderr()
         assert sup.key.hex() not in sup.stderr()
     finally:

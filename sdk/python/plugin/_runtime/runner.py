@@ -2,8 +2,8 @@
 
 Reads the environment, makes `plugins.<dir>` importable, imports `module:Class` from
 `NEKO_PLUGIN_ENTRY`, builds the context, constructs the plugin, then hands over to `PluginHost`
-(connect, HELLO, WELCOME, serve). Exit code 0 after STOP/SIGTERM or when neko is gone, 1 when the
-plugin could not start or the link broke.
+(connect, HELLO, WELCOME, serve). Exit code 0 after STOP/SIGTERM or when neko is gone, 78 when the
+plugin cannot start as configured (not retried by neko), 1 when the link broke.
 """
 
 from __future__ import annotations
@@ -99,13 +99,19 @@ def _exit(code: int, hard: bool) -> int:
     return code
 
 
+#: Exit code (EX_CONFIG) for "cannot start as configured" before HELLO: a bad entry, a module that
+#: does not import, a class that cannot be constructed. neko reports it and does not restart the
+#: plugin until it is started by hand (PROTOCOL.md §13); retrying would fail the same way.
+EXIT_CANNOT_START = 78
+
+
 def main() -> int:
     logger = get_plugin_logger(os.environ.get("NEKO_PLUGIN_ID") or "plugin")
     try:
         env = RuntimeEnv.from_environ()
     except EnvError as exc:
         logger.error("cannot start: {}", exc)
-        return 1
+        return EXIT_CANNOT_START
     _tidy_sys_path()
     _bridge_stdlib_logging(logger)
     namespace.install(env.plugins_root)
@@ -121,14 +127,14 @@ def main() -> int:
         entry = section.get("entry") if isinstance(section.get("entry"), str) else None
     if not entry or ":" not in entry:
         logger.error("cannot start: NEKO_PLUGIN_ENTRY must be 'module:Class', got {!r}", entry)
-        return 1
+        return EXIT_CANNOT_START
     logger.info("starting {} (neko-sdk-python {}, Python {})", entry, SDK_VERSION, sys.version.split()[0])
 
     try:
         cls = load_class(entry)
     except Exception:
         logger.exception("cannot import the plugin class '{}'", entry)
-        return 1
+        return EXIT_CANNOT_START
 
     link = Link(env.endpoint, env.key, env.max_frame_bytes, logger)
     link.local_answer = _local_answer(env)
@@ -140,7 +146,7 @@ def main() -> int:
         op = link.needed_before_connect
         if op is None:
             logger.exception("the plugin class '{}' could not be constructed", entry)
-            return 1
+            return EXIT_CANNOT_START
         # Its __init__ asked neko for something (other plugins, say) that only a connected link
         # can answer, as the reference allows: say HELLO with the entries its class declares,
         # and construct it again once connected (before any call is served).
