@@ -68,7 +68,7 @@ class Caller(NekoPluginBase):
 
     @plugin_entry(id="refusing")
     async def refusing(self):
-        return fail("NOPE", "not today")
+        return fail("NOPE", "not today", details="abc")
 
     @plugin_entry(id="relay_whole")
     async def relay_whole(self, target):
@@ -522,12 +522,15 @@ async fn envelopes_reach_a_calling_plugin_whole() {
     assert_eq!(got["success"], false, "{run}");
     assert_eq!(got["error"]["code"], "NOPE", "{run}");
     assert_eq!(got["error"]["message"], "not today", "{run}");
+    assert_eq!(got["error"]["details"], "abc", "{run}");
 
     let run = neko.run("beta", "enveloped", json!({"x": 3})).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["result"], json!({"x": 3}), "{run}");
     let run = neko.run("beta", "refusing", json!({})).await;
     assert_failed(&run, "NOPE", "not today");
+    // A run's error details are an object, as the reference wraps them.
+    assert_eq!(run["error"]["details"], json!({"details": "abc"}), "{run}");
 }
 
 /// Rust → Rust through the echo plugin's `call` entry (async) and `call_blocking` (sync).

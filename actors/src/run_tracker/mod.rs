@@ -709,12 +709,20 @@ impl RunTrackerState {
             }
             // Only neko's own deadline makes `timeout` (and only a client's cancel `canceled`,
             // above): a plugin failing with code TIMEOUT or CANCELED is a failed run.
-            Err(error) => {
+            Err(mut error) => {
                 run.status = if error.is_deadline() {
                     RunStatus::Timeout
                 } else {
                     RunStatus::Failed
                 };
+                // A run's `error.details` is an object or null (the reference wraps anything
+                // else as `{"details": value}`), so typed clients can read it.
+                if let Some(details) = error.details.take() {
+                    error.details = Some(match details {
+                        Value::Object(_) | Value::Null => details,
+                        other => json!({ "details": other }),
+                    });
+                }
                 run.error = Some(error);
             }
         }
