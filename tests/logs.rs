@@ -133,6 +133,9 @@ async fn python_plugin_lines_keep_their_level() {
         !entry["message"].as_str().unwrap().contains("| ERROR |"),
         "{body}"
     );
+    // neko's own log carries the line at its level too, not as INFO output.
+    neko.wait_logged(&["ERROR neko::plugin_output", "boom requested"])
+        .await;
 }
 
 /// Without files in neko's folder (here: `plugin_files = false`), the plugin's own `logs/` is

@@ -90,13 +90,17 @@ impl PluginLogWriter {
         }
     }
 
-    /// Appends `YYYY-MM-DD HH:MM:SS | LEVEL | line` to the buffer, opening the next file first
-    /// when this one is full.
-    pub fn write_line(&self, level: &str, line: &str) {
+    /// Appends `YYYY-MM-DD HH:MM:SS | LEVEL | line` to the buffer (`line` as it is when it has a
+    /// time and level of its own: `own_shape`), opening the next file first when this one is full.
+    pub fn write_line(&self, level: &str, line: &str, own_shape: bool) {
         let Ok(mut state) = self.0.lock() else {
             return;
         };
-        let record = format!("{} | {level} | {line}\n", local_time(SystemTime::now()).0);
+        let record = if own_shape {
+            format!("{line}\n")
+        } else {
+            format!("{} | {level} | {line}\n", local_time(SystemTime::now()).0)
+        };
         let cap = state.settings.max_file_bytes;
         if cap > 0 && state.written > 0 && state.written + record.len() as u64 > cap {
             state.rotate();
@@ -634,6 +638,14 @@ pub fn tail_lines(
         .collect())
 }
 
+/// The level a plugin's printed line gives itself, when it has one of the shapes [`parse_line`]
+/// reads (the Python SDK's, the reference's `logging` ones); None for plain output.
+pub fn own_level(line: &str) -> Option<String> {
+    parse_known(line)
+        .or_else(|| parse_dashed(line))
+        .map(|entry| entry.level)
+}
+
 /// Parses `YYYY-MM-DD HH:MM:SS | LEVEL | message` (neko's files),
 /// `YYYY-MM-DD HH:MM:SS.mmm | LEVEL | <plugin_id> | message` (the Python SDK's), and the
 /// reference's Python `logging` shapes `<time> - [name] - LEVEL - file:line - message` and
@@ -893,8 +905,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = PluginId::new("p1").unwrap();
         let w = PluginLogWriter::open(&settings(dir.path(), 0, 0), &id).unwrap();
-        w.write_line("INFO", "hello");
-        w.write_line("INFO", "world");
+        w.write_line("INFO", "hello", false);
+        w.write_line("INFO", "world", false);
         w.flush();
         let path = w.path().unwrap();
         assert_eq!(path.parent().unwrap(), dir.path().join("p1"));
@@ -906,6 +918,22 @@ mod tests {
         assert_eq!(page.logs[0].message, "world");
         assert_eq!(page.logs[0].level, "INFO");
         assert_eq!(page.log_file.as_deref(), Some(name));
+        // A line with its own time and level is kept as printed, and read back with them.
+        let sdk_line = "2026-01-02 03:04:05.678 | ERROR    | p1 | disk full";
+        w.write_line("INFO", sdk_line, true);
+        w.flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.ends_with(&format!("| INFO | world\n{sdk_line}\n")),
+            "{text}"
+        );
+        let page = last_line(dir.path(), &id);
+        assert_eq!(
+            (page.logs[0].level.as_str(), page.logs[0].message.as_str()),
+            ("ERROR", "disk full")
+        );
+        assert_eq!(own_level(sdk_line).as_deref(), Some("ERROR"));
+        assert_eq!(own_level("plain print output"), None);
         // Disabled: nothing is written.
         assert!(PluginLogWriter::open(&PluginLogSettings::disabled(), &id).is_none());
     }
@@ -926,7 +954,7 @@ mod tests {
         let id = PluginId::new("p2").unwrap();
         let w = PluginLogWriter::open(&settings(dir.path(), 100, 3), &id).unwrap();
         for i in 0..20 {
-            w.write_line("INFO", &format!("line {i:02} padding padding"));
+            w.write_line("INFO", &format!("line {i:02} padding padding"), false);
         }
         w.flush();
         let files = list_log_files(dir.path(), None, &id);

@@ -483,10 +483,20 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-/// The level a plugin's output lines get, in neko's log and in the plugin's log file alike:
+/// The level a plugin's plain output lines get, in neko's log and in the plugin's log file alike:
 /// neither stream says how serious a line is (Python's logging, for one, writes everything to
-/// stderr), so both are INFO.
+/// stderr). A line that says its own level (the SDKs' and the reference's log formats) is kept as
+/// printed in the file and logged at WARN or ERROR when it says so; never below INFO, so neko's
+/// filter hides nothing a plugin chose to print.
 const OUTPUT_LEVEL: tracing::Level = tracing::Level::INFO;
+
+fn output_level(own: Option<&str>) -> tracing::Level {
+    match own {
+        Some("ERROR" | "CRITICAL" | "FATAL") => tracing::Level::ERROR,
+        Some("WARNING" | "WARN") => tracing::Level::WARN,
+        _ => OUTPUT_LEVEL,
+    }
+}
 
 /// Forwards each line of the child's stdout and stderr to `tracing`, tagged with the plugin id
 /// (and into `tail` and `log_file` when given). Returns the two reader tasks.
@@ -538,10 +548,22 @@ async fn forward_lines(
         if let Some(t) = &tail {
             t.push(text);
         }
+        let own = crate::plugin_logs::own_level(text);
         if let Some(f) = &log_file {
-            f.write_line(OUTPUT_LEVEL.as_str(), text);
+            f.write_line(OUTPUT_LEVEL.as_str(), text, own.is_some());
         }
-        tracing::event!(target: "neko::plugin_output", OUTPUT_LEVEL, plugin_id = %plugin_id, source = what, stream = stream_name, "{text}");
+        // `tracing` wants a constant level per call site.
+        match output_level(own.as_deref()) {
+            tracing::Level::ERROR => {
+                tracing::event!(target: "neko::plugin_output", tracing::Level::ERROR, plugin_id = %plugin_id, source = what, stream = stream_name, "{text}")
+            }
+            tracing::Level::WARN => {
+                tracing::event!(target: "neko::plugin_output", tracing::Level::WARN, plugin_id = %plugin_id, source = what, stream = stream_name, "{text}")
+            }
+            _ => {
+                tracing::event!(target: "neko::plugin_output", OUTPUT_LEVEL, plugin_id = %plugin_id, source = what, stream = stream_name, "{text}")
+            }
+        }
     };
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = [0u8; 8192];
