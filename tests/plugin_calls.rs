@@ -267,7 +267,21 @@ async fn chains_run_and_cycles_are_refused_at_once() {
         .find(|r| r["type"] == "plugin_call" && r["callee"] == "beta" && r["outcome"] == "ok")
         .unwrap_or_else(|| panic!("no plugin_call record: {records:?}"));
     assert_eq!(call["caller"], "alpha");
+    assert!(call["caller_entry"].is_string(), "{call}");
     assert!(call["duration_ms"].as_f64().is_some(), "{call}");
+    // A call is recorded once, as plugin_call; plugin_triggered is for runs (as the reference).
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "plugin_triggered" && r["plugin_id"] == "alpha"),
+        "the runs are recorded: {records:?}"
+    );
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["type"] == "plugin_triggered" && r["plugin_id"] == "beta"),
+        "beta was only called by alpha: {records:?}"
+    );
     assert!(
         records
             .iter()

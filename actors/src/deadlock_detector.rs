@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::clock::{iso_from_unix, iso_now, unix_now};
-use crate::message_plane::StoreName;
+use crate::message_plane::{Doc, StoreName};
 use crate::root::TreeRefs;
 
 /// The DeadlockDetector actor.
@@ -195,20 +195,31 @@ impl DeadlockDetectorState {
         };
         let event_id = uuid::Uuid::new_v4().to_string();
         let (code, error) = match outcome {
-            Ok(()) => ("ok".to_string(), Value::Null),
-            Err(e) => (e.code.to_string(), json!(e.message)),
+            Ok(()) => ("ok".to_string(), Doc::Nil),
+            Err(e) => (e.code.to_string(), Doc::str(&e.message)),
         };
-        messages.publish(
+        messages.publish_doc(
             StoreName::Events,
             "all",
-            json!({
-                "type": "plugin_call", "event_id": event_id, "trace_id": event_id,
-                "plugin_id": edge.caller, "caller": edge.caller, "caller_entry": edge.caller_entry,
-                "callee": edge.callee, "event_type": edge.event_type, "entry_id": edge.event_id,
-                "duration_ms": edge.started.elapsed().as_secs_f64() * 1000.0,
-                "outcome": code, "error": error,
-                "received_at": iso_from_unix(edge.started_at), "time": iso_now(),
-            }),
+            &Doc::Map(vec![
+                ("type", Doc::str("plugin_call")),
+                ("event_id", Doc::str(&event_id)),
+                ("trace_id", Doc::Str(event_id)),
+                ("plugin_id", Doc::str(edge.caller.as_str())),
+                ("caller", Doc::str(edge.caller.as_str())),
+                ("caller_entry", Doc::opt_str(edge.caller_entry.as_deref())),
+                ("callee", Doc::str(edge.callee.as_str())),
+                ("event_type", Doc::str(&edge.event_type)),
+                ("entry_id", Doc::str(&edge.event_id)),
+                (
+                    "duration_ms",
+                    Doc::Float(edge.started.elapsed().as_secs_f64() * 1000.0),
+                ),
+                ("outcome", Doc::Str(code)),
+                ("error", error),
+                ("received_at", Doc::Str(iso_from_unix(edge.started_at))),
+                ("time", Doc::Str(iso_now())),
+            ]),
         );
     }
 

@@ -24,7 +24,7 @@ use tokio::task::AbortHandle;
 use crate::clock::iso_now;
 use crate::error::Error;
 use crate::manifest::PluginManifest;
-use crate::message_plane::{MessagePlaneHandle, StoreName};
+use crate::message_plane::{Doc, MessagePlaneHandle, StoreName};
 use crate::process_host::calls::caller_gone;
 use crate::process_host::{
     ExitReport, HostSettings, ProcessHost, ProcessHostArgs, ProcessHostMsg, TriggerReply,
@@ -679,16 +679,25 @@ impl PluginSupervisorState {
         req: TriggerRequest,
         reply: TriggerReply,
     ) {
-        // The reference's `events` record of every trigger.
-        let event_id = uuid::Uuid::new_v4().to_string();
-        self.plane_record(
-            StoreName::Events,
-            json!({
-                "type": "plugin_triggered", "plugin_id": id, "entry_id": req.entry_id,
-                "args": req.args, "run_id": req.run_id, "received_at": iso_now(),
-                "trace_id": event_id, "event_id": event_id,
-            }),
-        );
+        // The reference's `events` record of every trigger it serves (runs and the HTTP trigger;
+        // its plugin-to-plugin calls take another path, and neko records those as `plugin_call`).
+        if req.via.is_none() {
+            let event_id = uuid::Uuid::new_v4().to_string();
+            self.messages.publish_doc(
+                StoreName::Events,
+                "all",
+                &Doc::Map(vec![
+                    ("type", Doc::str("plugin_triggered")),
+                    ("plugin_id", Doc::str(id.as_str())),
+                    ("entry_id", Doc::str(&req.entry_id)),
+                    ("args", Doc::Json(req.args.clone())),
+                    ("run_id", Doc::opt_str(req.run_id.as_deref())),
+                    ("received_at", Doc::Str(iso_now())),
+                    ("trace_id", Doc::str(&event_id)),
+                    ("event_id", Doc::Str(event_id)),
+                ]),
+            );
+        }
         let Some(slot) = self.slots.get_mut(&id) else {
             let mut known: Vec<&str> = self.slots.keys().map(PluginId::as_str).collect();
             known.sort_unstable();

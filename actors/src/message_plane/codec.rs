@@ -580,6 +580,8 @@ pub enum Doc {
     Str(String),
     List(Vec<Doc>),
     Map(Vec<(&'static str, Doc)>),
+    /// A JSON value (a record's `args`), written as msgpack or JSON as the rest.
+    Json(serde_json::Value),
     Event {
         event: Event,
         light: bool,
@@ -626,6 +628,7 @@ impl Doc {
             Doc::UInt(u) => put_uint(out, *u),
             Doc::Float(f) => put_f64(out, *f),
             Doc::Str(s) => put_str(out, s),
+            Doc::Json(v) => put_json(out, v),
             Doc::List(items) => {
                 put_array_len(out, items.len());
                 for d in items {
@@ -664,6 +667,7 @@ impl Serialize for Doc {
             Doc::UInt(u) => s.serialize_u64(*u),
             Doc::Float(f) => s.serialize_f64(*f),
             Doc::Str(x) => s.serialize_str(x),
+            Doc::Json(v) => v.serialize(s),
             Doc::List(items) => {
                 let mut seq = s.serialize_seq(Some(items.len()))?;
                 for d in items {

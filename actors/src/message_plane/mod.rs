@@ -43,7 +43,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use zeromq::{PullSocket, RouterSocket, Socket, SocketOptions, XPubSocket};
 
-pub use codec::DecodeError;
+pub use codec::{DecodeError, Doc};
 pub use rpc::ValidateMode;
 pub use store::{Event, Payload, QueryFilter, Rejected, StoreLimits, StoreName, TopicInfo};
 
@@ -576,7 +576,21 @@ impl MessagePlaneHandle {
     /// payload that is not a JSON object is stored as `{"value": payload}`. Refusals (bad topic,
     /// too large) are logged and counted; a store being restarted loses the record.
     pub fn publish(&self, store: StoreName, topic: &str, payload: serde_json::Value) {
-        let payload = Payload::from_json(&payload);
+        self.publish_payload(store, topic, Payload::from_json(&payload));
+    }
+
+    /// Publishes a record neko writes often (one per call or trigger), built as msgpack without
+    /// a JSON tree in between.
+    pub fn publish_doc(&self, store: StoreName, topic: &str, doc: &Doc) {
+        let mut bytes = Vec::with_capacity(doc.size_hint());
+        doc.write_msgpack(&mut bytes);
+        // A Doc is one well-formed value; only a JSON part nested deeper than the limit fails.
+        let payload = Payload::from_msgpack(&bytes)
+            .unwrap_or_else(|_| Payload::from_json(&serde_json::Value::Null));
+        self.publish_payload(store, topic, payload);
+    }
+
+    fn publish_payload(&self, store: StoreName, topic: &str, payload: Payload) {
         let msg = TopicStoreMsg::Record {
             topic: topic.to_owned(),
             payload,
