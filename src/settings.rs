@@ -59,7 +59,8 @@ impl Default for GatewaySettings {
         Self {
             host: "127.0.0.1".into(),
             port: 48916,
-            max_body_bytes: 1024 * 1024,
+            // As large as a plugin frame: run args may carry images (the reference has no limit).
+            max_body_bytes: neko_protocol::DEFAULT_MAX_FRAME_BYTES,
             request_timeout_ms: 10_000,
             data_dir: PathBuf::from(".neko"),
         }

@@ -626,8 +626,8 @@ async fn http_garbage_gets_json_4xx_and_never_5xx() {
         },
     );
 
-    // 7. Huge bodies (over the 1 MiB limit), each on its own connection.
-    let big = vec![b'{'; 2 * 1024 * 1024];
+    // 7. Huge bodies (over the 8 MiB limit), each on its own connection.
+    let big = vec![b'{'; 9 * 1024 * 1024];
     let client = reqwest::Client::new();
     for (method, target, admin) in [
         ("POST", "/runs".to_string(), false),
@@ -644,7 +644,7 @@ async fn http_garbage_gets_json_4xx_and_never_5xx() {
         if admin {
             rb = rb.bearer_auth(TOKEN);
         }
-        let what = format!("{method} {target} with a 2 MiB body");
+        let what = format!("{method} {target} with a 9 MiB body");
         match tokio::time::timeout(REQUEST_TIMEOUT, rb.send()).await {
             Err(_) => problems.push(format!("{what} → no answer (hang)")),
             // The server may close before reading the whole body; a reset is not an answer.

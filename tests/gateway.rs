@@ -98,7 +98,7 @@ async fn bad_input_gets_json_4xx_errors() {
     assert_eq!(r.status().as_u16(), 422);
 
     // Its own connection: the server answers before reading the whole body, then closes.
-    let big = vec![b' '; 2 * 1024 * 1024];
+    let big = vec![b' '; 9 * 1024 * 1024];
     let r = reqwest::Client::new()
         .post(format!("{}/runs", neko.base))
         .body(big)
@@ -119,4 +119,19 @@ async fn bad_input_gets_json_4xx_errors() {
     assert_eq!(body["detail"], "Not Found");
     let (status, _) = neko.get("/health").await;
     assert_eq!(status, 200);
+}
+
+/// Run args of a few MiB (an image in base64, say) reach the plugin and come back: the body limit
+/// is the plugin frame's, not 1 MiB (the reference has none).
+#[tokio::test]
+async fn large_run_args_reach_the_plugin() {
+    let neko = Neko::start(&[echo_plugin("echo", "")]);
+    neko.wait_running("echo").await;
+    let blob = "x".repeat(3 * 1024 * 1024);
+    let run = neko.run("echo", "echo", json!({"blob": blob})).await;
+    assert_eq!(run["status"], "succeeded", "{}", run["error"]);
+    assert_eq!(
+        run["result"]["blob"].as_str().map(str::len),
+        Some(blob.len())
+    );
 }

@@ -152,6 +152,9 @@ async fn pushed_messages_are_stored_and_listed() {
         3,
         "{run}"
     );
+    let (status, body) = neko.admin_post("/plugin/talker/reload").await;
+    assert_eq!(status, 200, "{body}");
+    neko.wait_running("talker").await;
     let run = neko
         .run(
             "echo",
@@ -159,13 +162,36 @@ async fn pushed_messages_are_stored_and_listed() {
             json!({"store": "lifecycle", "limit": 100}),
         )
         .await;
-    let kinds: Vec<&str> = run["result"]["items"]
+    let records: Vec<&Value> = run["result"]["items"]
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|e| e["payload"]["type"].as_str())
+        .map(|e| &e["payload"])
         .collect();
-    assert!(kinds.contains(&"plugin_started"), "{kinds:?}");
+    let kinds: Vec<&str> = records.iter().filter_map(|r| r["type"].as_str()).collect();
+    // The reference's records (§6.4): the server's own under plugin_id "server".
+    for kind in [
+        "server_startup_begin",
+        "plugin_loaded",
+        "plugin_started",
+        "server_startup_ready",
+        "plugin_reload_requested",
+        "plugin_reloaded",
+    ] {
+        assert!(kinds.contains(&kind), "no {kind}: {kinds:?}");
+    }
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "server_startup_ready" && r["plugin_id"] == "server"),
+        "{records:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "plugin_reloaded" && r["plugin_id"] == "talker"),
+        "{records:?}"
+    );
     let run = neko
         .run("echo", "recent", json!({"store": "events", "limit": 100}))
         .await;

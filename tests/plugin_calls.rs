@@ -53,6 +53,15 @@ class Caller(NekoPluginBase):
     async def arelay(self, target, args=None, timeout=10.0):
         return await self.plugins.call_entry(target, args or {}, timeout=timeout)
 
+    @plugin_entry(id="export_into")
+    async def export_into(self, run_id):
+        # Adds a result to another plugin's run (any plugin may, as in the reference).
+        return await self.ctx.export_push_text(run_id=run_id, text=f"from {self.ctx.plugin_id}")
+
+    @plugin_entry(id="delegate_export")
+    async def delegate_export(self, target):
+        return await self.plugins.call_entry(target, {"run_id": self.ctx.run_id})
+
     @plugin_entry(id="relay_short", timeout=1.0)
     async def relay_short(self, target, args=None):
         # Asks for 10 s, but its own call ends after 1 s: the callee gets no more than that.
@@ -253,6 +262,27 @@ async fn chains_run_and_cycles_are_refused_at_once() {
         .run("alpha", "arelay", json!({"target": "ghost:x"}))
         .await;
     assert_eq!(run["error"]["code"], "NOT_FOUND", "{run}");
+
+    // A callee adds its result to its caller's run.
+    let run = neko
+        .run(
+            "alpha",
+            "delegate_export",
+            json!({"target": "beta:export_into"}),
+        )
+        .await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let run_id = run["run_id"].as_str().unwrap();
+    let (status, exports) = neko.get(&format!("/runs/{run_id}/export")).await;
+    assert_eq!(status, 200, "{exports}");
+    assert!(
+        exports["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["text"] == "from beta"),
+        "{exports}"
+    );
 
     // Nothing is left in flight, and the calls were recorded.
     let (status, calls) = neko.admin_get("/calls").await;

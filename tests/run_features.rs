@@ -129,7 +129,13 @@ async fn python_progress_and_exports_are_recorded_and_paged() {
     assert_eq!(run["result_refs"], json!([items[5]["export_item_id"]]));
     let response: Value = serde_json::from_str(texts[5]).unwrap();
     assert_eq!(response["plugin_response"]["data"]["pushed"], 5);
+    assert!(
+        response["plugin_response"]["trace_id"].is_string(),
+        "{response}"
+    );
     assert_eq!(response["executed_entry"], "report");
+    assert_eq!(items[5]["metadata"]["kind"], "trigger_response");
+    assert_eq!(items[5]["mime"], Value::Null);
 
     let run = neko.run("reporter", "report_async", json!({})).await;
     assert_eq!(run["status"], "succeeded", "{run}");

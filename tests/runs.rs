@@ -95,11 +95,11 @@ async fn unknown_targets_and_down_plugins_fail_clearly() {
     let run = neko.run("later", "echo", json!({})).await;
     assert_eq!(run["status"], "failed");
     assert_eq!(run["error"]["code"], "NOT_READY");
-    let message = run["error"]["message"].as_str().unwrap();
-    assert!(
-        message.starts_with("Plugin 'later' is registered but not running"),
+    assert_eq!(
+        run["error"]["message"], "Plugin 'later' is registered but not running",
         "{run}"
     );
+    assert_eq!(run["error"]["details"]["status"], "stopped", "{run}");
     assert_eq!(
         run["error"]["details"]["running_plugins"],
         json!(["echo"]),

@@ -119,8 +119,16 @@ async fn websockets_run_socket_streams_progress_and_answers_requests() {
     assert_eq!(ready["run_id"], run_id);
     assert_eq!(ready["perm"], "read");
     assert_eq!(ready["exp"], created["expires_at"]);
+    // A second client of the same run: revisions are the bus's, not the socket's.
+    let (mut ws2, _) = open_run(&neko, created["run_token"].as_str().unwrap()).await;
 
     let events = events_until_done(&mut ws, run_id).await;
+    let events2 = events_until_done(&mut ws2, run_id).await;
+    assert_eq!(
+        events.last().unwrap()["payload"]["rev"],
+        events2.last().unwrap()["payload"]["rev"],
+        "two clients see the same revision for the same change"
+    );
     let mut progress = Vec::new();
     let mut revs = (0, 0);
     for e in &events {

@@ -39,6 +39,9 @@ use crate::status_manager::{Lifecycle, StatusManagerMsg};
 /// The PluginSupervisor actor.
 pub struct PluginSupervisor;
 
+/// The `plugin_id` of the server's own lifecycle records.
+const SERVER: &str = "server";
+
 /// What the supervisor starts with.
 pub struct PluginSupervisorArgs {
     pub registry: ActorRef<RegistryMsg>,
@@ -124,6 +127,8 @@ struct HostHandle {
     launch: u64,
     pid: Option<u32>,
     ready: bool,
+    /// This launch is a reload's: `plugin_reloaded` is recorded once it is ready.
+    reloaded: bool,
 }
 
 /// What the operator (or the config) wants of a plugin.
@@ -210,13 +215,19 @@ impl Actor for PluginSupervisor {
             .call(RegistryMsg::StartPlan, Some(Duration::from_secs(10)))
             .await?
             .success_or("registry did not answer")?;
+        state.lifecycle_record("server_startup_begin", SERVER, json!({}));
         for manifest in plugins {
+            let data = json!({"enabled": manifest.enabled, "auto_start": manifest.auto_start});
+            state.lifecycle_record("plugin_loaded", manifest.id.as_ref(), data);
             state.add_slot(manifest);
         }
         if args.autostart {
             for id in order {
                 state.autostart(&myself, &id).await;
             }
+        }
+        if state.startup_pending.is_empty() {
+            state.startup_ready();
         }
         state.describe_idle_python_plugins(&myself);
         Ok(state)
@@ -402,28 +413,31 @@ impl PluginSupervisorState {
             && self.startup_pending.remove(id)
             && self.startup_pending.is_empty()
         {
-            for w in self.startup_waiters.drain(..) {
-                let _ = w.send(());
-            }
+            self.startup_ready();
+        }
+    }
+
+    /// Every plugin started at boot is up (or failed): the reference's `server_startup_ready`.
+    fn startup_ready(&mut self) {
+        self.lifecycle_record("server_startup_ready", SERVER, json!({}));
+        for w in self.startup_waiters.drain(..) {
+            let _ = w.send(());
         }
     }
 
     /// Records a supervision event in the message plane's `lifecycle` store (the reference's
-    /// record: `type`, `plugin_id`, `trace_id`, `lifecycle_id`, `time`, plus `data`).
-    fn lifecycle_record(&self, kind: &str, id: &PluginId, data: Value) {
+    /// record: `type`, `plugin_id` ("server" for the server's own), `trace_id`, `lifecycle_id`,
+    /// `time`, plus `data`).
+    fn lifecycle_record(&self, kind: &str, plugin_id: &str, data: Value) {
         let trace_id = uuid::Uuid::new_v4().to_string();
         let mut record = json!({
-            "type": kind, "plugin_id": id, "trace_id": trace_id, "lifecycle_id": trace_id,
+            "type": kind, "plugin_id": plugin_id, "trace_id": trace_id, "lifecycle_id": trace_id,
             "time": iso_now(),
         });
         if let (Value::Object(r), Value::Object(d)) = (&mut record, data) {
             r.extend(d);
         }
-        self.plane_record(StoreName::Lifecycle, record);
-    }
-
-    fn plane_record(&self, store: StoreName, record: Value) {
-        self.messages.publish(store, "all", record);
+        self.messages.publish(StoreName::Lifecycle, "all", record);
     }
 
     /// Lists the entries of Python plugins that do not start with neko (`auto_start = false`),
@@ -473,6 +487,16 @@ impl PluginSupervisorState {
             return;
         };
         if !(slot.manifest.enabled && slot.manifest.auto_start) {
+            let reason = if slot.manifest.enabled {
+                "auto_start is false"
+            } else {
+                "disabled"
+            };
+            self.lifecycle_record(
+                "plugin_start_skipped",
+                id.as_ref(),
+                json!({"reason": reason}),
+            );
             return;
         }
         // Startup applies the same checks as a manual start (dependencies, SDK ranges).
@@ -527,7 +551,7 @@ impl PluginSupervisorState {
             let _ = reply.send(Err(Error::ShuttingDown));
             return;
         }
-        self.lifecycle_record("plugin_start_requested", &id, json!({}));
+        self.lifecycle_record("plugin_start_requested", id.as_ref(), json!({}));
         // A plugin the supervisor has never seen may have been added to the folder since.
         if !self.slots.contains_key(&id) {
             match self.fetch_new(&id).await {
@@ -581,7 +605,7 @@ impl PluginSupervisorState {
     }
 
     fn stop(&mut self, id: PluginId, reply: RpcReplyPort<Result<(), Error>>) {
-        self.lifecycle_record("plugin_stop_requested", &id, json!({}));
+        self.lifecycle_record("plugin_stop_requested", id.as_ref(), json!({}));
         let Some(slot) = self.slots.get_mut(&id) else {
             // The reference answers the same for unknown and stopped plugins.
             let _ = reply.send(Err(Error::PluginNotRunning(id)));
@@ -638,7 +662,7 @@ impl PluginSupervisorState {
             return;
         }
         tracing::info!(plugin_id = %id, "reloading plugin");
-        self.lifecycle_record("plugin_reload_requested", &id, json!({}));
+        self.lifecycle_record("plugin_reload_requested", id.as_ref(), json!({}));
         let slot = self.slots.get_mut(&id).expect("checked above");
         slot.want = Want::Stopped;
         slot.reload_after_stop = true;
@@ -661,13 +685,15 @@ impl PluginSupervisorState {
             .collect();
         running.sort_unstable();
         WireError {
+            // The reference's text; the state is in the details.
             details: Some(json!({
                 "hint": format!("start it first: POST /plugin/{id}/start"),
                 "running_plugins": running,
+                "status": state.to_string(),
             })),
             ..WireError::new(
                 ErrorCode::NotReady,
-                format!("Plugin '{id}' is registered but not running (status: {state})"),
+                format!("Plugin '{id}' is registered but not running"),
             )
         }
     }
@@ -692,6 +718,9 @@ impl PluginSupervisorState {
                     ("entry_id", Doc::str(&req.entry_id)),
                     ("args", Doc::Json(req.args.clone())),
                     ("run_id", Doc::opt_str(req.run_id.as_deref())),
+                    // The reference's fields that neko has no value for.
+                    ("task_id", Doc::Nil),
+                    ("client", Doc::Nil),
                     ("received_at", Doc::Str(iso_now())),
                     ("trace_id", Doc::str(&event_id)),
                     ("event_id", Doc::Str(event_id)),
@@ -778,6 +807,14 @@ impl PluginSupervisorState {
     }
 
     fn stop_all(&mut self, reply: RpcReplyPort<()>) {
+        if !self.shutting_down {
+            self.lifecycle_record("server_shutdown_begin", SERVER, json!({}));
+            for (id, slot) in &self.slots {
+                if slot.host.is_some() {
+                    self.lifecycle_record("plugin_shutdown_requested", id.as_ref(), json!({}));
+                }
+            }
+        }
         self.shutting_down = true;
         for slot in self.slots.values_mut() {
             slot.want = Want::Stopped;
@@ -796,6 +833,9 @@ impl PluginSupervisorState {
 
     fn check_all_stopped(&mut self) {
         if self.shutting_down && self.slots.values().all(|s| s.host.is_none()) {
+            if !self.stop_all_waiters.is_empty() {
+                self.lifecycle_record("server_shutdown_complete", SERVER, json!({}));
+            }
             for w in self.stop_all_waiters.drain(..) {
                 let _ = w.send(());
             }
@@ -825,6 +865,7 @@ impl PluginSupervisorState {
             plane: self.messages.endpoints().clone(),
             reloaded: std::mem::take(&mut slot.reload_launch),
         };
+        let reloaded = args.reloaded;
         let name = format!("neko.host.{id}.{launch}");
         match Actor::spawn_linked(Some(name), ProcessHost, args, myself.get_cell()).await {
             Ok((actor, _)) => {
@@ -833,6 +874,7 @@ impl PluginSupervisorState {
                     launch,
                     pid: None,
                     ready: false,
+                    reloaded,
                 });
                 slot.lifecycle.state = PluginState::Starting;
                 slot.lifecycle.pid = None;
@@ -897,8 +939,12 @@ impl PluginSupervisorState {
         }
         let data =
             json!({"pid": host.pid, "restart_count": slot.lifecycle.restarts, "launch": launch});
+        let reloaded = std::mem::take(&mut host.reloaded);
         self.publish(&id);
-        self.lifecycle_record("plugin_started", &id, data);
+        self.lifecycle_record("plugin_started", id.as_ref(), data.clone());
+        if reloaded {
+            self.lifecycle_record("plugin_reloaded", id.as_ref(), data);
+        }
     }
 
     async fn host_exited(
@@ -947,7 +993,7 @@ impl PluginSupervisorState {
             let restart = slot.reload_after_stop && !self.shutting_down;
             slot.reload_after_stop = false;
             self.publish(id);
-            self.lifecycle_record("plugin_stopped", id, data);
+            self.lifecycle_record("plugin_stopped", id.as_ref(), data);
             if restart {
                 match self.resolve(id).await {
                     Ok(()) => {
@@ -1081,8 +1127,8 @@ impl PluginSupervisorState {
             }
         }
         self.publish(id);
-        self.lifecycle_record("plugin_crashed", id, exit);
-        self.lifecycle_record(followup.0, id, followup.1);
+        self.lifecycle_record("plugin_crashed", id.as_ref(), exit);
+        self.lifecycle_record(followup.0, id.as_ref(), followup.1);
     }
 
     async fn restart_due(

@@ -341,7 +341,6 @@ async fn mirror_runs(
     mut events: broadcast::Receiver<RunEvent>,
     refs: watch::Receiver<Option<TreeRefs>>,
 ) {
-    let (mut runs_rev, mut export_rev) = (0u64, 0u64);
     loop {
         let event = match events.recv().await {
             Ok(event) => event,
@@ -354,14 +353,13 @@ async fn mirror_runs(
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        let (store, rev) = match &event {
-            RunEvent::Run { .. } => (StoreName::Runs, &mut runs_rev),
-            RunEvent::Export { .. } => (StoreName::Export, &mut export_rev),
+        let store = match &event {
+            RunEvent::Run { .. } => StoreName::Runs,
+            RunEvent::Export { .. } => StoreName::Export,
         };
-        *rev += 1;
         let handle = refs.borrow().as_ref().map(|r| r.messages.clone());
         if let Some(handle) = handle {
-            handle.publish(store, "all", event.payload(*rev));
+            handle.publish(store, "all", event.payload());
         }
     }
 }

@@ -390,9 +390,6 @@ struct Session {
     role: Role,
     out: mpsc::Sender<String>,
     limits: Limits,
-    /// Revisions of the `runs` and `export` buses, counted per socket.
-    runs_rev: u64,
-    export_rev: u64,
     last_pong: Instant,
     requests: JoinSet<Value>,
 }
@@ -404,8 +401,6 @@ impl Session {
             role,
             out,
             limits,
-            runs_rev: 0,
-            export_rev: 0,
             last_pong: Instant::now(),
             requests: JoinSet::new(),
         }
@@ -471,12 +466,7 @@ impl Session {
         if !self.role.wants(&event) {
             return Ok(());
         }
-        let rev = match &event {
-            RunEvent::Run { .. } => &mut self.runs_rev,
-            RunEvent::Export { .. } => &mut self.export_rev,
-        };
-        *rev += 1;
-        let frame = bus_change(event.bus(), event.op(), event.payload(*rev));
+        let frame = bus_change(event.bus(), event.op(), event.payload());
         self.push(&frame)
     }
 
@@ -838,10 +828,7 @@ mod tests {
     }
 
     fn run_event(run_id: &str, plugin_id: &str) -> RunEvent {
-        RunEvent::Run {
-            op: "change",
-            record: Box::new(record(run_id, plugin_id)),
-        }
+        RunEvent::run("change", record(run_id, plugin_id))
     }
 
     fn text(s: &str) -> Incoming {
@@ -911,11 +898,8 @@ mod tests {
 
     #[test]
     fn payloads_have_the_reference_fields() {
-        let p = RunEvent::Run {
-            op: "change",
-            record: Box::new(record("r", "a")),
-        }
-        .payload(3);
+        let first = RunEvent::run("change", record("r", "a"));
+        let p = RunEvent::run("change", record("r", "a")).payload();
         for key in [
             "source",
             "kind",
@@ -939,7 +923,8 @@ mod tests {
         ] {
             assert!(p.get(key).is_some(), "{key} missing in {p}");
         }
-        assert_eq!(p["rev"], 3);
+        // Revisions count up across the bus.
+        assert!(p["rev"].as_u64() > first.payload()["rev"].as_u64(), "{p}");
         assert_eq!(p["timestamp"], 2.0);
         assert!(p.get("task_id").is_none());
     }
@@ -1006,11 +991,14 @@ mod tests {
         assert_eq!(next(&mut out).await["error"], "unknown method");
         // Another run's change is not forwarded; this run's is.
         events.send(run_event("other", "a")).unwrap();
-        events.send(run_event("r", "a")).unwrap();
+        let change = run_event("r", "a");
+        let rev = change.payload()["rev"].clone();
+        events.send(change).unwrap();
         let ev = next(&mut out).await;
         assert_eq!(ev["data"]["bus"], "runs");
         assert_eq!(ev["data"]["payload"]["run_id"], "r");
-        assert_eq!(ev["data"]["payload"]["rev"], 1);
+        // The bus's revision, not a count of this socket's frames.
+        assert_eq!(ev["data"]["payload"]["rev"], rev);
         incoming.send(Incoming::TooLarge).await.unwrap();
         let closed = end.await.unwrap();
         assert_eq!(closed, close(TOO_BIG, "message too large"));

@@ -18,6 +18,7 @@ mod plugin_ops;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use neko_protocol::{ErrorCode, ExportItem, PluginId, RunRecord, RunStatus, WireError};
@@ -88,20 +89,27 @@ pub struct RunTrackerArgs {
     pub events: broadcast::Sender<RunEvent>,
 }
 
-/// A change, as the WebSockets forward it.
+/// A change, as the WebSockets forward it, with its bus revision (`rev`): one counter per bus for
+/// the whole server, as in the reference, so every client and the message plane see the same.
 #[derive(Debug, Clone)]
 pub enum RunEvent {
     /// A run was created (`add`) or changed (`change`).
     Run {
         op: &'static str,
         record: Box<RunRecord>,
+        rev: u64,
     },
     /// A run got an export item.
     Export {
         plugin_id: String,
         item: Box<ExportItem>,
+        rev: u64,
     },
 }
+
+/// The `runs` and `export` buses' revisions: process-wide, so a restarted tracker goes on counting.
+static RUNS_REV: AtomicU64 = AtomicU64::new(0);
+static EXPORT_REV: AtomicU64 = AtomicU64::new(0);
 
 impl RunEvent {
     /// The reference's bus name: `runs` or `export`.
@@ -136,11 +144,29 @@ impl RunEvent {
         }
     }
 
-    /// The reference's bus payload (§8.4) with revision `rev`; an export's content is not in
-    /// it (clients fetch it with export.list).
-    pub fn payload(&self, rev: u64) -> Value {
+    /// A run's change, numbered on the `runs` bus.
+    pub fn run(op: &'static str, record: RunRecord) -> Self {
+        RunEvent::Run {
+            op,
+            record: Box::new(record),
+            rev: RUNS_REV.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
+
+    /// A new export item, numbered on the `export` bus.
+    pub fn export(plugin_id: String, item: ExportItem) -> Self {
+        RunEvent::Export {
+            plugin_id,
+            item: Box::new(item),
+            rev: EXPORT_REV.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
+
+    /// The reference's bus payload (§8.4); an export's content is not in it (clients fetch it
+    /// with export.list).
+    pub fn payload(&self) -> Value {
         let mut p = match self {
-            RunEvent::Run { op, record: r } => json!({
+            RunEvent::Run { op, record: r, rev } => json!({
                 "source": "runs", "kind": "runs", "type": op, "priority": 0,
                 "timestamp": r.updated_at, "id": r.run_id, "run_id": r.run_id,
                 "status": r.status, "progress": r.progress, "stage": r.stage, "message": r.message,
@@ -148,7 +174,7 @@ impl RunEvent {
                 "metrics": r.metrics, "updated_at": r.updated_at, "rev": rev,
                 "plugin_id": r.plugin_id, "entry_id": r.entry_id,
             }),
-            RunEvent::Export { item, .. } => json!({
+            RunEvent::Export { item, rev, .. } => json!({
                 "source": "export", "kind": "export", "type": "add", "priority": 0,
                 "timestamp": item.created_at, "id": item.export_item_id, "run_id": item.run_id,
                 "export_item_id": item.export_item_id, "export_type": item.kind,
@@ -495,10 +521,7 @@ impl RunTrackerState {
         if let Err(e) = self.db.put_run(&record) {
             tracing::error!(run_id = %record.run_id, error = %e, "cannot write a run to the store");
         }
-        let _ = self.events.send(RunEvent::Run {
-            op,
-            record: Box::new(record.clone()),
-        });
+        let _ = self.events.send(RunEvent::run(op, record.clone()));
         if record.status.is_terminal() {
             self.live.remove(&record.run_id);
             if self.waiters.contains_key(&record.run_id) {
@@ -560,10 +583,7 @@ impl RunTrackerState {
         self.batch();
         self.db.put_run(&record).map_err(|e| e.to_string())?;
         self.live.insert(run_id.clone(), record.clone());
-        let _ = self.events.send(RunEvent::Run {
-            op: "add",
-            record: Box::new(record.clone()),
-        });
+        let _ = self.events.send(RunEvent::run("add", record.clone()));
         tokio::spawn(drive_run(
             myself.clone(),
             self.plugins.clone(),
@@ -630,10 +650,7 @@ impl RunTrackerState {
         run.updated_at = now;
         // Not written: queued and running both come back as SUPERVISOR_RESTARTED, and a write
         // per run saved is a third of the store's load.
-        let _ = self.events.send(RunEvent::Run {
-            op: "change",
-            record: Box::new(run.clone()),
-        });
+        let _ = self.events.send(RunEvent::run("change", run.clone()));
         self.live.insert(run_id.to_string(), run);
         true
     }
@@ -687,7 +704,7 @@ impl RunTrackerState {
             url: None,
             binary_url: None,
             binary: None,
-            mime: Some("application/json".into()),
+            mime: None, // as the reference's text item
             metadata: json!({"kind": "trigger_response"})
                 .as_object()
                 .cloned()
@@ -736,10 +753,9 @@ impl RunTrackerState {
         if let Err(e) = self.db.put_export(&item) {
             tracing::error!(run_id = %item.run_id, error = %e, "cannot write an export item to the store");
         }
-        let _ = self.events.send(RunEvent::Export {
-            plugin_id: plugin_id.to_string(),
-            item: Box::new(item),
-        });
+        let _ = self
+            .events
+            .send(RunEvent::export(plugin_id.to_string(), item));
     }
 
     fn exports(
@@ -771,9 +787,9 @@ impl RunTrackerState {
         let run = self
             .record(&run_id)
             .ok_or_else(|| WireError::new(ErrorCode::NotFound, "run not found"))?;
-        plugin_ops::check_owner(&run, plugin_id)?;
         match op {
             "run.update" => {
+                plugin_ops::check_owner(&run, plugin_id)?;
                 let mut run = run;
                 let applied = plugin_ops::apply_update(&mut run, &args)?;
                 if applied {
@@ -788,6 +804,8 @@ impl RunTrackerState {
                     "updated_at": run.updated_at,
                 }))
             }
+            // Any plugin may export into a run, as in the reference: a plugin called inside
+            // another plugin's run adds its own results to that run.
             "export.push" => {
                 let id = uuid::Uuid::new_v4().to_string();
                 let item = plugin_ops::export_item(&run_id, &args, id.clone(), unix_now())?;
@@ -932,15 +950,20 @@ fn trigger_response(
     now: f64,
 ) -> Value {
     let time = iso_from_unix(now);
+    // An envelope without a trace id gets the trigger's, as in the reference.
+    let trace_id = run
+        .trace_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let envelope = match outcome {
         Ok(data) => json!({
             "success": true, "data": data, "message": "", "error": null,
-            "time": time, "trace_id": run.trace_id,
+            "time": time, "trace_id": trace_id,
         }),
         Err(e) => json!({
             "success": false, "data": null, "message": "",
             "error": {"code": e.code.as_str(), "message": e.message, "details": e.details, "retriable": false},
-            "time": time, "trace_id": run.trace_id,
+            "time": time, "trace_id": trace_id,
         }),
     };
     json!({
