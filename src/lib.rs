@@ -16,6 +16,7 @@ pub mod cli;
 pub mod error;
 pub mod http;
 pub mod memory;
+pub mod server_log;
 pub mod settings;
 
 use std::future::Future;
@@ -57,7 +58,7 @@ pub async fn run(
     let _ = std::fs::remove_dir_all(&state_dir);
     make_private_dir(&state_dir)?;
     let plugins_dir = absolute(&settings.plugins.dir)?;
-    let plugin_logs_dir = data_dir.join("logs").join("plugins");
+    let plugin_logs_dir = settings::plugin_logs_dir(&data_dir);
     let signer = RunTokenSigner::new(match &settings.runs.token_secret {
         Some(s) => s.as_bytes().to_vec(),
         None => rand::random::<[u8; 32]>().to_vec(),

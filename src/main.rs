@@ -6,8 +6,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use neko::cli::{Cli, Command, LogFormat};
+use neko::server_log::ServerLogFile;
 use neko::settings::Settings;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, fmt};
 
 // glibc's malloc was a quarter of neko's CPU under load (perf, 32 HTTP clients): every request,
 // frame and record allocates. mimalloc's thread-local free lists make that cheap.
@@ -110,13 +113,32 @@ fn init_tracing(settings: &Settings) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match settings.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Human => builder
+    let stderr = fmt::layer().with_writer(std::io::stderr);
+    let stderr = match settings.log.format {
+        LogFormat::Json => stderr.json().flatten_event(true).boxed(),
+        LogFormat::Human => stderr
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-    }
+            .boxed(),
+    };
+    // The same events as `_server`'s log file (time and level are the file's own prefix).
+    let data_dir = std::path::absolute(&settings.gateway.data_dir)
+        .unwrap_or_else(|_| settings.gateway.data_dir.clone());
+    let file = ServerLogFile::open(
+        &settings
+            .log
+            .plugin_log_settings(neko::settings::plugin_logs_dir(&data_dir)),
+    )
+    .map(|file| {
+        fmt::layer()
+            .with_writer(file)
+            .with_ansi(false)
+            .without_time()
+            .with_level(false)
+            .with_target(false)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(file)
+        .init();
 }

@@ -300,6 +300,11 @@ impl Default for LogSettings {
     }
 }
 
+/// Where plugin log files go (one folder per plugin, `_server` for neko's own).
+pub fn plugin_logs_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("logs").join("plugins")
+}
+
 impl LogSettings {
     /// As the process hosts take it: files under `dir` (`<data_dir>/logs/plugins`).
     pub fn plugin_log_settings(&self, dir: PathBuf) -> PluginLogSettings {

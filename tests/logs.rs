@@ -178,24 +178,41 @@ async fn sdk_log_files_in_the_plugin_folder_are_read() {
     assert_eq!(files["count"], 1, "{files}");
 }
 
-/// A plugin with no log files (unknown, or `_server`) answers empty, as in the reference; the
-/// routes are admin only, a bad id is a 400 and a bad `lines` a 422.
+/// A plugin with no log files answers empty, as in the reference; `_server` is neko's own log
+/// (the same events as on stderr); the routes are admin only, a bad id is a 400 and a bad `lines`
+/// a 422.
 #[tokio::test]
 async fn logs_routes_answer_empty_without_files_and_check_their_input() {
     let neko = Neko::start(&[]);
-    for id in ["ghost", "_server"] {
-        let (status, body) = neko.admin_get(&format!("/plugin/{id}/logs")).await;
-        assert_eq!(status, 200, "{body}");
-        assert_eq!(body["plugin_id"], id);
-        assert_eq!(body["logs"], serde_json::json!([]), "{body}");
-        assert_eq!(body["returned_lines"], 0);
-        assert_eq!(body["total_lines"], 0);
-        assert!(body["log_file"].is_null(), "{body}");
-        let (status, files) = neko.admin_get(&format!("/plugin/{id}/logs/files")).await;
-        assert_eq!(status, 200, "{files}");
-        assert_eq!(files["count"], 0, "{files}");
-        assert_eq!(files["log_files"], serde_json::json!([]));
-    }
+    let (status, body) = neko.admin_get("/plugin/ghost/logs").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["plugin_id"], "ghost");
+    assert_eq!(body["logs"], serde_json::json!([]), "{body}");
+    assert_eq!(body["returned_lines"], 0);
+    assert_eq!(body["total_lines"], 0);
+    assert!(body["log_file"].is_null(), "{body}");
+    let (status, files) = neko.admin_get("/plugin/ghost/logs/files").await;
+    assert_eq!(status, 200, "{files}");
+    assert_eq!(files["count"], 0, "{files}");
+    assert_eq!(files["log_files"], serde_json::json!([]));
+
+    let (status, body) = neko
+        .admin_get("/plugin/_server/logs?search=plugins%20scanned")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let line = &body["logs"][0];
+    assert_eq!(line["level"], "INFO", "{body}");
+    assert!(
+        line["message"]
+            .as_str()
+            .unwrap()
+            .contains("plugins scanned"),
+        "{body}"
+    );
+    assert!(line["timestamp"].as_str().unwrap().len() == 19, "{body}");
+    let (status, files) = neko.admin_get("/plugin/_server/logs/files").await;
+    assert_eq!(status, 200, "{files}");
+    assert_eq!(files["count"], 1, "{files}");
     for path in ["/plugin/ghost/logs", "/plugin/ghost/logs/files"] {
         let (status, body) = neko.get(path).await;
         assert_eq!(status, 401, "{path}: {body}");
