@@ -372,7 +372,13 @@ impl Settings {
                 .context("NEKO_USER_PLUGIN_SERVER_PORT must be a port number")?;
         }
         if let Some(dir) = get("PLUGIN_CONFIG_ROOT") {
-            self.plugins.dir = PathBuf::from(dir);
+            // `~` is the home folder, as the reference expands it.
+            self.plugins.dir = match (dir.strip_prefix('~'), get("HOME")) {
+                (Some(rest), Some(home)) if rest.is_empty() || rest.starts_with('/') => {
+                    PathBuf::from(format!("{home}{rest}"))
+                }
+                _ => PathBuf::from(dir),
+            };
         }
         if let Some(ms) = secs_to_ms("NEKO_PLUGIN_EXECUTION_TIMEOUT")? {
             self.runs.default_timeout_ms = ms;
@@ -674,6 +680,14 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(s.gateway.port, 7);
+        let mut s = Settings::default();
+        let env = |k: &str| match k {
+            "PLUGIN_CONFIG_ROOT" => Some("~/plugins".to_string()),
+            "HOME" => Some("/home/neko".to_string()),
+            _ => None,
+        };
+        s.apply_env(env).unwrap();
+        assert_eq!(s.plugins.dir, PathBuf::from("/home/neko/plugins"));
     }
 
     #[test]

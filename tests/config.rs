@@ -117,7 +117,10 @@ async fn config_writes_reach_the_disk_and_protect_the_plugin_id() {
     )
     .await;
     assert_eq!(status, 400, "{body}");
-    assert_eq!(body["detail"], "Cannot modify protected field 'plugin.id'");
+    assert_eq!(
+        body["detail"],
+        "Cannot modify critical field 'plugin.id'. This field is protected."
+    );
     let (status, body) = admin(
         &neko,
         "PUT",
@@ -128,7 +131,7 @@ async fn config_writes_reach_the_disk_and_protect_the_plugin_id() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(
         body["detail"],
-        "Cannot modify protected field 'plugin.entry'"
+        "Cannot modify critical field 'plugin.entry'. This field is protected."
     );
 
     let text = "# hand-written\n[plugin]\nid = \"echo\"\nruntime = \"native\"\ncommand = \"neko-plugin-echo\"\n\n[extra]\nb = 2 # kept\n";
@@ -167,7 +170,10 @@ async fn config_writes_reach_the_disk_and_protect_the_plugin_id() {
     )
     .await;
     assert_eq!(status, 400, "{body}");
-    assert_eq!(body["detail"], "Cannot modify protected field 'plugin.id'");
+    assert_eq!(
+        body["detail"],
+        "Cannot modify critical field 'plugin.id'. This field is protected."
+    );
     assert_eq!(
         read(&neko, "echo/plugin.toml"),
         text,
@@ -582,7 +588,7 @@ class Probe(NekoPluginBase):
     let run = neko.run("cfgprobe", "profiles", json!({})).await;
     let seen = &run["result"];
     assert_eq!(seen["state"]["config_profiles"]["active"], "dev", "{run}");
-    assert_eq!(seen["dev"]["config"]["probe"]["answer"], 7, "{run}");
+    assert_eq!(seen["dev"]["probe"]["answer"], 7, "{run}");
     assert_eq!(seen["base"]["probe"]["answer"], 42, "{run}");
     assert_eq!(
         seen["as_dev"]["probe"],
@@ -592,10 +598,13 @@ class Probe(NekoPluginBase):
 
     let run = neko.run("cfgprobe", "write", json!({})).await;
     assert_eq!(run["status"], "succeeded", "{run}");
-    assert_eq!(run["result"]["written"]["success"], true, "{run}");
-    assert_eq!(run["result"]["written"]["requires_reload"], true, "{run}");
+    // The config itself (the active profile over the written base), as the reference's
+    // PluginConfig unwraps it.
+    let written = &run["result"]["written"];
+    assert_eq!(written["probe"]["added"], json!([1, 2]), "{run}");
+    assert_eq!(written["probe"]["answer"], 7, "{run}");
     let refused = run["result"]["refused"].as_str().unwrap_or_default();
-    assert!(refused.contains("protected field 'plugin.id'"), "{run}");
+    assert!(refused.contains("critical field 'plugin.id'"), "{run}");
     let on_disk = read_toml(&neko, "cfgprobe/plugin.toml");
     assert_eq!(on_disk["plugin"]["id"].as_str(), Some("cfgprobe"));
     let probe = on_disk["probe"].as_table().expect("[probe]");

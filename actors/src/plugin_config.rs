@@ -254,14 +254,14 @@ pub fn serve(
             let (base, _) = read_base(folder)?;
             let mut new = json_to_toml(object)?;
             keep_protected(&base, &mut new);
-            check_protected(&base, &new, false)?;
+            check_protected(&base, &new)?;
             write_file(&folder.config_path, render(&new)?.as_bytes())?;
             written(folder, env_profile)?
         }
         ConfigRequest::ParseToml(text) => {
             let parsed = parse_toml(&text)?;
             let current = effective(folder, env_profile)?;
-            check_protected(&current, &parsed, false)?;
+            check_protected(&current, &parsed)?;
             ConfigReply::Parsed(ParsedConfig {
                 plugin_id: id,
                 config: toml_to_json(toml::Value::Table(parsed)),
@@ -274,7 +274,8 @@ pub fn serve(
         ConfigRequest::ReplaceToml(text) => {
             let parsed = parse_toml(&text)?;
             match parse_toml(&read_text(folder)?) {
-                Ok(base) => check_protected(&base, &parsed, true)?,
+                // As the reference: a document without `[plugin]` keys leaves them unchecked.
+                Ok(base) => check_protected(&base, &parsed)?,
                 // A file that does not parse may be replaced, as long as the id stays the folder's.
                 Err(_) => check_own_id(folder, &parsed)?,
             }
@@ -293,7 +294,7 @@ pub fn serve(
         ConfigRequest::Update(patch) => {
             let (base, _) = read_base(folder)?;
             let patch = json_to_toml(patch)?;
-            check_protected(&base, &patch, false)?;
+            check_protected(&base, &patch)?;
             let mut new = base;
             merge_tables(&mut new, patch);
             write_file(&folder.config_path, render(&new)?.as_bytes())?;
@@ -426,10 +427,7 @@ fn read_text(folder: &PluginFolder) -> Result<String, Error> {
 fn check_own_id(folder: &PluginFolder, new: &toml::Table) -> Result<(), Error> {
     match plugin_key(new, "id") {
         Some(toml::Value::String(id)) if id == folder.id.as_str() => Ok(()),
-        _ => Err(Error::ConfigRejected(format!(
-            "Cannot modify protected field 'plugin.id': it must stay '{}'",
-            folder.id
-        ))),
+        _ => Err(protected("id")),
     }
 }
 
@@ -472,26 +470,23 @@ fn keep_protected(current: &toml::Table, new: &mut toml::Table) {
     }
 }
 
-/// Refuses a change of `plugin.id` or `plugin.entry`. With `missing_is_change`, leaving one out
-/// is a change too (a verbatim TOML write cannot copy it back).
-fn check_protected(
-    current: &toml::Table,
-    new: &toml::Table,
-    missing_is_change: bool,
-) -> Result<(), Error> {
+/// Refuses a change of `plugin.id` or `plugin.entry`; leaving one out is no change (as in the
+/// reference, which compares only values present on both sides).
+fn check_protected(current: &toml::Table, new: &toml::Table) -> Result<(), Error> {
     for key in PROTECTED {
         let (old, given) = (plugin_key(current, key), plugin_key(new, key));
-        let changed = match given {
-            Some(v) => Some(v) != old,
-            None => missing_is_change && old.is_some(),
-        };
-        if changed {
-            return Err(Error::ConfigRejected(format!(
-                "Cannot modify protected field 'plugin.{key}'"
-            )));
+        if given.is_some_and(|v| Some(v) != old) {
+            return Err(protected(key));
         }
     }
     Ok(())
+}
+
+/// The reference's refusal of a change to `plugin.id` or `plugin.entry`.
+fn protected(key: &str) -> Error {
+    Error::ConfigRejected(format!(
+        "Cannot modify critical field 'plugin.{key}'. This field is protected."
+    ))
 }
 
 fn no_plugin_section() -> Error {

@@ -149,14 +149,28 @@ fn replace_keeps_protected_fields_and_refuses_changes() {
         None,
     )
     .unwrap_err();
-    assert_eq!(e.to_string(), "Cannot modify protected field 'plugin.id'");
+    assert_eq!(
+        e.to_string(),
+        "Cannot modify critical field 'plugin.id'. This field is protected."
+    );
     let e = serve(
         &f,
-        ConfigRequest::ReplaceToml("[plugin]\nentry = 'm:C'\n".into()),
+        ConfigRequest::ReplaceToml("[plugin]\nid = 'q'\n".into()),
         None,
     )
     .unwrap_err();
     assert!(e.to_string().contains("plugin.id"), "{e}");
+    // As the reference: keys left out are not checked (the text is written as given).
+    serve(
+        &f,
+        ConfigRequest::ReplaceToml("[settings]\nx = 1\n".into()),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&f.config_path).unwrap(),
+        "[settings]\nx = 1\n"
+    );
     let e = serve(&f, ConfigRequest::Replace(obj(json!({"a": null}))), None).unwrap_err();
     assert!(e.to_string().contains("'a'"), "{e}");
 }
@@ -307,7 +321,7 @@ fn update_deep_merges_into_plugin_toml_and_keeps_the_id() {
         json!({"plugin": {"entry": "x:Y"}}),
     ] {
         let e = serve(&f, ConfigRequest::Update(obj(patch)), None).unwrap_err();
-        assert!(e.to_string().contains("protected field"), "{e}");
+        assert!(e.to_string().contains("This field is protected."), "{e}");
     }
     // Other [plugin] keys may change.
     serve(

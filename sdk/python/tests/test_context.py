@@ -72,6 +72,7 @@ def test_config_reads_synchronously_outside_a_loop():
     assert cfg.get("demo.missing", "dflt") == "dflt"
     assert cfg.require("demo.greeting") == "Hi"
     assert cfg.get_section("demo.nested") == {"level": 3}
+    assert cfg.get_section("demo.missing") == {}  # a missing section is empty, as in the reference
     assert cfg.dump_base() == CONFIG
     assert cfg.dump_effective() == CONFIG
     with pytest.raises(PluginConfigError, match="Config key 'demo.missing' not found"):
@@ -209,11 +210,12 @@ def test_features_of_later_releases_name_themselves():
 def test_config_writes_and_profiles_send_their_requests():
     ctx, transport = make_ctx()
     cfg = PluginConfig(ctx)
-    cfg.update({"demo": {"greeting": "Yo"}})
-    cfg.set("demo.nested.level", 4)
+    # Writes and profile reads return the config itself, as the reference unwraps it.
+    assert cfg.update({"demo": {"greeting": "Yo"}}) == CONFIG
+    assert cfg.set("demo.nested.level", 4) == CONFIG
     assert cfg.dump_base() == CONFIG
     cfg.get_profiles_state_sync()
-    cfg.get_profile_sync("dev")
+    assert cfg.get_profile_sync("dev") == CONFIG
     assert cfg.dump_effective_sync("dev") == CONFIG
     assert transport.requests == [
         ("config.update", {"updates": {"demo": {"greeting": "Yo"}}}),

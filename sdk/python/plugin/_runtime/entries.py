@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ..sdk.logger import PluginLogger
-from ..sdk.shared.constants import DEFAULT_INPUT_SCHEMA
 from ..sdk.shared.core.events import EventMeta, WorkerConfig, scan_event_handlers, worker_config_of
 from .manifest import manifest_entries
 
@@ -67,11 +66,12 @@ class RuntimeEntry:
 
     def hello_spec(self) -> dict:
         meta = self.meta
-        schema = meta.input_schema if isinstance(meta.input_schema, dict) and meta.input_schema else DEFAULT_INPUT_SCHEMA
+        # An entry without a schema shows `{}`, as the reference's decorators store it.
+        schema = meta.input_schema if isinstance(meta.input_schema, dict) else {}
         try:
             schema = json.loads(json.dumps(schema))
         except (TypeError, ValueError):
-            schema = dict(DEFAULT_INPUT_SCHEMA)
+            schema = {}
         spec = {
             "id": meta.id,
             "name": meta.name if isinstance(meta.name, str) and meta.name else meta.id,

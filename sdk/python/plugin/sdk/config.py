@@ -38,6 +38,11 @@ def _config_of(result: Any, op: str) -> dict:
     return config
 
 
+def _profile_of(result: Any) -> dict:
+    config = result.get("config") if isinstance(result, dict) else None
+    return config if isinstance(config, dict) else {}
+
+
 def _split(path: str) -> list[str]:
     path = (path or "").strip()
     return [part for part in path.split(".") if part] if path else []
@@ -177,11 +182,12 @@ class PluginConfig:
             return self.get_section_async(path, timeout=timeout)
         return self.get_section_sync(path, timeout=timeout)
 
+    # A missing section is empty, as in the reference (it reads the path with a None default).
     def get_section_sync(self, path: str, timeout: float = 5.0) -> dict:
-        return self._section(self.get_sync(path, timeout=timeout), path)
+        return self._section(self.get_sync(path, {}, timeout=timeout), path)
 
     async def get_section_async(self, path: str, timeout: float = 5.0) -> dict:
-        return self._section(await self.get_async(path, timeout=timeout), path)
+        return self._section(await self.get_async(path, {}, timeout=timeout), path)
 
     # -- profiles and writes (later) ----------------------------------------------------------------
 
@@ -193,13 +199,19 @@ class PluginConfig:
         self.ctx._require_served("config.profiles")
         return self.ctx._request_sync("config.profiles", {}, timeout)
 
+    # The profile's own table ({} when it has none), as the reference unwraps it.
     def get_profile(self, profile_name: str, timeout: float = 5.0) -> Any:
         self.ctx._require_served("config.profile")
-        return self.ctx.get_own_profile_config(profile_name, timeout=timeout)
+        if _in_loop():
+            return self.get_profile_async(profile_name, timeout=timeout)
+        return self.get_profile_sync(profile_name, timeout=timeout)
 
-    def get_profile_sync(self, profile_name: str, timeout: float = 5.0) -> Any:
+    def get_profile_sync(self, profile_name: str, timeout: float = 5.0) -> dict:
         self.ctx._require_served("config.profile")
-        return self.ctx._request_sync("config.profile", {"profile_name": profile_name}, timeout)
+        return _profile_of(self.ctx._request_sync("config.profile", {"profile_name": profile_name}, timeout))
+
+    async def get_profile_async(self, profile_name: str, timeout: float = 5.0) -> dict:
+        return _profile_of(await self.ctx.get_own_profile_config(profile_name, timeout=timeout))
 
     def update(self, patch: dict, timeout: float = 10.0) -> Any:
         """Deep-merges `patch` into plugin.toml (smart)."""
@@ -215,7 +227,7 @@ class PluginConfig:
         if not isinstance(patch, dict):
             raise PluginConfigError("Invalid updates: must be a dict", operation="update")
         try:
-            return self.ctx._request_sync("config.update", {"updates": patch}, timeout)
+            return _config_of(self.ctx._request_sync("config.update", {"updates": patch}, timeout), "update")
         except RequestError as exc:
             raise PluginConfigError(str(exc), operation="update") from exc
 
@@ -223,7 +235,7 @@ class PluginConfig:
         if not isinstance(patch, dict):
             raise PluginConfigError("Invalid updates: must be a dict", operation="update")
         try:
-            return await self.ctx.update_own_config(patch, timeout=timeout)
+            return _config_of(await self.ctx.update_own_config(patch, timeout=timeout), "update")
         except RequestError as exc:
             raise PluginConfigError(str(exc), operation="update") from exc
 
