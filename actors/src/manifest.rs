@@ -20,7 +20,7 @@
 //!
 //! This module reads `plugin.toml` as written: profile overlays (reference §4.5) are not applied.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -700,23 +700,29 @@ pub fn start_order(plugins: &[PluginManifest]) -> Vec<PluginId> {
 /// - `providers`: at least one of them is available with an accepted version;
 /// - `entry = "p:e"`: plugin `p` is available, accepted, and exposes entry `e`; a bare `"e"`: some
 ///   available plugin exposes `e`;
-/// - `custom_event = "p:t:i"`: plugin `p` is available and accepted; a bare `"t:i"`: some other
-///   plugin is available;
+/// - `custom_event = "p:t:i"`: plugin `p` is available, accepted, and exposes event `t.i`; a bare
+///   `"t:i"`: some other available plugin exposes it;
 /// - `id`: that plugin is available with an accepted version.
 ///
-/// Entries and custom events are only known for certain once a plugin runs (its HELLO lists them).
-/// Before that the only source is `entries_preview`, so a plugin *without* a preview is assumed to
-/// expose any entry, and custom events are not checked beyond the provider's presence.
+/// Entries and custom events are only known for certain once a plugin ran or was described (its
+/// HELLO lists them): `exposed` holds what the supervisor knows. For other plugins the only source
+/// is `entries_preview`, so a plugin *without* a preview is assumed to expose any entry, and custom
+/// events are not checked beyond the provider's presence.
 ///
 /// Version check per provider: a `conflicts` match refuses it; otherwise it is accepted when inside
 /// `untested` or `supported` (or when neither is given); outside `recommended` only logs a warning.
 /// An unparseable provider version logs a warning and is accepted, as in the reference.
 ///
 /// The error lists every unsatisfied dependency, separated by "; ".
-pub fn check_dependencies(m: &PluginManifest, available: &[&PluginManifest]) -> Result<(), String> {
+pub fn check_dependencies(
+    m: &PluginManifest,
+    available: &[&PluginManifest],
+    exposed: &ExposedMap,
+) -> Result<(), String> {
     let check = DependencyCheck {
         plugin: m,
         available,
+        exposed,
     };
     let problems: Vec<String> = m
         .dependencies
@@ -730,10 +736,22 @@ pub fn check_dependencies(m: &PluginManifest, available: &[&PluginManifest]) -> 
     }
 }
 
+/// What a plugin that ran (or was described) exposes: its entries and its custom events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exposed {
+    pub entries: HashSet<String>,
+    /// `(event_type, id)`.
+    pub events: HashSet<(String, String)>,
+}
+
+/// [`Exposed`] per plugin, for those the supervisor has heard from.
+pub type ExposedMap = HashMap<PluginId, Exposed>;
+
 /// One run of [`check_dependencies`].
 struct DependencyCheck<'a> {
     plugin: &'a PluginManifest,
     available: &'a [&'a PluginManifest],
+    exposed: &'a ExposedMap,
 }
 
 impl<'a> DependencyCheck<'a> {
@@ -747,6 +765,26 @@ impl<'a> DependencyCheck<'a> {
 
     fn provider(&self, id: &str) -> Option<&'a PluginManifest> {
         self.providers().find(|p| p.id.as_str() == id)
+    }
+
+    /// Whether `plugin` has entry `entry_id`: what it told neko, else its preview (none: any).
+    fn exposes(&self, plugin: &PluginManifest, entry_id: &str) -> bool {
+        match self.exposed.get(&plugin.id) {
+            Some(known) => known.entries.contains(entry_id),
+            None => {
+                plugin.entries_preview.is_empty()
+                    || plugin.entries_preview.iter().any(|e| e.id == entry_id)
+            }
+        }
+    }
+
+    /// Whether `plugin` has custom event `event_type.event_id` (unknown before it ran: yes).
+    fn exposes_event(&self, plugin: &PluginManifest, event_type: &str, event_id: &str) -> bool {
+        self.exposed.get(&plugin.id).is_none_or(|known| {
+            known
+                .events
+                .contains(&(event_type.to_string(), event_id.to_string()))
+        })
     }
 
     fn dependency(&self, dep: &Dependency) -> Result<(), String> {
@@ -793,7 +831,7 @@ impl<'a> DependencyCheck<'a> {
             match entry.split_once(':') {
                 Some((id, entry_id)) => {
                     let provider = self.named(id)?;
-                    if !exposes(provider, entry_id) {
+                    if !self.exposes(provider, entry_id) {
                         return Err(format!(
                             "dependency '{id}' has no entry '{entry_id}' (required by '{by}')"
                         ));
@@ -804,7 +842,7 @@ impl<'a> DependencyCheck<'a> {
                 None => {
                     let found = self
                         .providers()
-                        .any(|p| exposes(p, entry) && self.version(dep, p).is_ok());
+                        .any(|p| self.exposes(p, entry) && self.version(dep, p).is_ok());
                     if !found {
                         return Err(format!(
                             "missing dependency: no enabled plugin provides entry '{entry}' (required by '{by}')"
@@ -816,14 +854,25 @@ impl<'a> DependencyCheck<'a> {
 
         if let Some(event) = &dep.custom_event {
             let parts: Vec<&str> = event.split(':').collect();
-            if let [id, _, _] = parts.as_slice() {
+            if let [id, event_type, event_id] = parts.as_slice() {
                 let provider = self.named(id)?;
+                if !self.exposes_event(provider, event_type, event_id) {
+                    return Err(format!(
+                        "dependency '{id}' has no custom event '{event_type}.{event_id}' (required by '{by}')"
+                    ));
+                }
                 self.version(dep, provider)
                     .map_err(|reason| format!("{reason} (required by '{by}')"))?;
-            } else if self.providers().next().is_none() {
-                return Err(format!(
-                    "missing dependency: no enabled plugin could provide custom event '{event}' (required by '{by}')"
-                ));
+            } else {
+                let (event_type, event_id) = event.split_once(':').unwrap_or((event, ""));
+                if !self
+                    .providers()
+                    .any(|p| self.exposes_event(p, event_type, event_id))
+                {
+                    return Err(format!(
+                        "missing dependency: no enabled plugin could provide custom event '{event}' (required by '{by}')"
+                    ));
+                }
             }
         }
 
@@ -894,11 +943,6 @@ impl<'a> DependencyCheck<'a> {
         }
         Err(format!("{what} is not in {}", ranges.join(" nor ")))
     }
-}
-
-/// Whether `plugin` is known to expose entry `entry_id`, assuming yes when it declares no preview.
-fn exposes(plugin: &PluginManifest, entry_id: &str) -> bool {
-    plugin.entries_preview.is_empty() || plugin.entries_preview.iter().any(|e| e.id == entry_id)
 }
 
 /// Whether `version` satisfies the PEP 440 specifier set `spec`.
@@ -2760,7 +2804,7 @@ max_restarts = 4
     // -- check_dependencies -----------------------------------------------------------------------
 
     fn check(m: &PluginManifest, available: &[&PluginManifest]) -> Result<(), String> {
-        check_dependencies(m, available)
+        check_dependencies(m, available, &ExposedMap::new())
     }
 
     /// An `id` dependency is satisfied by an enabled plugin and names the missing one otherwise.
@@ -2905,6 +2949,50 @@ conflicts = ["==1.5.*"]
         assert!(
             check(&bare, &[&bare]).is_err(),
             "a plugin does not satisfy itself"
+        );
+    }
+
+    /// Once a provider said what it has (HELLO), that list decides, not its preview.
+    #[test]
+    fn what_a_running_provider_exposes_decides() {
+        let by_entry = plugin(
+            "app",
+            "[[plugin.dependency]]\nentry = \"search:query\"\nuntested = \">=0\"\n",
+        );
+        let by_event = plugin(
+            "app",
+            "[[plugin.dependency]]\ncustom_event = \"search:tick:t\"\nuntested = \">=0\"\n",
+        );
+        let by_bare_event = plugin(
+            "app",
+            "[[plugin.dependency]]\ncustom_event = \"tick:t\"\nuntested = \">=0\"\n",
+        );
+        let search = plugin("search", "");
+        let known = |entries: &[&str], events: &[(&str, &str)]| {
+            ExposedMap::from([(
+                search.id.clone(),
+                Exposed {
+                    entries: entries.iter().map(|e| e.to_string()).collect(),
+                    events: events
+                        .iter()
+                        .map(|(t, i)| (t.to_string(), i.to_string()))
+                        .collect(),
+                },
+            )])
+        };
+        let has = known(&["query"], &[("tick", "t")]);
+        let lacks = known(&["index"], &[("tock", "t")]);
+        for app in [&by_entry, &by_event, &by_bare_event] {
+            assert_eq!(check_dependencies(app, &[&search], &has), Ok(()));
+            assert!(check_dependencies(app, &[&search], &lacks).is_err());
+        }
+        assert_eq!(
+            check_dependencies(&by_entry, &[&search], &lacks),
+            Err("dependency 'search' has no entry 'query' (required by 'app')".to_string())
+        );
+        assert_eq!(
+            check_dependencies(&by_event, &[&search], &lacks),
+            Err("dependency 'search' has no custom event 'tick.t' (required by 'app')".to_string())
         );
     }
 

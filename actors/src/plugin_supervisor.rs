@@ -23,7 +23,7 @@ use tokio::task::AbortHandle;
 
 use crate::clock::iso_now;
 use crate::error::Error;
-use crate::manifest::PluginManifest;
+use crate::manifest::{Exposed, ExposedMap, PluginManifest};
 use crate::message_plane::{Doc, MessagePlaneHandle, StoreName};
 use crate::process_host::calls::caller_gone;
 use crate::process_host::{
@@ -517,15 +517,7 @@ impl PluginSupervisorState {
 
     /// Re-reads the plugin's manifest through the registry (checks included) into its slot.
     async fn resolve(&mut self, id: &PluginId) -> Result<(), Error> {
-        let manifest = self
-            .registry
-            .call(
-                |port| RegistryMsg::Resolve(id.clone(), port),
-                Some(Duration::from_secs(10)),
-            )
-            .await
-            .map_err(|e| Error::Unavailable(format!("registry: {e}")))?
-            .success_or(Error::Unavailable("registry did not answer".into()))??;
+        let manifest = self.fetch_new(id).await?;
         let slot = self
             .slots
             .get_mut(id)
@@ -593,10 +585,13 @@ impl PluginSupervisorState {
         self.launch(myself, &id).await;
     }
 
+    /// The plugin's manifest as plugin.toml says now, its dependencies checked against what the
+    /// other plugins expose.
     async fn fetch_new(&self, id: &PluginId) -> Result<Arc<PluginManifest>, Error> {
+        let exposed = self.exposed();
         self.registry
             .call(
-                |port| RegistryMsg::Resolve(id.clone(), port),
+                |port| RegistryMsg::Resolve(id.clone(), exposed, port),
                 Some(Duration::from_secs(10)),
             )
             .await
@@ -672,6 +667,26 @@ impl PluginSupervisorState {
         }
         slot.lifecycle.state = PluginState::Stopping;
         self.publish(&id);
+    }
+
+    /// The entries and custom events of the plugins that said HELLO (or were described).
+    fn exposed(&self) -> ExposedMap {
+        self.slots
+            .iter()
+            .filter(|(_, s)| !s.lifecycle.entries.is_empty() || !s.lifecycle.events.is_empty())
+            .map(|(id, s)| {
+                let exposed = Exposed {
+                    entries: s.lifecycle.entries.iter().map(|e| e.id.clone()).collect(),
+                    events: s
+                        .lifecycle
+                        .events
+                        .iter()
+                        .map(|e| (e.event_type.clone(), e.id.clone()))
+                        .collect(),
+                };
+                (id.clone(), exposed)
+            })
+            .collect()
     }
 
     /// The reference's refusal for a plugin that is not running, with its details: a hint and

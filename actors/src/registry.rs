@@ -16,7 +16,7 @@ use neko_protocol::PluginId;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::error::Error;
-use crate::manifest::{self, BrokenPlugin, PluginManifest};
+use crate::manifest::{self, BrokenPlugin, ExposedMap, PluginManifest};
 use crate::plugin_config::{self, ConfigReply, ConfigRequest, PluginFolder};
 
 /// The Registry actor.
@@ -34,7 +34,12 @@ pub enum RegistryMsg {
     /// Every usable manifest plus the order to start them in.
     StartPlan(RpcReplyPort<(Vec<Arc<PluginManifest>>, Vec<PluginId>)>),
     /// Re-read one plugin's plugin.toml and check it (SDK ranges, dependencies) before a start.
-    Resolve(PluginId, RpcReplyPort<Result<Arc<PluginManifest>, Error>>),
+    /// With what the supervisor knows the running (or described) plugins expose.
+    Resolve(
+        PluginId,
+        ExposedMap,
+        RpcReplyPort<Result<Arc<PluginManifest>, Error>>,
+    ),
     /// Everything, for listings.
     List(RpcReplyPort<RegistrySnapshot>),
     /// A config route: read or write the plugin's plugin.toml and profiles.
@@ -87,8 +92,8 @@ impl Actor for Registry {
                 let order = manifest::start_order(&owned);
                 let _ = reply.send((state.snapshot.plugins.clone(), order));
             }
-            RegistryMsg::Resolve(id, reply) => {
-                let _ = reply.send(state.resolve(&id));
+            RegistryMsg::Resolve(id, exposed, reply) => {
+                let _ = reply.send(state.resolve(&id, &exposed));
             }
             RegistryMsg::List(reply) => {
                 let _ = reply.send(state.snapshot.clone());
@@ -128,12 +133,16 @@ impl RegistryState {
 
     /// Re-reads `id`'s plugin.toml (rescanning the folder for an id not seen yet), then checks its
     /// dependencies against the other registered plugins.
-    fn resolve(&mut self, id: &PluginId) -> Result<Arc<PluginManifest>, Error> {
+    fn resolve(
+        &mut self,
+        id: &PluginId,
+        exposed: &ExposedMap,
+    ) -> Result<Arc<PluginManifest>, Error> {
         let known = self.snapshot.plugins.iter().position(|m| &m.id == id);
         let Some(index) = known else {
             self.rescan();
             return match self.snapshot.plugins.iter().find(|m| &m.id == id) {
-                Some(m) => self.check(m.clone()),
+                Some(m) => self.check(m.clone(), exposed),
                 None => Err(self.not_found(id)),
             };
         };
@@ -154,10 +163,14 @@ impl RegistryState {
         }
         let fresh = Arc::new(fresh);
         self.snapshot.plugins[index] = fresh.clone();
-        self.check(fresh)
+        self.check(fresh, exposed)
     }
 
-    fn check(&self, m: Arc<PluginManifest>) -> Result<Arc<PluginManifest>, Error> {
+    fn check(
+        &self,
+        m: Arc<PluginManifest>,
+        exposed: &ExposedMap,
+    ) -> Result<Arc<PluginManifest>, Error> {
         let others: Vec<&PluginManifest> = self
             .snapshot
             .plugins
@@ -165,7 +178,7 @@ impl RegistryState {
             .filter(|o| o.id != m.id)
             .map(|o| o.as_ref())
             .collect();
-        manifest::check_dependencies(&m, &others).map_err(|reason| Error::Dependency {
+        manifest::check_dependencies(&m, &others, exposed).map_err(|reason| Error::Dependency {
             plugin: m.id.clone(),
             reason,
         })?;
