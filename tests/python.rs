@@ -78,11 +78,25 @@ async fn bundled_python_example_serves_its_entries() {
     assert_eq!(run["result"]["message"], "Hello, neko!");
     let run = neko.run("hello", "add", json!({"a": 2, "b": 3})).await;
     assert_eq!(run["result"]["sum"], 5);
+    // The reference's words for an entry that raised (its PluginExecutionError).
     let run = neko.run("hello", "boom", json!({})).await;
     assert_eq!(run["status"], "failed");
-    let message = run["error"]["message"].as_str().unwrap();
+    assert_eq!(run["error"]["code"], "INTERNAL", "{run}");
+    assert_eq!(
+        run["error"]["message"],
+        "Plugin 'hello' entry 'entry boom' execution failed: Invalid call: boom requested",
+        "{run}"
+    );
+    assert_eq!(run["error"]["details"]["plugin_id"], "hello", "{run}");
+    assert_eq!(
+        run["error"]["details"]["exception_type"], "ValueError",
+        "{run}"
+    );
+    let run = neko.run("hello", "add", json!({"a": 2})).await;
+    assert_eq!(run["error"]["code"], "INTERNAL", "{run}");
+    let message = run["error"]["message"].as_str().unwrap_or_default();
     assert!(
-        message.contains("ValueError") && message.contains("boom requested"),
+        message.starts_with("Plugin 'hello' entry 'entry add' execution failed: Invalid call: "),
         "{run}"
     );
 }
@@ -148,9 +162,12 @@ async fn python_invocation_contract() {
     assert_eq!(run["result"]["answer"], 42);
     let run = neko.run("probe", "no_ctx", json!({"x": 7})).await;
     assert_eq!(run["result"], json!({"x": 7}), "{run}");
+    // As the reference fails it (when it JSON-encodes the response): INTERNAL, json's text.
     let run = neko.run("probe", "unserialisable", json!({})).await;
     assert_eq!(run["status"], "failed");
-    assert_eq!(run["error"]["code"], "INVALID_RESPONSE", "{run}");
+    assert_eq!(run["error"]["code"], "INTERNAL", "{run}");
+    let message = run["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.ends_with("is not JSON serializable"), "{run}");
 }
 
 /// `kill -9` of the Python process: restarted and serving.

@@ -8,11 +8,13 @@ from plugin._runtime.calls import (
     InvalidCall,
     compute_deadline,
     convert_return,
+    execution_failure,
     outcome_from_exception,
     prepare_kwargs,
     run_id_of,
 )
 from plugin.sdk import ErrorCode, fail, ok
+from plugin.sdk.errors import RequestError
 
 CTX = {"_ctx": {"run_id": "r-1"}}
 
@@ -103,16 +105,16 @@ def test_plain_values_are_data():
     assert convert_return("e", {1: "a"}).data == {"1": "a"}
 
 
-def test_values_that_are_not_json_are_invalid_responses():
+def test_values_that_are_not_json_fail_as_the_reference_fails_them():
+    # The reference's run fails when it JSON-encodes the response: INTERNAL with json's own text.
     out = convert_return("e", {"x": object()})
-    assert not out.ok and out.code == "INVALID_RESPONSE"
-    assert out.message.startswith("Entry 'e' returned a value that is not JSON-serialisable: ")
-    assert "object" in out.message
+    assert (out.ok, out.code, out.message) == (False, "INTERNAL", "Object of type object is not JSON serializable")
     loop = []
     loop.append(loop)
-    assert convert_return("e", loop).code == "INVALID_RESPONSE"
-    assert convert_return("e", {1, 2}).code == "INVALID_RESPONSE"
-    assert convert_return("e", ok(data=b"bytes")).code == "INVALID_RESPONSE"
+    assert convert_return("e", loop).code == "INTERNAL"
+    assert convert_return("e", {1, 2}).code == "INTERNAL"
+    out = convert_return("e", ok(data=b"bytes"))
+    assert (out.code, out.message) == ("INTERNAL", "Object of type bytes is not JSON serializable")
 
 
 def test_result_objects_of_the_newer_sdk():
@@ -146,6 +148,19 @@ def test_exceptions_become_internal():
         "details": {"exception_type": "ValueError"},
     }
     assert outcome_from_exception(KeyError()).message == "KeyError"
+
+
+def test_handler_exceptions_read_as_the_reference_reports_them():
+    details = {"plugin_id": "p", "entry_id": "e", "type": "PluginExecutionError", "exception_type": "ValueError"}
+    out = execution_failure(ValueError("boom"), "p", "e")
+    assert (out.code, out.message, out.details) == ("INTERNAL", "Plugin 'p' entry 'entry e' execution failed: Invalid call: boom", details)
+    out = execution_failure(RuntimeError("down"), "p", "tick", "timer")
+    assert out.message == "Plugin 'p' entry 'custom event timer.tick' execution failed: Unexpected error: down"
+    assert execution_failure(InvalidCall("Invalid call: missing a required argument: 'a'"), "p", "e").message.endswith("execution failed: Invalid call: missing a required argument: 'a'")
+    assert execution_failure(TimeoutError("slow"), "p", "e").code == "TIMEOUT"
+    # An error neko answered keeps its code up a call chain.
+    chained = execution_failure(RequestError("cycle", "DEADLOCK"), "p", "e")
+    assert (chained.code, chained.message) == ("DEADLOCK", "cycle")
 
 
 def test_deadlines():

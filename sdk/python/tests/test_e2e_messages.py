@@ -120,7 +120,7 @@ def test_message_handlers_without_a_message_plane(tmp_path):
         sup.handshake()
         r = sup.call("push", {"source": "x", "content": "y"})
         assert r["error"]["code"] == "INTERNAL"
-        assert r["error"]["message"] == "RuntimeError: message_plane is not available for push_message"
+        assert r["error"]["message"] == "Plugin 'chat' entry 'entry push' execution failed: Unexpected error: message_plane is not available for push_message"
         assert "@message handlers (anything, broken, from_chat, own) will not be called: the message plane is not available" in sup.stderr()
         sup.send("stop", {"grace_ms": 2000})
         assert sup.proc.wait(timeout=10) == 0

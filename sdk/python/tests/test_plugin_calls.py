@@ -477,10 +477,10 @@ def test_custom_event_triggers():
         assert [b["error"]["code"] for _, b in host.link.posted if b["call_id"] == "c-4"] == ["CANCELED"]
 
         r = await call({"call_id": "c-5", "entry_id": "boom", "event_type": "game"})
-        assert r["error"]["code"] == "INTERNAL" and r["error"]["message"] == "ValueError: bad move"
+        assert r["error"]["code"] == "INTERNAL" and r["error"]["message"] == "Plugin 'demo' entry 'custom event game.boom' execution failed: Invalid call: bad move"
 
         r = await call({"call_id": "c-6", "entry_id": "odd", "event_type": "game"})
-        assert r["error"]["code"] == "INVALID_RESPONSE"
+        assert r["error"]["code"] == "INTERNAL" and r["error"]["message"].endswith("is not JSON serializable")
 
         r = await call({"call_id": "c-7", "entry_id": "nope", "event_type": "game"})
         assert r["error"] == {"code": "NOT_FOUND", "message": "Custom event 'game.nope' not found"}

@@ -2,11 +2,13 @@
 
 - `prepare_kwargs`: the TRIGGER's `args` become keyword arguments, `_ctx` included; `_ctx` is left
   out for handlers that accept neither `_ctx` nor `**kwargs`. Arguments that do not fit the
-  signature are refused up front (VALIDATION_ERROR "Invalid call: ...").
+  signature are refused up front ("Invalid call: ...", reported as `execution_failure`).
 - `convert_return`: ok/fail envelopes, Ok/Err-style results and plain JSON values → an `Outcome`
   (envelopes stay whole for calls from other plugins).
-- `outcome_from_exception`: an exception → INTERNAL "<Type>: <message>" (TIMEOUT for TimeoutError;
-  an error neko answered a request with keeps its own code).
+- `execution_failure`: an exception from a handler → the reference's INTERNAL "Plugin '<id>' entry
+  'entry <eid>' execution failed: ..." (TIMEOUT for TimeoutError; an error neko answered a request
+  with keeps its own code). `outcome_from_exception`: the same for errors outside a handler, as
+  INTERNAL "<Type>: <message>".
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from ..api.exceptions import PluginError
 from ..sdk.errors import PluginCallError, RequestError, code_name
 from ..sdk.responses import is_envelope
 
@@ -164,10 +167,9 @@ def _is_plain(value: Any, depth: int) -> bool:
 
 
 def not_serialisable(entry_id: str, exc: Exception) -> Outcome:
-    return Outcome.failure(
-        "INVALID_RESPONSE",
-        f"Entry '{entry_id}' returned a value that is not JSON-serialisable: {exc}",
-    )
+    # The reference's run fails here, when it JSON-encodes the trigger response: INTERNAL with
+    # json's own text ("Object of type bytes is not JSON serializable").
+    return Outcome.failure("INTERNAL", str(exc) or f"Entry '{entry_id}' returned a value that is not JSON-serialisable")
 
 
 def _details(value: Any) -> Any:
@@ -190,7 +192,7 @@ def _failure_from_envelope(entry_id: str, envelope: dict) -> Outcome:
         message = str(error) if error else envelope.get("message") or ""
         details = None
     if not message:
-        message = f"Entry '{entry_id}' failed"
+        message = "plugin returned failure"  # the reference's default
     return Outcome.failure(code, str(message), _details(details))
 
 
@@ -221,6 +223,33 @@ def convert_return(entry_id: str, value: Any, *, raw_envelopes: bool = False) ->
         return Outcome.success(to_json_data(value))
     except (TypeError, ValueError, RecursionError) as exc:
         return not_serialisable(entry_id, exc)
+
+
+#: Exceptions the reference reports as a bad call ("Invalid call: <e>"); others are "Unexpected error: <e>".
+_INVALID_CALL_TYPES = (TypeError, ValueError, AttributeError)
+
+
+def execution_failure(exc: BaseException, plugin_id: str, entry_id: str, event_type: Optional[str] = None) -> Outcome:
+    """An exception from a handler, as the reference's control plane reports it (its
+    `PluginExecutionError`): INTERNAL "Plugin '<id>' entry 'entry <eid>' execution failed: Invalid call:
+    <e>" ("custom event <type>.<id>" for a custom event; "Unexpected error: <e>" for other than
+    TypeError/ValueError/AttributeError; a PluginError's own text), with details {plugin_id,
+    entry_id, type} and the exception's class. Errors neko answered keep their code up a call chain
+    and a TimeoutError is TIMEOUT, as `outcome_from_exception` says."""
+    if isinstance(exc, (RequestError, PluginCallError)) and isinstance(getattr(exc, "code", None), str) and exc.code:
+        return outcome_from_exception(exc)
+    name = type(exc).__name__
+    text = str(exc)
+    if isinstance(exc, (PluginError, InvalidCall)):
+        reason = text or name
+    elif isinstance(exc, _INVALID_CALL_TYPES):
+        reason = f"Invalid call: {text}"
+    else:
+        reason = f"Unexpected error: {text}"
+    what = f"custom event {event_type}.{entry_id}" if event_type and event_type != "plugin_entry" else f"entry {entry_id}"
+    details = {"plugin_id": plugin_id, "entry_id": entry_id, "type": "PluginExecutionError", "exception_type": name}
+    code = "TIMEOUT" if isinstance(exc, TimeoutError) else "INTERNAL"
+    return Outcome.failure(code, f"Plugin '{plugin_id}' entry '{what}' execution failed: {reason}", details)
 
 
 def outcome_from_exception(exc: BaseException) -> Outcome:

@@ -59,6 +59,7 @@ from .calls import (
     Outcome,
     compute_deadline,
     convert_return,
+    execution_failure,
     outcome_from_exception,
     prepare_kwargs,
     run_id_of,
@@ -436,7 +437,7 @@ class PluginHost:
             try:
                 kwargs = prepare_kwargs(entry.handler, args, run_id)
             except InvalidCall as exc:
-                self._finish_call(call, Outcome.failure("VALIDATION_ERROR", str(exc), {"exception_type": "TypeError"}))
+                self._finish_call(call, self._failure(entry, exc))
                 return
             if call.deadline is not None:
                 call.end = time.monotonic() + call.deadline
@@ -486,7 +487,7 @@ class PluginHost:
             exc = work.exception()
             if exc is not None:
                 self._log_failure(entry, exc)
-                outcome = outcome_from_exception(exc)
+                outcome = self._failure(entry, exc)
             else:
                 outcome = work.result()
         if isinstance(outcome, _Awaitable):
@@ -637,10 +638,10 @@ class PluginHost:
             raise
         except Exception as exc:
             self._log_failure(entry, exc)
-            outcome = outcome_from_exception(exc)
+            outcome = self._failure(entry, exc)
         except BaseException as exc:  # SystemExit, KeyboardInterrupt from plugin code: answered, then raised on
             self._log_failure(entry, exc)
-            self._finish_call(call, outcome_from_exception(exc))
+            self._finish_call(call, self._failure(entry, exc))
             raise
         else:
             outcome = convert_return(entry.id, value, raw_envelopes=call.scope.caller is not None)
@@ -654,7 +655,7 @@ class PluginHost:
                 value = scope.run_scoped(entry.handler, kwargs, label=label, run_id=run_id, call=call.scope)
             except Exception as exc:
                 self._log_failure(entry, exc)
-                outcome = outcome_from_exception(exc)
+                outcome = self._failure(entry, exc)
             else:
                 if inspect.isawaitable(value):
                     return _Awaitable(value)
@@ -662,6 +663,10 @@ class PluginHost:
                 self._persist(entry, outcome)
             self._answer_early(call, outcome)
             return outcome
+
+    def _failure(self, entry: RuntimeEntry, exc: BaseException) -> Outcome:
+        """A handler's exception as the call's answer (the reference's execution-failed error)."""
+        return execution_failure(exc, self.env.plugin_id, entry.id, entry.meta.event_type)
 
     def _persist(self, entry: RuntimeEntry, outcome: Outcome) -> None:
         """After a successful entry: saves the `__freezable__` attributes when the entry's
