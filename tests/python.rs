@@ -591,3 +591,45 @@ async fn a_plugin_that_cannot_be_constructed_is_not_restarted() {
         assert_eq!(neko.plugin(id).await["restarts"], 0);
     }
 }
+
+/// `self.db` works out of the box, as in the reference's environment: the venv neko builds has
+/// SQLAlchemy and aiosqlite; rows written in one run are read in the next, sync and async.
+#[tokio::test]
+async fn plugin_database_works_without_extra_requirements() {
+    let plugin = PythonPlugin {
+        dir: "dbuser",
+        toml: "[plugin]\nid = \"dbuser\"\nentry = \"plugins.dbuser:DbUser\"\n\n[plugin.database]\nenabled = true\n".into(),
+        init_py: r#"
+from sqlalchemy import text
+
+from plugin.sdk import NekoPluginBase, neko_plugin, ok, plugin_entry
+
+
+@neko_plugin
+class DbUser(NekoPluginBase):
+    @plugin_entry(id="put")
+    def put(self, name, **_):
+        with self.db.session() as s:
+            s.execute(text("CREATE TABLE IF NOT EXISTS t (name TEXT)"))
+            s.execute(text("INSERT INTO t (name) VALUES (:n)"), {"n": name})
+            s.commit()
+        return ok(data={"stored": name})
+
+    @plugin_entry(id="names")
+    async def names(self, **_):
+        async with self.db.async_session() as s:
+            rows = await s.execute(text("SELECT name FROM t ORDER BY name"))
+            return ok(data={"names": [r[0] for r in rows]})
+"#
+        .into(),
+        files: Vec::new(),
+    };
+    let neko = Neko::start_mixed(&[], &[plugin], "");
+    neko.wait_running("dbuser").await;
+    for name in ["b", "a"] {
+        let run = neko.run("dbuser", "put", json!({"name": name})).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+    }
+    let run = neko.run("dbuser", "names", json!({})).await;
+    assert_eq!(run["result"]["names"], json!(["a", "b"]), "{run}");
+}

@@ -26,9 +26,10 @@ mod embedded {
 const MIN_PYTHON: (u32, u32) = (3, 11);
 /// What the SDK needs at run time.
 const SDK_REQUIREMENTS: &[&str] = &["pyzmq>=25", "msgpack>=1.0"];
-/// Not needed by the SDK, but plugins written for the reference import them from its host
-/// project; installed too, and a failure only warns.
-const COMPAT_PACKAGES: &[&str] = &["loguru"];
+/// Not needed by the SDK's core, but plugins written for the reference import them from its host
+/// project (loguru), or use `self.db`, which needs SQLAlchemy's async engine over aiosqlite (the
+/// reference's environment has them); installed too, and a failure only warns.
+const COMPAT_PACKAGES: &[&str] = &["loguru", "sqlalchemy[asyncio]>=2", "aiosqlite"];
 
 /// The PythonEnv actor.
 pub struct PythonEnv;
