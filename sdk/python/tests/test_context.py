@@ -307,3 +307,20 @@ def test_base_does_no_io_in_its_constructor():
     assert env["python"]["version_info"]["major"] == 3 and env["python"]["executable"]
     assert env["os"]["system"] and env["os"]["architecture"]["bits"]
     json.dumps(env)  # plain JSON data
+
+
+def test_reference_settings_module_reads_the_environment(monkeypatch):
+    import importlib
+
+    import plugin.settings as settings
+
+    monkeypatch.setenv("NEKO_PLUGIN_EXECUTION_TIMEOUT", "12.5")
+    monkeypatch.setenv("NEKO_RUN_TOKEN_TTL_SECONDS", "soon")  # unparsable: the default, as in the reference
+    monkeypatch.setenv("PLUGIN_ENABLE_DEPENDENCY_CHECK", "on")  # not one of this flag's true words
+    settings = importlib.reload(settings)
+    assert settings.PLUGIN_EXECUTION_TIMEOUT == 12.5
+    assert settings.RUN_TOKEN_TTL_SECONDS == 3600
+    assert settings.PLUGIN_ENABLE_DEPENDENCY_CHECK is False
+    assert settings.PLUGIN_LOG_LEVEL == "INFO"
+    assert "PLUGIN_SHUTDOWN_TIMEOUT" in settings.__all__ and "_int" not in settings.__all__
+    assert settings.get_settings()["SYNC_CALL_IN_HANDLER_POLICY"] == "warn"
