@@ -1135,7 +1135,13 @@ impl PluginSupervisorState {
                     %reason,
                     "plugin crashed; giving up"
                 );
-                slot.lifecycle.state = PluginState::Crashed;
+                // One that cannot start as configured (its module does not import, its entry is
+                // wrong, ...) is invalid, as a plugin the reference could not load.
+                slot.lifecycle.state = if report.setup_failed {
+                    PluginState::Invalid
+                } else {
+                    PluginState::Crashed
+                };
                 slot.lifecycle.error =
                     Some(format!("{reason} (last exit: {})", report.description));
                 slot.want = Want::Stopped;

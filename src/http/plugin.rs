@@ -1,6 +1,7 @@
 //! `GET /plugins`, `GET /plugin/status`, `POST /plugin/{id}/start|stop|reload`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -34,26 +35,31 @@ pub async fn plugins(State(app): State<AppState>) -> Result<Json<Value>, ApiErro
     .into_iter()
     .map(|s| (s.plugin_id.clone(), s))
     .collect();
-    let list: Vec<Value> = snap
+    // Plugins the reference would not have registered are listed apart, with why, so nobody has
+    // to read the log to find them: those whose plugin.toml cannot be used, and those that cannot
+    // start as configured (a module that does not import, a wrong entry).
+    let (unusable, usable): (Vec<&Arc<PluginManifest>>, Vec<&Arc<PluginManifest>>) = snap
         .plugins
         .iter()
+        .partition(|m| cannot_start(statuses.get(&m.id)));
+    let list: Vec<Value> = usable
+        .into_iter()
         .map(|m| plugin_info(m, statuses.get(&m.id)))
         .collect();
-    // Plugins whose plugin.toml cannot be used are not registered (the reference skips them);
-    // they are listed apart, with why, so nobody has to read the log to find them.
-    let invalid: Vec<Value> = snap
-        .broken
-        .iter()
-        .map(|b| {
-            let id = b.id.clone().unwrap_or_else(|| {
-                b.dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            });
-            json!({"id": id, "status": PluginState::Invalid, "error": b.error, "config_path": b.config_path})
-        })
-        .collect();
+    let broken = snap.broken.iter().map(|b| {
+        let id = b.id.clone().unwrap_or_else(|| {
+            b.dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        json!({"id": id, "status": PluginState::Invalid, "error": b.error, "config_path": b.config_path})
+    });
+    let failed = unusable.into_iter().map(|m| {
+        let error = statuses.get(&m.id).and_then(|s| s.lifecycle.error.clone());
+        json!({"id": m.id, "status": PluginState::Invalid, "error": error, "config_path": m.config_path})
+    });
+    let invalid: Vec<Value> = broken.chain(failed).collect();
     let message = if list.is_empty() {
         "no plugins registered"
     } else {
@@ -62,6 +68,11 @@ pub async fn plugins(State(app): State<AppState>) -> Result<Json<Value>, ApiErro
     Ok(Json(
         json!({"plugins": list, "message": message, "invalid_plugins": invalid}),
     ))
+}
+
+/// A registered plugin whose last launch could not start as configured (shown as invalid).
+pub fn cannot_start(status: Option<&PluginStatus>) -> bool {
+    status.is_some_and(|s| s.lifecycle.state == PluginState::Invalid)
 }
 
 fn plugin_info(m: &PluginManifest, status: Option<&PluginStatus>) -> Value {

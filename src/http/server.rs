@@ -25,11 +25,21 @@ pub async fn available(State(app): State<AppState>) -> Result<Json<Value>, ApiEr
             .call(RegistryMsg::List, Some(app.request_timeout))
             .await,
     )?;
+    let statuses = ApiError::from_call(
+        refs.status
+            .call(StatusManagerMsg::List, Some(app.request_timeout))
+            .await,
+    )?;
+    let invalid = statuses
+        .iter()
+        .filter(|s| super::plugin::cannot_start(Some(s)))
+        .count();
     Ok(Json(json!({
         "status": "ok",
         "available": true,
-        // Registered plugins, as GET /plugins lists them (not those with an unusable plugin.toml).
-        "plugins_count": snap.plugins.len(),
+        // Registered plugins, as GET /plugins lists them (not those with an unusable plugin.toml,
+        // nor those that cannot start as configured).
+        "plugins_count": snap.plugins.len().saturating_sub(invalid),
         "time": iso_now(),
     })))
 }

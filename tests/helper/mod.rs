@@ -337,6 +337,33 @@ impl Neko {
             .unwrap_or(Value::Null)
     }
 
+    /// Plugin `id` as `GET /plugins` lists it apart, among `invalid_plugins` (Null when it is not).
+    pub async fn invalid_plugin(&self, id: &str) -> Value {
+        let (_, body) = self.get("/plugins").await;
+        body["invalid_plugins"]
+            .as_array()
+            .and_then(|l| l.iter().find(|p| p["id"] == id).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Waits until plugin `id` cannot start as configured: listed apart as `invalid`, not among
+    /// the registered plugins; returns its entry.
+    pub async fn wait_invalid(&self, id: &str) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let p = self.invalid_plugin(id).await;
+            if p["status"] == "invalid" {
+                assert!(self.plugin(id).await.is_null(), "{id} is listed apart only");
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {id} to be invalid: {p}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until plugin `id` is `running` with a pid, and returns the pid.
     pub async fn wait_running(&self, id: &str) -> u32 {
         let deadline = Instant::now() + TIMEOUT;
