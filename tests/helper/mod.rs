@@ -330,17 +330,17 @@ impl Neko {
 
     /// One plugin's entry in `GET /plugins`.
     pub async fn plugin(&self, id: &str) -> Value {
-        let (_, body) = self.get("/plugins").await;
-        body["plugins"]
-            .as_array()
-            .and_then(|l| l.iter().find(|p| p["id"] == id).cloned())
-            .unwrap_or(Value::Null)
+        self.listed("plugins", id).await
     }
 
     /// Plugin `id` as `GET /plugins` lists it apart, among `invalid_plugins` (Null when it is not).
     pub async fn invalid_plugin(&self, id: &str) -> Value {
+        self.listed("invalid_plugins", id).await
+    }
+
+    async fn listed(&self, list: &str, id: &str) -> Value {
         let (_, body) = self.get("/plugins").await;
-        body["invalid_plugins"]
+        body[list]
             .as_array()
             .and_then(|l| l.iter().find(|p| p["id"] == id).cloned())
             .unwrap_or(Value::Null)
