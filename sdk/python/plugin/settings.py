@@ -110,4 +110,4 @@ def get_settings() -> dict[str, Any]:
     return {name: globals()[name] for name in __all__ if name not in ("validate_config", "get_settings")}
 
 
-__all__ = [name for name in list(globals()) if name.isupper()] + ["validate_config", "get_settings"]
+__all__ = [name for name in list(globals()) if name.isupper() and not name.startswith("_")] + ["validate_config", "get_settings"]

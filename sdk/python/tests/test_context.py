@@ -322,5 +322,6 @@ def test_reference_settings_module_reads_the_environment(monkeypatch):
     assert settings.RUN_TOKEN_TTL_SECONDS == 3600
     assert settings.PLUGIN_ENABLE_DEPENDENCY_CHECK is False
     assert settings.PLUGIN_LOG_LEVEL == "INFO"
-    assert "PLUGIN_SHUTDOWN_TIMEOUT" in settings.__all__ and "_int" not in settings.__all__
+    assert "PLUGIN_SHUTDOWN_TIMEOUT" in settings.__all__
+    assert not [name for name in settings.__all__ if name.startswith("_")], "private names are not exported"
     assert settings.get_settings()["SYNC_CALL_IN_HANDLER_POLICY"] == "warn"
