@@ -145,6 +145,74 @@ impl Session {
         Ok(frames)
     }
 
+    /// Seals `msgs`, in order, into as few frames as the size limit allows: consecutive messages
+    /// share one `batch` envelope ([`Message::Batch`]; only for a peer that announced
+    /// [`crate::FEATURE_BATCH`]), and a message left alone in its frame is sealed plain. A message
+    /// that could not be encoded is left out and its error returned beside the frames.
+    pub fn seal_many(&mut self, msgs: Vec<Message>) -> (Vec<[Vec<u8>; 2]>, Vec<CodecError>) {
+        let mut frames = Vec::new();
+        let mut errors = Vec::new();
+        if msgs.len() == 1 {
+            match self.seal(msgs.into_iter().next().expect("one message")) {
+                Ok(f) => frames.push(f),
+                Err(e) => errors.push(e),
+            }
+            return (frames, errors);
+        }
+        // Each message as a `{kind, body}` map, then grouped under the size limit.
+        let mut group: Vec<(Message, Vec<u8>)> = Vec::new();
+        let mut group_bytes = 0;
+        for msg in msgs {
+            let item = match rmp_serde::to_vec_named(&msg) {
+                Ok(item) => item,
+                Err(e) => {
+                    errors.push(CodecError::Encode(e.to_string()));
+                    continue;
+                }
+            };
+            if !group.is_empty() && group_bytes + item.len() + BATCH_HEAD_MAX > self.max_frame_bytes
+            {
+                self.seal_group(std::mem::take(&mut group), &mut frames, &mut errors);
+                group_bytes = 0;
+            }
+            group_bytes += item.len();
+            group.push((msg, item));
+        }
+        self.seal_group(group, &mut frames, &mut errors);
+        (frames, errors)
+    }
+
+    fn seal_group(
+        &mut self,
+        mut group: Vec<(Message, Vec<u8>)>,
+        frames: &mut Vec<[Vec<u8>; 2]>,
+        errors: &mut Vec<CodecError>,
+    ) {
+        if group.len() <= 1 {
+            if let Some((msg, _)) = group.pop() {
+                match self.seal(msg) {
+                    Ok(f) => frames.push(f),
+                    Err(e) => errors.push(e),
+                }
+            }
+            return;
+        }
+        let items: usize = group.iter().map(|(_, item)| item.len()).sum();
+        let mut payload = Vec::with_capacity(items + BATCH_HEAD_MAX);
+        write_batch_head(&mut payload, self.next_out, group.len());
+        for (_, item) in &group {
+            payload.extend_from_slice(item);
+        }
+        let mac = self
+            .key
+            .mac(self.outbound, &payload)
+            .finalize()
+            .into_bytes()
+            .to_vec();
+        self.next_out += 1;
+        frames.push([mac, payload]);
+    }
+
     /// Verifies and decodes one received message (its frames after any routing identity).
     pub fn open(&mut self, frames: &[&[u8]]) -> Result<Envelope, CodecError> {
         let env = open_envelope(
@@ -162,6 +230,27 @@ impl Session {
         self.last_in = env.seq;
         Ok(env)
     }
+}
+
+/// Room for a batch envelope's head: `{"v": 1, "seq": <u64>, "kind": "batch", "body": {"messages":
+/// [<array head>`.
+const BATCH_HEAD_MAX: usize = 64;
+
+/// Writes the head of a batch envelope holding `count` messages, whose `{kind, body}` maps follow.
+fn write_batch_head(out: &mut Vec<u8>, seq: u64, count: usize) {
+    use rmp::encode;
+    // Writing to a Vec cannot fail.
+    let _ = encode::write_map_len(out, 4);
+    let _ = encode::write_str(out, "v");
+    let _ = encode::write_uint(out, u64::from(PROTOCOL_VERSION));
+    let _ = encode::write_str(out, "seq");
+    let _ = encode::write_uint(out, seq);
+    let _ = encode::write_str(out, "kind");
+    let _ = encode::write_str(out, "batch");
+    let _ = encode::write_str(out, "body");
+    let _ = encode::write_map_len(out, 1);
+    let _ = encode::write_str(out, "messages");
+    let _ = encode::write_array_len(out, u32::try_from(count).unwrap_or(u32::MAX));
 }
 
 /// Signs an envelope as it is (used by [`Session::seal`] and to write test vectors).

@@ -4,15 +4,18 @@
 //! straight into its message type once `kind` is known. A sender that writes `body` first is
 //! still understood: its body is read into a `serde_json::Value` and converted when `kind`
 //! arrives (every body field is JSON-shaped, so nothing is lost).
+//!
+//! The messages of a `batch` are maps of the same shape without `v` and `seq`; they are decoded
+//! the same way ([`Message`]'s own `Deserialize`), and may not be batches themselves.
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, de::IntoDeserializer};
 use serde_json::Value;
 
-use crate::message::{Envelope, Message};
+use crate::message::{Batch, Envelope, Message};
 
-/// Decodes a body of the message `kind` from `d`.
-fn body<'de, D: Deserializer<'de>>(kind: &str, d: D) -> Result<Message, D::Error> {
+/// Decodes a body of the message `kind` from `d`; `in_batch` when the message is inside a batch.
+fn body<'de, D: Deserializer<'de>>(kind: &str, in_batch: bool, d: D) -> Result<Message, D::Error> {
     Ok(match kind {
         "hello" => Message::Hello(Deserialize::deserialize(d)?),
         "welcome" => Message::Welcome(Deserialize::deserialize(d)?),
@@ -24,18 +27,23 @@ fn body<'de, D: Deserializer<'de>>(kind: &str, d: D) -> Result<Message, D::Error
         "stop" => Message::Stop(Deserialize::deserialize(d)?),
         "request" => Message::Request(Deserialize::deserialize(d)?),
         "response" => Message::Response(Deserialize::deserialize(d)?),
+        "batch" if in_batch => return Err(de::Error::custom("a batch may not hold a batch")),
+        "batch" => Message::Batch(Deserialize::deserialize(d)?),
         other => return Err(de::Error::unknown_variant(other, &Message::KINDS)),
     })
 }
 
 /// The body of a known kind, as a map value.
-struct BodySeed<'k>(&'k str);
+struct BodySeed<'k> {
+    kind: &'k str,
+    in_batch: bool,
+}
 
 impl<'de> DeserializeSeed<'de> for BodySeed<'_> {
     type Value = Message;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Message, D::Error> {
-        body(self.0, d)
+        body(self.kind, self.in_batch, d)
     }
 }
 
@@ -46,35 +54,53 @@ enum Body {
     Decoded(Message),
 }
 
-struct EnvelopeVisitor;
+/// Reads an envelope map, or (`in_batch`) one message of a batch, where `v` and `seq` mean nothing
+/// and are skipped.
+struct MessageMapVisitor {
+    in_batch: bool,
+}
 
-impl<'de> Visitor<'de> for EnvelopeVisitor {
-    type Value = Envelope;
+/// What a message map held.
+struct MessageMap {
+    v: Option<u16>,
+    seq: Option<u64>,
+    msg: Message,
+}
+
+impl<'de> Visitor<'de> for MessageMapVisitor {
+    type Value = MessageMap;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an envelope map {v, seq, kind, body}")
+        f.write_str(if self.in_batch {
+            "a message map {kind, body}"
+        } else {
+            "an envelope map {v, seq, kind, body}"
+        })
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MessageMap, A::Error> {
+        let in_batch = self.in_batch;
         let mut v: Option<u16> = None;
         let mut seq: Option<u64> = None;
         let mut kind: Option<String> = None;
         let mut msg = Body::Missing;
         while let Some(key) = map.next_key::<KeyName>()? {
             match key {
-                KeyName::V => set(&mut v, map.next_value()?, "v")?,
-                KeyName::Seq => set(&mut seq, map.next_value()?, "seq")?,
+                KeyName::V if !in_batch => set(&mut v, map.next_value()?, "v")?,
+                KeyName::Seq if !in_batch => set(&mut seq, map.next_value()?, "seq")?,
                 KeyName::Kind => set(&mut kind, map.next_value()?, "kind")?,
                 KeyName::Body => {
                     if !matches!(msg, Body::Missing) {
                         return Err(de::Error::duplicate_field("body"));
                     }
                     msg = match &kind {
-                        Some(k) => Body::Decoded(map.next_value_seed(BodySeed(k))?),
+                        Some(k) => {
+                            Body::Decoded(map.next_value_seed(BodySeed { kind: k, in_batch })?)
+                        }
                         None => Body::Early(map.next_value()?),
                     };
                 }
-                KeyName::Other => {
+                KeyName::V | KeyName::Seq | KeyName::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
@@ -83,14 +109,39 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
         let msg = match msg {
             Body::Missing => return Err(de::Error::missing_field("body")),
             Body::Decoded(m) => m,
-            Body::Early(value) => body(&kind, value.into_deserializer())
+            Body::Early(value) => body(&kind, in_batch, value.into_deserializer())
                 .map_err(|e: serde_json::Error| de::Error::custom(e))?,
         };
+        Ok(MessageMap { v, seq, msg })
+    }
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = d.deserialize_map(MessageMapVisitor { in_batch: false })?;
         Ok(Envelope {
-            v: v.ok_or_else(|| de::Error::missing_field("v"))?,
-            seq: seq.ok_or_else(|| de::Error::missing_field("seq"))?,
-            msg,
+            v: map.v.ok_or_else(|| de::Error::missing_field("v"))?,
+            seq: map.seq.ok_or_else(|| de::Error::missing_field("seq"))?,
+            msg: map.msg,
         })
+    }
+}
+
+/// One message of a batch: `{kind, body}`.
+impl<'de> Deserialize<'de> for Message {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(d.deserialize_map(MessageMapVisitor { in_batch: true })?.msg)
+    }
+}
+
+impl<'de> Deserialize<'de> for Batch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Fields {
+            messages: Vec<Message>,
+        }
+        let Fields { messages } = Fields::deserialize(d)?;
+        Ok(Batch { messages })
     }
 }
 
@@ -138,12 +189,6 @@ impl<'de> Deserialize<'de> for KeyName {
             }
         }
         d.deserialize_identifier(KeyVisitor)
-    }
-}
-
-impl<'de> Deserialize<'de> for Envelope {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_map(EnvelopeVisitor)
     }
 }
 

@@ -46,11 +46,14 @@ pub enum Message {
     Request(Request),
     /// supervisor → plugin: the answer to a REQUEST with the same `request_id`.
     Response(Response),
+    /// Either way, once both sides announced [`FEATURE_BATCH`]: several messages in one frame,
+    /// handled in order as if each had come alone.
+    Batch(Batch),
 }
 
 impl Message {
     /// Every `kind` name, as on the wire.
-    pub const KINDS: [&'static str; 10] = [
+    pub const KINDS: [&'static str; 11] = [
         "hello",
         "welcome",
         "trigger",
@@ -61,6 +64,7 @@ impl Message {
         "stop",
         "request",
         "response",
+        "batch",
     ];
 
     /// The `kind` name, for logs.
@@ -76,8 +80,21 @@ impl Message {
             Self::Stop(_) => "stop",
             Self::Request(_) => "request",
             Self::Response(_) => "response",
+            Self::Batch(_) => "batch",
         }
     }
+}
+
+/// The feature that lets a side send [`Message::Batch`]: a plugin lists it in HELLO's `features`
+/// when it understands batches, and the supervisor answers with it in WELCOME's when it will send
+/// them. The supervisor accepts batches from any plugin.
+pub const FEATURE_BATCH: &str = "batch";
+
+/// BATCH: messages sent together, in the order they are to be handled. A batch never holds a
+/// batch (decoding refuses it).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Batch {
+    pub messages: Vec<Message>,
 }
 
 /// HELLO: the plugin's handshake.
@@ -102,6 +119,9 @@ pub struct Hello {
     /// Custom events other plugins may call (`plugin.call` with this `event_type`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventSpec>,
+    /// Optional protocol features the plugin understands (e.g. [`FEATURE_BATCH`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 /// A custom event a plugin serves besides its entries (the reference's `@custom_event`).
@@ -147,6 +167,9 @@ pub struct Welcome {
     pub plugin_id: String,
     /// How often the plugin must send HEARTBEAT.
     pub heartbeat_interval_ms: u64,
+    /// The features of HELLO's list the supervisor will use on this link.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 /// TRIGGER: run `entry_id` with `args`; answer with a RESULT carrying the same `call_id`.

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use neko_protocol::{
-    Cancel, EntrySpec, Envelope, ErrorCode, FrameKey, Hello, Message, PLUGIN_ENTRY,
+    Cancel, EntrySpec, Envelope, ErrorCode, FEATURE_BATCH, FrameKey, Hello, Message, PLUGIN_ENTRY,
     PROTOCOL_VERSION, PluginId, Request, Response, Stop, Trigger, Welcome, WireError, env,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -838,10 +838,16 @@ impl ProcessHostState {
                 hello.sdk, hello.sdk_version
             ));
         }
-        self.link.set_peer(identity);
+        let batch = hello.features.iter().any(|f| f == FEATURE_BATCH);
+        self.link.set_peer(identity, batch);
         if let Err(e) = self.link.send(Message::Welcome(Welcome {
             plugin_id: self.plugin_id.to_string(),
             heartbeat_interval_ms: self.settings.heartbeat_interval.as_millis() as u64,
+            features: if batch {
+                vec![FEATURE_BATCH.to_string()]
+            } else {
+                Vec::new()
+            },
         })) {
             return self.kill(format!("could not answer HELLO: {e}"));
         }

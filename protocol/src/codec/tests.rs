@@ -48,6 +48,7 @@ fn samples() -> Vec<(&'static str, Direction, Envelope)> {
                     }],
                     input_schema: None,
                     events: Vec::new(),
+                    features: vec![FEATURE_BATCH.into()],
                 }),
             ),
         ),
@@ -59,6 +60,7 @@ fn samples() -> Vec<(&'static str, Direction, Envelope)> {
                 Message::Welcome(Welcome {
                     plugin_id: "echo".into(),
                     heartbeat_interval_ms: 1000,
+                    features: vec![FEATURE_BATCH.into()],
                 }),
             ),
         ),
@@ -155,7 +157,24 @@ fn samples() -> Vec<(&'static str, Direction, Envelope)> {
                 )),
             ),
         ),
+        (
+            "batch",
+            Direction::PluginToSupervisor,
+            env(7, Message::Batch(sample_batch())),
+        ),
     ]
+}
+
+fn sample_batch() -> Batch {
+    Batch {
+        messages: vec![
+            Message::Result(CallResult::success("c-3", json!({"n": 1}))),
+            Message::Status(StatusUpdate {
+                status: json!({"status": "idle"}),
+            }),
+            Message::Result(CallResult::success("c-4", json!([1, "two", null]))),
+        ],
+    }
 }
 
 fn vectors_json() -> Value {
@@ -296,4 +315,78 @@ fn session_rejects_replays_and_oversized_frames_before_decoding() {
 #[test]
 fn frame_key_debug_hides_the_secret() {
     assert!(!format!("{:?}", key()).contains("0001"));
+}
+
+/// `seal_many` writes a batch's head by hand: its bytes are those serde writes for the same
+/// envelope, and the receiver gets the messages back in order.
+#[test]
+fn seal_many_writes_one_batch_frame_equal_to_the_encoder() {
+    let mut plugin = Session::new(key(), Direction::PluginToSupervisor, 1 << 20);
+    plugin.next_out = 7;
+    let (frames, errors) = plugin.seal_many(sample_batch().messages);
+    assert!(errors.is_empty());
+    let expected = Envelope {
+        v: 1,
+        seq: 7,
+        msg: Message::Batch(sample_batch()),
+    };
+    assert_eq!(
+        frames,
+        vec![seal_envelope(&key(), Direction::PluginToSupervisor, &expected).unwrap()]
+    );
+    let mut sup = Session::new(key(), Direction::SupervisorToPlugin, 1 << 20);
+    sup.last_in = 6;
+    assert_eq!(sup.open(&[&frames[0][0], &frames[0][1]]).unwrap(), expected);
+}
+
+/// Under the size limit, messages are split over several frames, in order; a single message is
+/// sealed plain.
+#[test]
+fn seal_many_splits_batches_at_the_frame_limit() {
+    let limit = 400;
+    let mut plugin = Session::new(key(), Direction::PluginToSupervisor, limit);
+    let msgs: Vec<Message> = (0..20)
+        .map(|i| Message::Result(CallResult::success(format!("c-{i}"), json!({"i": i}))))
+        .collect();
+    let (frames, errors) = plugin.seal_many(msgs.clone());
+    assert!(errors.is_empty());
+    assert!(frames.len() > 1, "{} frames", frames.len());
+    let mut sup = Session::new(key(), Direction::SupervisorToPlugin, limit);
+    let mut got = Vec::new();
+    for [mac, payload] in &frames {
+        assert!(payload.len() <= limit, "{} bytes", payload.len());
+        match sup.open(&[mac, payload]).unwrap().msg {
+            Message::Batch(batch) => got.extend(batch.messages),
+            one => got.push(one),
+        }
+    }
+    assert_eq!(got, msgs);
+
+    let (frames, _) = plugin.seal_many(vec![Message::Heartbeat(Heartbeat {})]);
+    let env = sup.open(&[&frames[0][0], &frames[0][1]]).unwrap();
+    assert_eq!(env.msg, Message::Heartbeat(Heartbeat {}));
+}
+
+/// A batch inside a batch is undecodable, like any other malformed frame.
+#[test]
+fn a_batch_may_not_hold_a_batch() {
+    let inner = Message::Batch(Batch {
+        messages: vec![Message::Heartbeat(Heartbeat {})],
+    });
+    let env = Envelope {
+        v: 1,
+        seq: 1,
+        msg: Message::Batch(Batch {
+            messages: vec![inner],
+        }),
+    };
+    let [mac, payload] = seal_envelope(&key(), Direction::PluginToSupervisor, &env).unwrap();
+    let err = open_envelope(
+        &key(),
+        Direction::PluginToSupervisor,
+        &[&mac, &payload],
+        1 << 20,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("may not hold a batch"), "{err}");
 }

@@ -26,7 +26,7 @@ class FakeTransport:
         self.requests = []
         self.forgotten = []
 
-    def post(self, kind, body):
+    def post(self, kind, body, cork=False):
         self.posted.append((kind, body))
         return True
 

@@ -39,7 +39,7 @@ class ScriptedTransport:
         self.requests = []
         self.forgotten = []
 
-    def post(self, kind, body):
+    def post(self, kind, body, cork=False):
         return True
 
     def start_request(self, op, args):
@@ -97,7 +97,7 @@ def running_link():
     link = Link("ipc:///nowhere", bytes(32), 1 << 20, logger)
     link._state = "running"  # as after WELCOME; post() is replaced, so no socket is needed
     sent = []
-    link.post = lambda kind, body: sent.append((kind, body)) or True
+    link.post = lambda kind, body, cork=False: sent.append((kind, body)) or True
     return link, sent
 
 
@@ -413,7 +413,7 @@ class RecordingLink:
         self.posted = []
         self.got = threading.Event()
 
-    def post(self, kind, body):
+    def post(self, kind, body, cork=False):
         self.posted.append((kind, body))
         self.got.set()
         return True

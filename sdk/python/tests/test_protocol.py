@@ -42,7 +42,7 @@ def rust_view(envelope):
 
 def test_every_kind_has_a_vector():
     kinds = {v["envelope"]["kind"] for v in VECTORS["vectors"]}
-    assert kinds == {"hello", "welcome", "trigger", "result", "cancel", "status", "heartbeat", "stop", "request", "response"}
+    assert kinds == {"hello", "welcome", "trigger", "result", "cancel", "status", "heartbeat", "stop", "request", "response", "batch"}
 
 
 def test_vectors_decode_in_file_order():
@@ -120,6 +120,11 @@ def signed(payload_obj, direction=S2P):
         {"v": 1, "seq": 1, "kind": "trigger", "body": {"call_id": "c", "entry_id": "e", "timeout_ms": 5}},  # args required
         {"v": 1, "kind": "heartbeat", "body": {}},
         [1, 1, "heartbeat", {}],
+        {"v": 1, "seq": 1, "kind": "batch", "body": {}},  # messages required
+        {"v": 1, "seq": 1, "kind": "batch", "body": {"messages": [{"kind": "batch", "body": {"messages": []}}]}},
+        {"v": 1, "seq": 1, "kind": "batch", "body": {"messages": [{"kind": "stop", "body": {}}]}},  # an item's fields are checked
+        {"v": 1, "seq": 1, "kind": "batch", "body": {"messages": [{"kind": "launch", "body": {}}]}},
+        {"v": 1, "seq": 1, "kind": "batch", "body": {"messages": [{"kind": "heartbeat"}]}},
     ],
 )
 def test_malformed_envelopes_fail_decoding(envelope):
@@ -179,3 +184,16 @@ def test_hello_input_schema_is_optional():
         with pytest.raises(FrameError) as info:
             decode_payload(msgpack.packb({"v": 1, "seq": 1, "kind": "hello", "body": {**base, "input_schema": bad}}))
         assert info.value.reason == "decode"
+
+
+def test_a_batch_carries_messages_in_order_under_one_sequence_number():
+    sender, rx = Session(KEY, S2P, LIMIT), Session(KEY, P2S, LIMIT)
+    frames = sender.seal_batch([("cancel", {"call_id": "a"}), ("stop", {"grace_ms": 5}), ("response", {"request_id": "q", "ok": True})])
+    assert sender.next_out == 2
+    env = rx.open(frames)
+    assert (env.kind, env.seq) == ("batch", 1)
+    assert [(m.kind, m.seq, m.body) for m in env.body["messages"]] == [
+        ("cancel", 1, {"call_id": "a"}),
+        ("stop", 1, {"grace_ms": 5}),
+        ("response", 1, {"request_id": "q", "ok": True, "result": None, "error": None}),
+    ]

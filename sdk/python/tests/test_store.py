@@ -163,7 +163,7 @@ def make_ctx(plugin_dir, toml):
     logger.remove()
 
     class NoTransport:
-        def post(self, kind, body):
+        def post(self, kind, body, cork=False):
             raise AssertionError("no message expected")
 
         def start_request(self, op, args):

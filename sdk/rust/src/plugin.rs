@@ -210,6 +210,7 @@ impl Plugin {
             entries: specs,
             input_schema: None,
             events: event_specs,
+            features: Vec::new(),
         };
         link.send(Message::Hello(hello))
             .await

@@ -145,6 +145,7 @@ impl FakeSupervisor {
         self.send(Message::Welcome(Welcome {
             plugin_id: hello.plugin_id.clone(),
             heartbeat_interval_ms: 50,
+            features: Vec::new(),
         }))
         .await;
         hello

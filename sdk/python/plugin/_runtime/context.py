@@ -75,8 +75,9 @@ EXPORT_INLINE_BINARY_MAX_BYTES = 256 * 1024
 class Transport(Protocol):
     """What the context needs from the runtime's link to the supervisor (all thread-safe)."""
 
-    def post(self, kind: str, body: dict) -> bool:
-        """Queues a message for the supervisor; False when it was dropped (the link is closed)."""
+    def post(self, kind: str, body: dict, cork: bool = False) -> bool:
+        """Queues a message for the supervisor; False when it was dropped (the link is closed).
+        `cork`: it may wait for the end of the loop's turn, to leave in a batch."""
 
     def start_request(self, op: str, args: dict) -> tuple[str, concurrent.futures.Future]:
         """Sends a REQUEST; the future receives the RESPONSE body."""

@@ -70,7 +70,7 @@ from .handler_loop import HandlerLoop, HandlerLoopWatchdog, name_task
 from .link import Link
 from .message_dispatch import MessageDispatcher
 from .message_plane import MessagePlaneConfig
-from .protocol import PROTOCOL_VERSION, Envelope
+from .protocol import FEATURE_BATCH, PROTOCOL_VERSION, Envelope
 
 _RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
 SYNC_POOL_SIZE = 32
@@ -184,6 +184,7 @@ class PluginHost:
             "sdk_version": SDK_VERSION,
             "pid": os.getpid(),
             "entries": self.tables.hello_entries(),
+            "features": [FEATURE_BATCH],
         }
         events = self.tables.hello_events()
         if events:
@@ -215,7 +216,7 @@ class PluginHost:
             return code
         interval_ms = welcome.get("heartbeat_interval_ms") or self.env.heartbeat_ms
         self.logger.info("WELCOME received; heartbeat every {} ms", interval_ms)
-        self.link.start()
+        self.link.start(batching=FEATURE_BATCH in (welcome.get("features") or ()))
         self._serving = True
         self.watchdog = HandlerLoopWatchdog(self.handlers, self.loop, self.logger)
         background = [
@@ -544,7 +545,9 @@ class PluginHost:
         call.scope.ended = True
         if not outcome.ok and outcome.code == "INVALID_RESPONSE":
             self.logger.warning("{}", outcome.message)
-        self.link.post("result", outcome.body(call.scope.call_id))
+        # Batched with the turn's other messages only while other calls run: a lone call's RESULT
+        # leaves at once.
+        self.link.post("result", outcome.body(call.scope.call_id), cork=bool(self.calls))
 
     def _answer_early(self, call: _Call, outcome: Any) -> None:
         """From the thread the handler ran on: sends its final outcome at once. Left to `_cancel_call`

@@ -18,6 +18,13 @@ thread, under one lock, so messages leave in the order they were posted (a STATU
 reported before returning goes out before its RESULT) and no thread hop is needed. Only when the
 socket refuses (`EAGAIN`, its high-water mark) do messages wait in the outbox, which the I/O loop
 sends as soon as the socket takes them again.
+
+Batching (when neko granted the `batch` feature in WELCOME): the RESULTs and awaited REQUESTs that
+code on the reading loop posts are held until the end of that loop's turn (`cork`) and leave
+together as one `batch` frame; under load, a turn answers many calls, and one frame, one MAC and one
+ZeroMQ message then serve them all. Their posters yield right after posting them, so nothing waits
+on a stuck turn. Any other post first sends what is held, so messages still leave in the order they
+were posted. Received batches are delivered message by message.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ CLOSE_UNWATCH_S = 0.2
 DRAIN_BATCH = 64
 #: While the socket refuses sends (EAGAIN), the outbox is retried at least this often.
 RETRY_S = 0.01
+#: Most messages held for one batch; one more sends them at once.
+CORK_MAX = 16
 
 _EVENTS = int(zmq.EVENTS)
 _RCVMORE = int(zmq.RCVMORE)
@@ -125,6 +134,9 @@ class Link:
         # session's sending side and this outbox: whichever thread posts a message sends it.
         self._io = threading.Lock()
         self._outbox: deque[list[bytes]] = deque()
+        #: Messages held for the next batch (under `_io`), and whether the neko granted batches.
+        self._cork: list[tuple[str, dict]] = []
+        self.batching = False
         self._retry: Optional[asyncio.TimerHandle] = None
         self._flushed: Optional[asyncio.Event] = None
         # Request ids: unique within the launch (a per-process prefix and a counter).
@@ -295,6 +307,11 @@ class Link:
                             if self.dropped <= 10 or self.dropped % 1000 == 0:
                                 self.logger.warning("dropped a frame from the supervisor ({} so far): {}", self.dropped, exc)
                             continue
+                        if envelope.kind == "batch":  # its messages are delivered from the inbox, in order
+                            self._inbox.extend(envelope.body["messages"])
+                            if receiver is None:
+                                self._wake_recv()
+                            continue
                         if receiver is None:
                             self._inbox.append(envelope)
                             self._wake_recv()
@@ -367,59 +384,113 @@ class Link:
 
     # -- outbox -----------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """After WELCOME: sends what was posted before; `post` sends from now on."""
+    def start(self, batching: bool = False) -> None:
+        """After WELCOME: sends what was posted before; `post` sends from now on. `batching`: neko
+        granted the `batch` feature."""
         assert self._loop is not None
+        self.batching = batching
         with self._lock:
             self._state = "running"
             early, self._early = self._early, []
         for kind, body in early:
             self._send(kind, body)
 
-    def post(self, kind: str, body: dict) -> bool:
-        """Sends a message to the supervisor (thread-safe). False once the link is closed."""
+    def post(self, kind: str, body: dict, cork: bool = False) -> bool:
+        """Sends a message to the supervisor (thread-safe). False once the link is closed. `cork`:
+        the poster yields to its loop right after (a RESULT, an awaited REQUEST), so the message may
+        wait for the end of the loop's turn to leave in a batch with others."""
         with self._lock:
             if self._state == "closed":
                 return False
             if self._state == "new":
                 self._early.append((kind, body))
                 return True
-        self._send(kind, body)
+        self._send(kind, body, cork)
         return True
 
-    def _send(self, kind: str, body: dict) -> None:
+    def _send(self, kind: str, body: dict, cork: bool = False) -> None:
         """Seals and sends one message at once, from whichever thread posts it (under the socket
         lock, so messages leave in the order they were posted), or queues it behind those the
-        socket has not taken yet. Never raises: a message that cannot be sent is logged and dropped."""
-        retry = readable = False
+        socket has not taken yet; or, corked on the reading loop, holds it for the turn's batch.
+        Never raises: a message that cannot be sent is logged and dropped."""
         reader = self._owner
         on_reader = reader is not None and self._threads.get(reader) == threading.get_ident()
         try:
             with self._io:
-                sock = self._sock
-                if sock is None:  # closed
+                if self._sock is None:  # closed
                     return
-                frames = self._seal(kind, body)
-                if frames is None:
-                    return
-                if self._outbox:
-                    self._outbox.append(frames)
-                    retry = True
+                if cork and on_reader and self.batching:
+                    self._cork.append((kind, body))
+                    if len(self._cork) == 1:
+                        reader.call_soon(self._flush_cork)  # type: ignore[union-attr]
+                    if len(self._cork) < CORK_MAX:
+                        return
+                    frames = self._uncork()
                 else:
-                    try:
-                        _zsend(sock, frames[0], _NOBLOCK | _SNDMORE)
-                        _zsend(sock, frames[1], _NOBLOCK)  # a multipart message is taken whole once its first part is
-                    except zmq.Again:
-                        self._outbox.append(frames)
-                        retry = True
-                    else:
-                        # The ZMQ FD is edge-triggered and a send may consume its edge: if messages
-                        # are waiting, they must be read without waiting for an event. The reading
-                        # loop itself looks once after this turn, however many messages it sends.
-                        readable = on_reader or bool(_zget(sock, _EVENTS) & _POLLIN)
+                    frames = self._uncork()
+                    sealed = self._seal(kind, body)
+                    if sealed is not None:
+                        frames.append(sealed)
+                retry, readable = self._transmit(frames, on_reader)
         except Exception as exc:  # never let one bad message stop the others
             self.logger.warning("could not send a {} message: {}: {}", kind, type(exc).__name__, exc)
             return
+        self._after_send(retry, readable, on_reader, reader)
+
+    def _flush_cork(self) -> None:
+        """Sends the messages held for a batch (any thread)."""
+        reader = self._owner
+        on_reader = reader is not None and self._threads.get(reader) == threading.get_ident()
+        try:
+            with self._io:
+                if self._sock is None or not self._cork:
+                    return
+                retry, readable = self._transmit(self._uncork(), on_reader)
+        except Exception as exc:
+            self.logger.warning("could not send a batch: {}: {}", type(exc).__name__, exc)
+            return
+        self._after_send(retry, readable, on_reader, reader)
+
+    def _uncork(self) -> list:  # under `_io`
+        """The held messages, sealed: one batch frame when they fit in one, else one frame each."""
+        held = self._cork
+        if not held:
+            return []
+        self._cork = []
+        if len(held) > 1:
+            try:
+                frames = self.session.seal_batch(held)
+            except FrameError:  # one of them cannot be encoded: each is handled on its own below
+                frames = None
+            if frames is not None and len(frames[1]) <= self.max_frame_bytes:
+                return [frames]
+        return [sealed for sealed in (self._seal(kind, body) for kind, body in held) if sealed is not None]
+
+    def _transmit(self, messages: list, on_reader: bool) -> tuple[bool, bool]:  # under `_io`
+        """Hands sealed messages to the socket, in order, or queues them behind the outbox.
+        Returns (the outbox needs a retry, the reader must look at the socket)."""
+        sock, outbox = self._sock, self._outbox
+        retry = sent = False
+        for frames in messages:
+            if outbox:
+                outbox.append(frames)
+                retry = True
+                continue
+            try:
+                _zsend(sock, frames[0], _NOBLOCK | _SNDMORE)
+                _zsend(sock, frames[1], _NOBLOCK)  # a multipart message is taken whole once its first part is
+                sent = True
+            except zmq.Again:
+                outbox.append(frames)
+                retry = True
+        if not sent:
+            return retry, False
+        # The ZMQ FD is edge-triggered and a send may consume its edge: if messages are waiting,
+        # they must be read without waiting for an event. The reading loop itself looks once after
+        # this turn, however many messages it sends.
+        return retry, on_reader or bool(_zget(sock, _EVENTS) & _POLLIN)
+
+    def _after_send(self, retry: bool, readable: bool, on_reader: bool, reader: Optional[asyncio.AbstractEventLoop]) -> None:
         if readable:
             if on_reader:
                 self._schedule_drain(reader)  # type: ignore[arg-type]
@@ -510,6 +581,7 @@ class Link:
 
     async def flush(self, timeout: Optional[float]) -> None:
         """Waits (at most `timeout` s) until everything posted so far has been handed to the socket."""
+        self._flush_cork()
         if not self._outbox:
             return
         if self._flushed is None:
@@ -556,7 +628,7 @@ class Link:
             except RuntimeError:  # that loop is closed: nobody waits any more
                 pass
 
-        return self._start(op, args, resolve), future
+        return self._start(op, args, resolve, cork=True), future
 
     def _mailbox(self, loop: asyncio.AbstractEventLoop) -> Mailbox:
         with self._lock:
@@ -565,18 +637,21 @@ class Link:
                 mailbox = self._mailboxes[loop] = Mailbox(loop)
             return mailbox
 
-    def _start(self, op: str, args: dict, resolve: Callable[[dict], None]) -> str:
+    def _start(self, op: str, args: dict, resolve: Callable[[dict], None], cork: bool = False) -> str:
         request_id = f"{self._request_prefix}{next(self._request_numbers)}"
         call_id = scope.current_call_id()
         with self._lock:
             state = self._state
             if state == "running":
                 self._pending[request_id] = resolve
+                # Batched with the turn's other messages only while other requests are open: a
+                # lone request leaves at once.
+                cork = cork and len(self._pending) > 1
         if state == "running":
             body = {"request_id": request_id, "op": op, "args": args}
             if call_id:
                 body["call_id"] = call_id
-            self.post("request", body)
+            self.post("request", body, cork)
             return request_id
         if state == "new" and self.local_answer is not None:
             try:
@@ -643,6 +718,7 @@ class Link:
             if waits:
                 await asyncio.wait(waits, timeout=CLOSE_UNWATCH_S)
             self._fd = None
+        self._flush_cork()
         with self._io:  # no recv or send of another thread is in progress while it closes
             sock, self._sock = self._sock, None
             if sock is not None:

@@ -4,6 +4,11 @@ One message = two ZeroMQ frames `[mac, payload]`: `payload` is a msgpack map
 `{"v": 1, "seq": n, "kind": "<kind>", "body": {...}}` and `mac` is HMAC-SHA256 keyed by the
 launch secret over the direction tag (`p2s` / `s2p`) followed by the payload.
 
+Once both sides announced the `batch` feature (HELLO's and WELCOME's `features`), one payload may
+be a `batch` envelope, `{"v": 1, "seq": n, "kind": "batch", "body": {"messages": [{"kind": ...,
+"body": {...}}, ...]}}`: several messages under one MAC and one sequence number, to be handled in
+order as if each had come alone (a batch never holds a batch).
+
 `Session.open` checks, in order: frame count, size (before decoding), MAC (constant time),
 decoding (including the body's field types, as the Rust side's serde types would), version, and
 that `seq` grows. Any failure raises `FrameError` with a `reason`; the frame is to be dropped.
@@ -23,6 +28,8 @@ MAC_LEN = 32
 DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024
 P2S = "p2s"
 S2P = "s2p"
+#: The optional feature that allows `batch` frames (announced in HELLO, granted in WELCOME).
+FEATURE_BATCH = "batch"
 
 _U16 = (1 << 16) - 1
 _U32 = (1 << 32) - 1
@@ -167,6 +174,30 @@ def _events(value: Any, where: str) -> list:
     return [_fields(_map(v, f"{where}[{i}]"), _EVENT_FIELDS, f"{where}[{i}]") for i, v in enumerate(value)]
 
 
+def _str_list(value: Any, where: str) -> list:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Bad(f"{where}: expected an array of strings")
+    return value
+
+
+def _batch_messages(value: Any, where: str) -> list:
+    """The messages of a batch as (kind, body) pairs, each body checked as its kind's."""
+    if not isinstance(value, list):
+        raise _Bad(f"{where}: expected an array")
+    out = []
+    for i, item in enumerate(value):
+        item = _map(item, f"{where}[{i}]")
+        kind = item.get("kind")
+        if type(kind) is not str or kind not in BODY_FIELDS:
+            raise _Bad(f"{where}[{i}]: unknown kind {kind!r}")
+        if kind == "batch":
+            raise _Bad(f"{where}[{i}]: a batch may not hold a batch")
+        if "body" not in item:
+            raise _Bad(f"{where}[{i}]: missing field 'body'")
+        out.append((kind, _fields(_map(item["body"], kind), BODY_FIELDS[kind], kind)))
+    return out
+
+
 # field name → (checker, presence) where presence is REQUIRED, OPTIONAL or a default factory.
 _ERROR_FIELDS = {
     "code": (_str, REQUIRED),
@@ -198,10 +229,14 @@ BODY_FIELDS: dict[str, dict] = {
         "input_schema": (_json_map, OPTIONAL),
         # Custom events other plugins may call besides the entries; absent when there are none.
         "events": (_events, list),
+        # Optional protocol features this side understands (FEATURE_BATCH).
+        "features": (_str_list, list),
     },
     "welcome": {
         "plugin_id": (_str, REQUIRED),
         "heartbeat_interval_ms": (_uint(_U64), REQUIRED),
+        # The features of HELLO's list neko will use on this link.
+        "features": (_str_list, list),
     },
     "trigger": {
         "call_id": (_str, REQUIRED),
@@ -237,11 +272,13 @@ BODY_FIELDS: dict[str, dict] = {
         "result": (_json_value, lambda: None),
         "error": (_wire_error, OPTIONAL),
     },
+    # `messages` is decoded to [(kind, body)]; `decode_payload` makes them envelopes.
+    "batch": {"messages": (_batch_messages, REQUIRED)},
 }
 
 #: Which side sends which kind.
-P2S_KINDS = frozenset({"hello", "result", "status", "heartbeat", "request"})
-S2P_KINDS = frozenset({"welcome", "trigger", "cancel", "stop", "response"})
+P2S_KINDS = frozenset({"hello", "result", "status", "heartbeat", "request", "batch"})
+S2P_KINDS = frozenset({"welcome", "trigger", "cancel", "stop", "response", "batch"})
 
 
 #: (schema, where) → the schema's fields with their paths for messages, made once (a frame's fields
@@ -302,6 +339,8 @@ def decode_payload(payload: bytes) -> Envelope:
         body = _fields(_map(body_raw, "body"), BODY_FIELDS[kind], kind)
     except _Bad as exc:
         raise FrameError("decode", str(exc)) from None
+    if kind == "batch":
+        body["messages"] = [Envelope(v, seq, k, b) for k, b in body["messages"]]
     return Envelope(v=v, seq=seq, kind=kind, body=body)
 
 
@@ -384,6 +423,12 @@ class Session:
         self.next_out += 1
         return [self._mac_out(payload), payload]
 
+    def seal_batch(self, messages: list) -> list[bytes]:
+        """Encodes and signs [(kind, body), ...] as one `batch` message (for a peer that granted
+        FEATURE_BATCH), consuming one sequence number."""
+        items = [{"kind": kind, "body": body} for kind, body in messages]
+        return self.seal("batch", {"messages": items})
+
     def open(self, frames: list) -> Envelope:
         env = _open_frames(self._mac_in, frames, self.max_frame_bytes)
         if env.seq <= self.last_in:
@@ -398,6 +443,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "P2S",
     "S2P",
+    "FEATURE_BATCH",
     "FrameError",
     "Envelope",
     "Session",
