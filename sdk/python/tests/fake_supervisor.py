@@ -38,6 +38,9 @@ class FakeSupervisor:
         self.identity: Optional[bytes] = None
         self.proc: Optional[subprocess.Popen] = None
         self.backlog: list[Envelope] = []
+        #: Messages of a received batch not handed out yet, and each received batch's size.
+        self._unbatched: list[Envelope] = []
+        self.batches: list[int] = []
         self.dropped: list[str] = []
         self.config_extra: dict = {}
         self.requests: list[dict] = []
@@ -107,6 +110,11 @@ class FakeSupervisor:
         self.sock.send_multipart([self.identity, *frames])
 
     def _recv_one(self, timeout: float) -> Optional[Envelope]:
+        if self._unbatched:
+            env = self._unbatched.pop(0)
+            if env.kind == "request":
+                self._answer(env.body)
+            return env
         if not self.sock.poll(int(timeout * 1000)):
             return None
         identity, *frames = self.sock.recv_multipart()
@@ -115,6 +123,10 @@ class FakeSupervisor:
         except FrameError as exc:
             self.dropped.append(exc.reason)
             return None
+        if env.kind == "batch":
+            self.batches.append(len(env.body["messages"]))
+            self._unbatched.extend(env.body["messages"])
+            return self._recv_one(0)
         if self.identity is None and env.kind == "hello":
             self.identity = identity
         if env.kind == "request":
@@ -155,7 +167,7 @@ class FakeSupervisor:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"timed out waiting for a message; runner output:\n{self.stderr()}")
-            if self.proc is not None and self.proc.poll() is not None and not self.sock.poll(0):
+            if self.proc is not None and self.proc.poll() is not None and not self._unbatched and not self.sock.poll(0):
                 raise AssertionError(f"runner exited with {self.proc.returncode}; output:\n{self.stderr()}")
             env = self._recv_one(min(remaining, 0.5))
             if env is None:
@@ -168,9 +180,11 @@ class FakeSupervisor:
     def expect(self, kind: str, timeout: float = 10.0) -> Envelope:
         return self.wait_for(lambda e: e.kind == kind, timeout)
 
-    def handshake(self, timeout: float = 15.0) -> Envelope:
+    def handshake(self, timeout: float = 15.0, features: tuple = ()) -> Envelope:
+        """Answers HELLO; `features`: those WELCOME grants (of those HELLO asked for)."""
         hello = self.expect("hello", timeout)
-        self.send("welcome", {"plugin_id": self.plugin_id, "heartbeat_interval_ms": self.heartbeat_ms})
+        granted = [f for f in features if f in hello.body["features"]]
+        self.send("welcome", {"plugin_id": self.plugin_id, "heartbeat_interval_ms": self.heartbeat_ms, "features": granted})
         return hello
 
     # -- calls ------------------------------------------------------------------------------------

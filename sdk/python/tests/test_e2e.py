@@ -214,6 +214,35 @@ def test_hello_declares_the_entries(sup):
     assert entries["undecorated"]["name"] == "Undecorated"
 
 
+def test_no_batches_unless_granted(sup):
+    assert sup.hello.body["features"] == ["batch"]
+    ids = [sup.trigger("aecho", {"i": i}) for i in range(20)]
+    assert [sup.result(c)["data"] for c in ids] == [{"i": i} for i in range(20)]
+    assert sup.batches == []
+
+
+def test_granted_batches_carry_a_burst_of_results_in_order(plugin_dir):
+    sup = launch(plugin_dir)
+    try:
+        sup.handshake(features=("batch",))
+        # The handler loop answers a burst in the same turns: RESULTs leave in batches of at most
+        # 16, in the order the calls finished, each exactly once.
+        ids = [sup.trigger("aecho", {"i": i}) for i in range(40)]
+        results = [sup.result(c) for c in ids]
+        assert [r["data"] for r in results] == [{"i": i} for i in range(40)]
+        assert sup.batches and max(sup.batches) <= 16, sup.batches
+        # neko's batches reach the handlers in order too, whatever their entries.
+        frames = sup.session.seal_batch([("trigger", {"call_id": f"b-{i}", "entry_id": "echo" if i % 2 else "aecho", "args": {"i": i}, "timeout_ms": 5000}) for i in range(10)])
+        sup.send_raw(frames)
+        assert [sup.result(f"b-{i}")["data"] for i in range(10)] == [{"i": i} for i in range(10)]
+        # A lone call is answered at once, in a frame of its own.
+        before = list(sup.batches)
+        assert sup.call("aecho", {"x": 1})["data"] == {"x": 1}
+        assert sup.batches == before
+    finally:
+        sup.close()
+
+
 def test_status_from_startup_and_heartbeats(sup):
     assert sup.wait_for(lambda e: e.kind == "status" and e.body["status"].get("phase") == "started").body
     sup.expect("heartbeat")
