@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use neko_protocol::{Direction, Envelope, FrameKey, Message, PluginId, Session};
+use neko_protocol::{Direction, FrameKey, Message, PluginId, Session};
 use ractor::ActorRef;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -172,20 +172,16 @@ async fn read_loop(
         let identity = frames.remove(0);
         let parts: Vec<&[u8]> = frames.iter().map(|b| b.as_ref()).collect();
         match session.open(&parts) {
-            Ok(Envelope { v, seq, msg }) => {
-                let messages = match msg {
+            Ok(envelope) => {
+                let messages = match envelope.msg {
                     Message::Batch(batch) => batch.messages,
                     one => vec![one],
                 };
-                for msg in messages {
-                    let envelope = Envelope { v, seq, msg };
-                    let frame = ProcessHostMsg::FrameReceived {
-                        identity: identity.clone(),
-                        envelope,
-                    };
-                    if host.cast(frame).is_err() {
-                        return;
-                    }
+                if host
+                    .cast(ProcessHostMsg::FrameReceived { identity, messages })
+                    .is_err()
+                {
+                    return;
                 }
             }
             Err(reason) => {

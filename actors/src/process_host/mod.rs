@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use neko_protocol::{
-    Cancel, EntrySpec, Envelope, ErrorCode, FEATURE_BATCH, FrameKey, Hello, Message, PLUGIN_ENTRY,
+    Cancel, EntrySpec, ErrorCode, FEATURE_BATCH, FrameKey, Hello, Message, PLUGIN_ENTRY,
     PROTOCOL_VERSION, PluginId, Request, Response, Stop, Trigger, Welcome, WireError, env,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -141,8 +141,11 @@ pub enum ProcessHostMsg {
     Stop,
     /// The program is resolved (and built): spawn it.
     Prepared(Result<LaunchSpec, String>),
-    /// A verified frame arrived from the plugin.
-    FrameReceived { identity: Bytes, envelope: Envelope },
+    /// A verified frame arrived from the plugin: its message, or a batch's messages in order.
+    FrameReceived {
+        identity: Bytes,
+        messages: Vec<Message>,
+    },
     /// The reaper saw the process exit.
     ChildExited(std::io::Result<ExitStatus>),
     /// The handshake deadline passed.
@@ -391,8 +394,10 @@ impl Actor for ProcessHost {
             ProcessHostMsg::Trigger(req, reply) => state.trigger(&myself, req, reply),
             ProcessHostMsg::Stop => state.stop(&myself),
             ProcessHostMsg::Prepared(spec) => state.spawn(&myself, spec),
-            ProcessHostMsg::FrameReceived { identity, envelope } => {
-                state.frame(&myself, identity, envelope)
+            ProcessHostMsg::FrameReceived { identity, messages } => {
+                for msg in messages {
+                    state.frame(&myself, &identity, msg);
+                }
             }
             ProcessHostMsg::ChildExited(status) => state.exited(&myself, status),
             ProcessHostMsg::HandshakeExpired => {
@@ -780,8 +785,8 @@ impl ProcessHostState {
         );
     }
 
-    fn frame(&mut self, myself: &ActorRef<ProcessHostMsg>, identity: Bytes, envelope: Envelope) {
-        let kind = envelope.msg.kind();
+    fn frame(&mut self, myself: &ActorRef<ProcessHostMsg>, identity: &Bytes, msg: Message) {
+        let kind = msg.kind();
         if self.limit_hit.is_some() {
             // Killed for a limit: what it still had queued is not worth handling.
             return;
@@ -794,9 +799,11 @@ impl ProcessHostState {
                 certain: true,
             });
         }
-        match (&self.phase, envelope.msg) {
-            (Phase::Handshaking, Message::Hello(hello)) => self.hello(myself, identity, hello),
-            (Phase::Ready | Phase::Stopping, msg) if self.link.is_peer(&identity) => {
+        match (&self.phase, msg) {
+            (Phase::Handshaking, Message::Hello(hello)) => {
+                self.hello(myself, identity.clone(), hello)
+            }
+            (Phase::Ready | Phase::Stopping, msg) if self.link.is_peer(identity) => {
                 self.last_seen = Instant::now();
                 match msg {
                     Message::Result(result) => self.result(result),
