@@ -41,6 +41,15 @@ class Blocker(NekoPluginBase):
         await asyncio.sleep(0)
         return {"aquick": True, "run_id": self.ctx.run_id}
 
+    @plugin_entry(id="anow")
+    async def anow(self, **_):
+        return {"now": True}
+
+    @plugin_entry(id="ablock")
+    async def ablock(self, seconds=3, **_):
+        time.sleep(seconds)  # blocks, and sends nothing before it
+        return {"blocked": seconds}
+
     @plugin_entry(id="spin")
     def spin(self, **_):
         deadline = time.monotonic() + 10
@@ -57,14 +66,14 @@ class Blocker(NekoPluginBase):
 HEARTBEAT_MS = 100
 
 
-def start(tmp_path, **env):
+def start(tmp_path, features=(), heartbeat_ms=HEARTBEAT_MS, **env):
     plugin_dir = tmp_path / "root" / "blocker"
     plugin_dir.mkdir(parents=True)
     (plugin_dir / "plugin.toml").write_text('[plugin]\nid = "blocker"\nentry = "plugins.blocker:Blocker"\n')
     (plugin_dir / "__init__.py").write_text(PLUGIN_CODE)
-    sup = FakeSupervisor(plugin_dir, "blocker", "plugins.blocker:Blocker", heartbeat_ms=HEARTBEAT_MS)
+    sup = FakeSupervisor(plugin_dir, "blocker", "plugins.blocker:Blocker", heartbeat_ms=heartbeat_ms)
     sup.start(**env)
-    sup.hello = sup.handshake()
+    sup.hello = sup.handshake(features=features)
     return sup
 
 
@@ -168,3 +177,24 @@ def test_stop_while_the_handler_loop_is_stuck(sup):
     assert sup.proc.wait(timeout=10) == 0
     assert time.monotonic() - t0 < 6
     assert "the handler loop did not stop" in sup.stderr()
+
+
+def test_a_result_held_for_a_batch_is_not_held_by_a_blocking_handler(tmp_path):
+    # Heartbeats far apart: any other message sent meanwhile would take the held RESULT along.
+    sup = start(tmp_path, features=("batch",), heartbeat_ms=10000)
+    try:
+        sup.wait_for(lambda e: e.kind == "status" and e.body["status"].get("phase") == "started")
+        time.sleep(0.5)  # the handler loop reads the link again after its blocking startup
+        sup.trigger("asleep", {"seconds": 5})  # another open call: RESULTs are held for batches
+        # One frame: `anow` finishes in the turn in which `ablock` then blocks the loop for 3 s.
+        sup.send_raw(sup.session.seal_batch([
+            ("trigger", {"call_id": "now-1", "entry_id": "anow", "args": {}, "timeout_ms": 10000}),
+            ("trigger", {"call_id": "block-1", "entry_id": "ablock", "args": {"seconds": 3}, "timeout_ms": 10000}),
+        ]))
+        t0 = time.monotonic()
+        r = sup.result("now-1")
+        assert r["ok"] and r["data"] == {"now": True}
+        assert time.monotonic() - t0 < 1.5, "the RESULT waited for the blocked turn to end"
+        assert sup.result("block-1")["ok"]
+    finally:
+        sup.close()

@@ -22,8 +22,8 @@ sends as soon as the socket takes them again.
 Batching (when neko granted the `batch` feature in WELCOME): the RESULTs and awaited REQUESTs that
 code on the reading loop posts are held until the end of that loop's turn (`cork`) and leave
 together as one `batch` frame; under load, a turn answers many calls, and one frame, one MAC and one
-ZeroMQ message then serve them all. Their posters yield right after posting them, so nothing waits
-on a stuck turn. Any other post first sends what is held, so messages still leave in the order they
+ZeroMQ message then serve them all. Their posters yield right after posting them; should another
+callback of that turn block the loop, the I/O loop's stand-by check sends them. Any other post first sends what is held, so messages still leave in the order they
 were posted. Received batches are delivered message by message.
 """
 
@@ -209,6 +209,8 @@ class Link:
         io, home = self._loop, self._home
         if io is None or home is None or home is io or self._sock is None or self._failure is not None:
             return
+        if home_stalled and self._cork:  # held for a turn that is not ending: send them now
+            self._flush_cork()
         if home_stalled:
             if self._owner is not io:
                 with self._rx:
