@@ -99,7 +99,15 @@ impl Link {
         let session = || Session::new(key.clone(), Direction::SupervisorToPlugin, max_frame_bytes);
         let (tx, rx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read_loop(recv_half, session(), host, plugin_id.clone()));
-        let writer = tokio::spawn(write_loop(send_half, rx, session(), plugin_id.clone()));
+        let writer = Writer {
+            socket: send_half,
+            session: session(),
+            plugin_id: plugin_id.clone(),
+            peer: None,
+            batch: false,
+            queued: Vec::new(),
+        };
+        let writer = tokio::spawn(write_loop(writer, rx));
         Ok(Self {
             endpoint,
             socket_path,
@@ -201,94 +209,73 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(
-    mut socket: zeromq::RouterSendHalf,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    mut session: Session,
+/// The writer task's state: the session that seals, the peer it sends to, what waits to be sent.
+struct Writer {
+    socket: zeromq::RouterSendHalf,
+    session: Session,
     plugin_id: PluginId,
-) {
-    let mut peer: Option<Bytes> = None;
-    let mut batch = false;
-    let mut queued: Vec<Message> = Vec::new();
+    peer: Option<Bytes>,
+    /// The peer understands `batch` frames.
+    batch: bool,
+    queued: Vec<Message>,
+}
+
+async fn write_loop(mut writer: Writer, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
     while let Some(first) = rx.recv().await {
         // Everything queued meanwhile goes out in this round.
         let mut next = Some(first);
         while let Some(out) = next.take() {
             match out {
-                Outgoing::Peer {
-                    identity,
-                    batch: understands,
-                } => {
-                    send_all(
-                        &mut socket,
-                        &mut session,
-                        &peer,
-                        batch,
-                        &mut queued,
-                        &plugin_id,
-                    )
-                    .await;
-                    peer = Some(identity);
-                    batch = understands;
+                Outgoing::Peer { identity, batch } => {
+                    writer.send_queued().await;
+                    writer.peer = Some(identity);
+                    writer.batch = batch;
                 }
-                Outgoing::Message(msg) => queued.push(msg),
+                Outgoing::Message(msg) => writer.queued.push(msg),
             }
-            if queued.len() < MAX_BATCH {
+            if writer.queued.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
             }
         }
-        send_all(
-            &mut socket,
-            &mut session,
-            &peer,
-            batch,
-            &mut queued,
-            &plugin_id,
-        )
-        .await;
+        writer.send_queued().await;
     }
 }
 
-/// Seals and sends `queued` (emptying it): in batches when the peer understands them, else one
-/// frame per message.
-async fn send_all(
-    socket: &mut zeromq::RouterSendHalf,
-    session: &mut Session,
-    peer: &Option<Bytes>,
-    batch: bool,
-    queued: &mut Vec<Message>,
-    plugin_id: &PluginId,
-) {
-    if queued.is_empty() {
-        return;
-    }
-    let Some(peer) = peer else {
-        queued.clear(); // `Link::send` refuses messages before the peer is known
-        return;
-    };
-    let (frames, errors) = if batch {
-        session.seal_many(std::mem::take(queued))
-    } else {
-        let mut frames = Vec::with_capacity(queued.len());
-        let mut errors = Vec::new();
-        for msg in queued.drain(..) {
-            match session.seal(msg) {
-                Ok(f) => frames.push(f),
-                Err(e) => errors.push(e),
-            }
+impl Writer {
+    /// Seals and sends what is queued: in batches when the peer understands them, else one frame
+    /// per message.
+    async fn send_queued(&mut self) {
+        if self.queued.is_empty() {
+            return;
         }
-        (frames, errors)
-    };
-    for e in errors {
-        tracing::warn!(plugin_id = %plugin_id, error = %e, "could not encode a message for the plugin; dropped");
-    }
-    for [mac, payload] in frames {
-        let parts = vec![peer.clone(), Bytes::from(mac), Bytes::from(payload)];
-        let Ok(msg) = ZmqMessage::try_from(parts) else {
-            continue;
+        let Some(peer) = self.peer.clone() else {
+            self.queued.clear(); // `Link::send` refuses messages before the peer is known
+            return;
         };
-        if let Err(e) = socket.send(msg).await {
-            tracing::debug!(error = %e, "plugin link send failed (peer gone?)");
+        let (frames, errors) = if self.batch {
+            self.session.seal_many(std::mem::take(&mut self.queued))
+        } else {
+            let mut frames = Vec::with_capacity(self.queued.len());
+            let mut errors = Vec::new();
+            for msg in self.queued.drain(..) {
+                match self.session.seal(msg) {
+                    Ok(f) => frames.push(f),
+                    Err(e) => errors.push(e),
+                }
+            }
+            (frames, errors)
+        };
+        for e in errors {
+            tracing::warn!(plugin_id = %self.plugin_id, error = %e, "could not encode a message for the plugin; dropped");
+        }
+        for [mac, payload] in frames {
+            let parts = vec![peer.clone(), Bytes::from(mac), Bytes::from(payload)];
+            let Ok(msg) = ZmqMessage::try_from(parts) else {
+                continue;
+            };
+            if let Err(e) = self.socket.send(msg).await {
+                tracing::debug!(error = %e, "plugin link send failed (peer gone?)");
+            }
         }
     }
 }

@@ -20,11 +20,12 @@ socket refuses (`EAGAIN`, its high-water mark) do messages wait in the outbox, w
 sends as soon as the socket takes them again.
 
 Batching (when neko granted the `batch` feature in WELCOME): the RESULTs and awaited REQUESTs that
-code on the reading loop posts are held until the end of that loop's turn (`cork`) and leave
-together as one `batch` frame; under load, a turn answers many calls, and one frame, one MAC and one
-ZeroMQ message then serve them all. Their posters yield right after posting them; should another
-callback of that turn block the loop, the I/O loop's stand-by check sends them. Any other post first sends what is held, so messages still leave in the order they
-were posted. Received batches are delivered message by message.
+code on the reading loop posts while others are open are held until the end of that loop's turn
+(`cork`, at most CORK_MAX) and leave together as one `batch` frame; under load, a turn answers many
+calls, and one frame, one MAC and one ZeroMQ message then serve them all. Their posters yield right
+after posting them; should another callback of that turn block the loop, the I/O loop's stand-by
+check sends them. Any other post first sends what is held, so messages still leave in the order
+they were posted. Received batches are delivered message by message.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class Link:
         # session's sending side and this outbox: whichever thread posts a message sends it.
         self._io = threading.Lock()
         self._outbox: deque[list[bytes]] = deque()
-        #: Messages held for the next batch (under `_io`), and whether the neko granted batches.
+        #: Messages held for the next batch (under `_io`), and whether neko granted batches.
         self._cork: list[tuple[str, dict]] = []
         self.batching = False
         self._retry: Optional[asyncio.TimerHandle] = None
