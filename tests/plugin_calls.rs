@@ -67,6 +67,16 @@ class Caller(NekoPluginBase):
         # Asks for 10 s, but its own call ends after 1 s: the callee gets no more than that.
         return await self.plugins.call_entry(target, args or {}, timeout=10.0)
 
+    @plugin_entry(id="fan_out")
+    async def fan_out(self, target, n):
+        # n calls at once: requests and results travel in batch frames both ways.
+        got = await asyncio.gather(*(self.plugins.call_entry(target, {"x": i}) for i in range(n)))
+        return [g["value"] for g in got]
+
+    @plugin_entry(id="adouble")
+    async def adouble(self, x):
+        return {"value": x * 2}
+
     @plugin_entry(id="double")
     def double(self, x):
         return {"value": x * 2, "by": self.ctx.plugin_id, "caller": self.ctx.caller_plugin_id}
@@ -139,6 +149,25 @@ async fn timed_run(neko: &Neko, plugin: &str, entry: &str, args: Value) -> (Valu
     let t = Instant::now();
     let run = neko.run(plugin, entry, args).await;
     (run, t.elapsed())
+}
+
+/// Hundreds of concurrent Python → Python calls (so batch frames both ways, through neko) each
+/// get their own answer, to async and sync handlers alike.
+#[tokio::test]
+async fn a_burst_of_python_calls_gets_every_answer_right() {
+    let neko = start(&[("fana", ""), ("fanb", "")], &[]).await;
+    for entry in ["adouble", "double"] {
+        let run = neko
+            .run(
+                "fana",
+                "fan_out",
+                json!({"target": format!("fanb:{entry}"), "n": 300}),
+            )
+            .await;
+        assert_eq!(run["status"], "succeeded", "{entry}: {run}");
+        let want: Vec<i64> = (0..300).map(|i| i * 2).collect();
+        assert_eq!(run["result"], json!(want), "{entry}");
+    }
 }
 
 /// An honest chain runs with the right data; cycles (two and three plugins, and a self-call)
