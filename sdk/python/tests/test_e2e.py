@@ -243,6 +243,19 @@ def test_granted_batches_carry_a_burst_of_results_in_order(plugin_dir):
         sup.close()
 
 
+def test_welcome_may_share_a_batch_with_the_first_triggers(plugin_dir):
+    sup = launch(plugin_dir)
+    try:
+        hello = sup.expect("hello", 15.0)
+        assert "batch" in hello.body["features"]
+        welcome = {"plugin_id": "demo", "heartbeat_interval_ms": sup.heartbeat_ms, "features": ["batch"]}
+        trigger = {"call_id": "first", "entry_id": "aecho", "args": {"n": 1}, "timeout_ms": 5000}
+        sup.send_raw(sup.session.seal_batch([("welcome", welcome), ("trigger", trigger)]))
+        assert sup.result("first")["data"] == {"n": 1}
+    finally:
+        sup.close()
+
+
 def test_status_from_startup_and_heartbeats(sup):
     assert sup.wait_for(lambda e: e.kind == "status" and e.body["status"].get("phase") == "started").body
     sup.expect("heartbeat")
