@@ -145,17 +145,21 @@ impl Session {
         Ok(frames)
     }
 
-    /// Seals `msgs`, in order, into as few frames as the size limit allows: consecutive messages
-    /// share one `batch` envelope ([`Message::Batch`]; only for a peer that announced
-    /// [`crate::FEATURE_BATCH`]), and a message left alone in its frame is sealed plain. A message
-    /// that could not be encoded is left out and its error returned beside the frames.
-    pub fn seal_many(&mut self, msgs: Vec<Message>) -> (Vec<[Vec<u8>; 2]>, Vec<CodecError>) {
+    /// Seals `msgs`, in order. With `batch` (a peer that announced [`crate::FEATURE_BATCH`]) into
+    /// as few frames as the size limit allows: consecutive messages share one `batch` envelope
+    /// ([`Message::Batch`]), and a message left alone in its frame is sealed plain. Without it, one
+    /// frame per message. A message that could not be encoded is left out and its error returned
+    /// beside the frames.
+    pub fn seal_many(
+        &mut self,
+        msgs: Vec<Message>,
+        batch: bool,
+    ) -> (Vec<[Vec<u8>; 2]>, Vec<CodecError>) {
         let mut frames = Vec::new();
         let mut errors = Vec::new();
-        if msgs.len() == 1 {
-            match self.seal(msgs.into_iter().next().expect("one message")) {
-                Ok(f) => frames.push(f),
-                Err(e) => errors.push(e),
+        if !batch || msgs.len() == 1 {
+            for msg in msgs {
+                self.seal_into(msg, &mut frames, &mut errors);
             }
             return (frames, errors);
         }
@@ -182,6 +186,18 @@ impl Session {
         (frames, errors)
     }
 
+    fn seal_into(
+        &mut self,
+        msg: Message,
+        frames: &mut Vec<[Vec<u8>; 2]>,
+        errors: &mut Vec<CodecError>,
+    ) {
+        match self.seal(msg) {
+            Ok(f) => frames.push(f),
+            Err(e) => errors.push(e),
+        }
+    }
+
     fn seal_group(
         &mut self,
         mut group: Vec<(Message, Vec<u8>)>,
@@ -190,10 +206,7 @@ impl Session {
     ) {
         if group.len() <= 1 {
             if let Some((msg, _)) = group.pop() {
-                match self.seal(msg) {
-                    Ok(f) => frames.push(f),
-                    Err(e) => errors.push(e),
-                }
+                self.seal_into(msg, frames, errors);
             }
             return;
         }

@@ -242,8 +242,7 @@ async fn write_loop(mut writer: Writer, mut rx: mpsc::UnboundedReceiver<Outgoing
 }
 
 impl Writer {
-    /// Seals and sends what is queued: in batches when the peer understands them, else one frame
-    /// per message.
+    /// Seals and sends what is queued (in batches when the peer understands them).
     async fn send_queued(&mut self) {
         if self.queued.is_empty() {
             return;
@@ -252,19 +251,9 @@ impl Writer {
             self.queued.clear(); // `Link::send` refuses messages before the peer is known
             return;
         };
-        let (frames, errors) = if self.batch {
-            self.session.seal_many(std::mem::take(&mut self.queued))
-        } else {
-            let mut frames = Vec::with_capacity(self.queued.len());
-            let mut errors = Vec::new();
-            for msg in self.queued.drain(..) {
-                match self.session.seal(msg) {
-                    Ok(f) => frames.push(f),
-                    Err(e) => errors.push(e),
-                }
-            }
-            (frames, errors)
-        };
+        let (frames, errors) = self
+            .session
+            .seal_many(std::mem::take(&mut self.queued), self.batch);
         for e in errors {
             tracing::warn!(plugin_id = %self.plugin_id, error = %e, "could not encode a message for the plugin; dropped");
         }

@@ -323,7 +323,7 @@ fn frame_key_debug_hides_the_secret() {
 fn seal_many_writes_one_batch_frame_equal_to_the_encoder() {
     let mut plugin = Session::new(key(), Direction::PluginToSupervisor, 1 << 20);
     plugin.next_out = 7;
-    let (frames, errors) = plugin.seal_many(sample_batch().messages);
+    let (frames, errors) = plugin.seal_many(sample_batch().messages, true);
     assert!(errors.is_empty());
     let expected = Envelope {
         v: 1,
@@ -348,7 +348,7 @@ fn seal_many_splits_batches_at_the_frame_limit() {
     let msgs: Vec<Message> = (0..20)
         .map(|i| Message::Result(CallResult::success(format!("c-{i}"), json!({"i": i}))))
         .collect();
-    let (frames, errors) = plugin.seal_many(msgs.clone());
+    let (frames, errors) = plugin.seal_many(msgs.clone(), true);
     assert!(errors.is_empty());
     assert!(frames.len() > 1, "{} frames", frames.len());
     let mut sup = Session::new(key(), Direction::SupervisorToPlugin, limit);
@@ -362,9 +362,17 @@ fn seal_many_splits_batches_at_the_frame_limit() {
     }
     assert_eq!(got, msgs);
 
-    let (frames, _) = plugin.seal_many(vec![Message::Heartbeat(Heartbeat {})]);
+    let (frames, _) = plugin.seal_many(vec![Message::Heartbeat(Heartbeat {})], true);
     let env = sup.open(&[&frames[0][0], &frames[0][1]]).unwrap();
     assert_eq!(env.msg, Message::Heartbeat(Heartbeat {}));
+
+    // For a peer without batches: one plain frame each.
+    let (frames, _) = plugin.seal_many(msgs[..3].to_vec(), false);
+    let plain: Vec<Message> = frames
+        .iter()
+        .map(|[mac, payload]| sup.open(&[mac, payload]).unwrap().msg)
+        .collect();
+    assert_eq!(plain, msgs[..3].to_vec());
 }
 
 /// A batch inside a batch is undecodable, like any other malformed frame.
