@@ -1,5 +1,5 @@
-//! The message plane from a Rust plugin: push messages (batched, bounded, never blocking the
-//! caller) and query the stores over RPC.
+//! The message plane from a Rust plugin: push messages (batched and bounded) and query the
+//! stores over RPC.
 //!
 //! The wire is the reference's message-plane protocol (`protocol/PROTOCOL.md`, "Message plane"):
 //! INGEST takes single msgpack maps `{"v":1,"kind":"delta_batch","from","ts","batch_id","items"}`
@@ -7,9 +7,11 @@
 //! DEALER. neko passes the endpoints in `NEKO_MESSAGE_PLANE_ZMQ_{INGEST,RPC}_ENDPOINT`.
 //!
 //! Pushes are encoded into a bounded outbox (`outbox.rs`) whose task owns the PUSH socket and
-//! sends a frame per [`BATCH_MAX`] messages or per [`FLUSH_EVERY`], whichever comes first; a full
-//! outbox drops the message and counts it ([`Bus::dropped`]). So a handler pushing in a loop never
-//! waits on the socket, and a plugin that floods only loses its own messages.
+//! sends a frame per [`BATCH_MAX`] messages or per [`FLUSH_EVERY`], whichever comes first. A push
+//! never waits on the socket, only for room in a full outbox: [`Bus::push_message`] waits up to
+//! [`PUSH_WAIT`] (backpressure: a handler pushing in a loop goes at the pace the plane takes),
+//! [`Bus::try_push_message`] not at all; a message that finds no room is dropped and counted
+//! ([`Bus::dropped`]), so a plugin that floods only loses its own messages.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -27,8 +29,10 @@ use neko_protocol::ErrorCode;
 pub const BATCH_MAX: usize = 256;
 /// A partial batch is sent after this long (the reference's flush interval).
 pub const FLUSH_EVERY: Duration = Duration::from_millis(5);
-/// Messages waiting to be sent at most; beyond it pushes are dropped and counted.
+/// Messages waiting to be sent at most; beyond it pushes wait or are dropped (and counted).
 pub const QUEUE_MAX: usize = 100_000;
+/// How long [`Bus::push_message`] waits for room in a full queue before it drops the message.
+pub const PUSH_WAIT: Duration = Duration::from_secs(1);
 /// Default deadline of a query.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -181,10 +185,20 @@ impl Bus {
         }
     }
 
-    /// Pushes `message` to store `messages`, topic `all`; returns its `message_id`. Never waits
-    /// for the socket: a full queue drops the message (error `RATE_LIMITED`, counted in
-    /// [`Bus::dropped`]).
+    /// Pushes `message` to store `messages`, topic `all`; returns its `message_id`. When
+    /// [`QUEUE_MAX`] messages are waiting already it waits for room, up to [`PUSH_WAIT`], so a
+    /// producer in a loop goes at the pace the plane takes; past that the message is dropped
+    /// (error `RATE_LIMITED`, counted in [`Bus::dropped`]).
     pub async fn push_message(&self, message: Message) -> Result<String, EntryError> {
+        self.push(message, Some(PUSH_WAIT)).await
+    }
+
+    /// As [`Bus::push_message`], but never waits: a full queue drops the message at once.
+    pub async fn try_push_message(&self, message: Message) -> Result<String, EntryError> {
+        self.push(message, None).await
+    }
+
+    async fn push(&self, message: Message, wait: Option<Duration>) -> Result<String, EntryError> {
         let pushes = self.pushes.get_or_try_init(|| self.start_pusher()).await?;
         let n = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let message_id = message_id(&self.plugin_id, n);
@@ -194,7 +208,15 @@ impl Bus {
             message: &message,
             time: unix_now(),
         };
-        match pushes.push(|out| payload.write_item(out)) {
+        let write = |out: &mut Vec<u8>| payload.write_item(out);
+        let pushed = match wait {
+            Some(wait) => {
+                let deadline = tokio::time::Instant::now() + wait;
+                pushes.push_waiting(write, deadline).await
+            }
+            None => pushes.push(write),
+        };
+        match pushed {
             Ok(()) => Ok(message_id),
             Err(Refused::Full) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);

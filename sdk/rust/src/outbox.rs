@@ -4,7 +4,8 @@
 //! nothing is allocated per message on one thread and freed on another, and the task that owns
 //! the PUSH socket only frames whole batches and sends them. A batch is sealed when it holds
 //! [`BATCH_MAX`] messages or its first message is [`FLUSH_EVERY`] old; at most [`QUEUE_MAX`]
-//! messages wait, beyond that a push is refused (the caller counts it as dropped).
+//! messages wait. Beyond that a push waits for room ([`Outbox::push_waiting`], the producer is
+//! slowed to what the plane takes) or is refused ([`Outbox::push`], the caller counts a drop).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -31,6 +32,8 @@ pub(crate) struct Outbox {
     state: Mutex<State>,
     /// Wakes the sending task: a batch was sealed, or the first message of one arrived.
     wake: Notify,
+    /// Wakes pushers waiting for room: a batch went out.
+    room: Notify,
 }
 
 #[derive(Default)]
@@ -80,6 +83,7 @@ impl Outbox {
         Self {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
+            room: Notify::new(),
         }
     }
 
@@ -87,6 +91,7 @@ impl Outbox {
     pub(crate) fn close(&self) {
         self.state().closed = true;
         self.wake.notify_one();
+        self.room.notify_waiters();
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -95,21 +100,61 @@ impl Outbox {
     }
 
     /// Adds an item to the open batch: `write` appends it, as msgpack, to the batch's bytes.
+    /// Refused at once when the outbox is full.
     pub(crate) fn push(
         &self,
         write: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
     ) -> Result<(), Refused> {
+        self.try_push(write).map_err(|(refused, _)| refused)
+    }
+
+    /// As [`Outbox::push`], but a full outbox is waited on (until `deadline`): the pusher goes
+    /// at the pace the sending task gets batches out.
+    pub(crate) async fn push_waiting<W>(
+        &self,
+        mut write: W,
+        deadline: Instant,
+    ) -> Result<(), Refused>
+    where
+        W: FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    {
+        loop {
+            // Registered before the attempt, so a batch sent in between still wakes us.
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.try_push(write) {
+                Err((Refused::Full, Some(unused))) => write = unused,
+                done => return done.map_err(|(refused, _)| refused),
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(Refused::Full);
+            }
+        }
+    }
+
+    /// `count` messages left (sent or lost): room for as many pushes.
+    fn sent(&self, count: usize) {
+        self.state().queued -= count;
+        self.room.notify_waiters();
+    }
+
+    /// One attempt; a full outbox hands `write` back (unused) with the refusal.
+    fn try_push<W>(&self, write: W) -> Result<(), (Refused, Option<W>)>
+    where
+        W: FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    {
         let mut state = self.state();
         if state.closed {
-            return Err(Refused::Closed);
+            return Err((Refused::Closed, None));
         }
         if state.queued >= QUEUE_MAX {
-            return Err(Refused::Full);
+            return Err((Refused::Full, Some(write)));
         }
         let before = state.open.bytes.len();
         if let Err(e) = write(&mut state.open.bytes) {
             state.open.bytes.truncate(before);
-            return Err(Refused::Unencodable(e));
+            return Err((Refused::Unencodable(e), None));
         }
         state.open.count += 1;
         state.queued += 1;
@@ -156,7 +201,7 @@ async fn send_batches(mut socket: PushSocket, outbox: Arc<Outbox>, from: Arc<str
                 if let Err(e) = socket.send(ZmqMessage::from(frame)).await {
                     tracing::warn!(error = %e, "message plane: push failed; batch lost");
                 }
-                outbox.state().queued -= batch.count;
+                outbox.sent(batch.count);
             }
             Step::Wait(None) => outbox.wake.notified().await,
             Step::Wait(Some(deadline)) => {
@@ -219,6 +264,53 @@ mod tests {
         drop(state);
         outbox.close();
         assert!(matches!(outbox.push(item(0)), Err(Refused::Closed)));
+    }
+
+    /// A push into a full outbox waits until a batch goes out, or gives up at its deadline.
+    #[tokio::test]
+    async fn a_waiting_push_goes_when_there_is_room() {
+        let outbox = Arc::new(Outbox::new());
+        let item = |out: &mut Vec<u8>| {
+            rmp_serde::encode::write_named(out, &json!("x")).map_err(|e| e.to_string())
+        };
+        for _ in 0..QUEUE_MAX {
+            outbox.push(item).unwrap();
+        }
+        let soon = Instant::now() + std::time::Duration::from_millis(20);
+        assert!(matches!(
+            outbox.push_waiting(item, soon).await,
+            Err(Refused::Full)
+        ));
+
+        let later = Instant::now() + std::time::Duration::from_secs(30);
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.push_waiting(item, later).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        let batch = outbox.state().sealed.pop_front().unwrap();
+        outbox.sent(batch.count);
+        waiting.await.unwrap().unwrap();
+        assert_eq!(outbox.state().queued, QUEUE_MAX - BATCH_MAX + 1);
+
+        // Closing wakes a waiter, which is then refused.
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move {
+                let fill = QUEUE_MAX - outbox.state().queued;
+                for _ in 0..fill {
+                    outbox.push(item).unwrap();
+                }
+                outbox.push_waiting(item, later).await
+            }
+        });
+        while outbox.state().queued < QUEUE_MAX {
+            tokio::task::yield_now().await;
+        }
+        tokio::task::yield_now().await;
+        outbox.close();
+        assert!(matches!(waiting.await.unwrap(), Err(Refused::Closed)));
     }
 
     /// A frame decodes to the envelope with every message, in push order.
