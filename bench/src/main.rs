@@ -1091,6 +1091,32 @@ async fn message_plane(args: &Args, report: &mut Report, bin: &Path) -> Result<(
         neko.ensure_running()?;
     }
 
+    // The same reads as a Python plugin makes them (the reference's figure was taken so): the
+    // SDK's request, neko's answer and the SDK turning 100 records into a list of messages.
+    let bus_get = |n: usize| json!({"n": n, "max_count": QUERY_LIMIT});
+    api.run_with(PYBENCH, "bus_get", bus_get(args.warmup))
+        .await
+        .context("warm-up reads from pybench")?;
+    let (_, record) = api
+        .run_with(PYBENCH, "bus_get", bus_get(args.plane_queries))
+        .await
+        .context("reads from pybench")?;
+    let result = &record["result"];
+    if result["sizes"] != json!([QUERY_LIMIT]) {
+        bail!(
+            "pybench/bus_get read lists of {} messages, not {QUERY_LIMIT}",
+            result["sizes"]
+        );
+    }
+    let (samples, elapsed) = timed_loop(result).context("pybench/bus_get")?;
+    report.add(
+        "plane: bus.messages.get(max_count=100) from Python, sequential".into(),
+        samples,
+        Some(elapsed),
+        command.clone(),
+    );
+    neko.ensure_running()?;
+
     // What the stores hold now: the messages store full, plus neko's own records.
     let plane = api.message_plane(&neko.admin_token).await?;
     let records = store_records(&plane, "");
@@ -1137,23 +1163,8 @@ async fn plugin_calls(args: &Args, report: &mut Report, bin: &Path) -> Result<()
                 .run_with(caller, "call_loop", loop_args(args.calls))
                 .await
                 .with_context(|| format!("calls from {caller}"))?;
-            let result = &record["result"];
-            let latencies = result["latencies_us"]
-                .as_array()
-                .with_context(|| format!("{caller}/call_loop returned no latencies: {result}"))?;
-            let failed = result["failed"].as_u64().unwrap_or(0) as usize;
-            let samples = Samples {
-                latencies: latencies
-                    .iter()
-                    .filter_map(Value::as_u64)
-                    .map(Duration::from_micros)
-                    .collect(),
-                failures: Failures {
-                    count: failed,
-                    first: result["first_error"].as_str().map(str::to_owned),
-                },
-            };
-            let elapsed = Duration::from_secs_f64(result["elapsed_s"].as_f64().unwrap_or(0.0));
+            let (samples, elapsed) =
+                timed_loop(&record["result"]).with_context(|| format!("{caller}/call_loop"))?;
             let name = match concurrency {
                 1 => format!("plugin call: {what}, sequential"),
                 c => format!("plugin call: {what}, {c} in flight"),
@@ -1163,6 +1174,27 @@ async fn plugin_calls(args: &Args, report: &mut Report, bin: &Path) -> Result<()
         }
     }
     Ok(())
+}
+
+/// The samples and duration of a loop an entry timed itself: its result's `latencies_us` (one
+/// per success), `failed` with `first_error`, and `elapsed_s`.
+fn timed_loop(result: &Value) -> Result<(Samples, Duration)> {
+    let latencies = result["latencies_us"]
+        .as_array()
+        .with_context(|| format!("no latencies in {result}"))?;
+    let samples = Samples {
+        latencies: latencies
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(Duration::from_micros)
+            .collect(),
+        failures: Failures {
+            count: result["failed"].as_u64().unwrap_or(0) as usize,
+            first: result["first_error"].as_str().map(str::to_owned),
+        },
+    };
+    let elapsed = Duration::from_secs_f64(result["elapsed_s"].as_f64().unwrap_or(0.0));
+    Ok((samples, elapsed))
 }
 
 /// Records held by `store` ("": by every store) in `message_plane` of `GET /server/info`.

@@ -73,6 +73,23 @@ class PyBench(NekoPluginBase):
             "first_error": errors[0] if errors else None,
         }
 
+    @plugin_entry(
+        id="bus_get",
+        name="Bus reads",
+        description="self.ctx.bus.messages.get(max_count) n times, one after the other; returns each read's latency",
+        timeout=600.0,
+    )
+    def bus_get(self, n: int, max_count: int = 100, **_):
+        latencies: list[int] = []
+        sizes: set[int] = set()
+        started = time.perf_counter()
+        for _ in range(n):
+            t = time.perf_counter()
+            got = self.ctx.bus.messages.get(max_count=max_count)
+            latencies.append(int((time.perf_counter() - t) * 1e6))
+            sizes.add(len(got))
+        return {"latencies_us": latencies, "elapsed_s": time.perf_counter() - started, "sizes": sorted(sizes)}
+
     def _push(self, n: int, fast_mode: bool) -> dict:
         # Returns as soon as the SDK took the messages (fast mode: queued for its batcher thread,
         # which keeps sending after the run ends): the bench times the plane's own counter of

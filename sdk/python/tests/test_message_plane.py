@@ -382,6 +382,42 @@ def rec(mid, *, source="s", priority=0, ts=0.0, plugin_id="p", content="", seq=N
     return MessageRecord(kind="message", type="text", timestamp=ts, plugin_id=plugin_id, source=source, priority=priority, content=content, raw={"message_id": mid, "n": priority}, seq=seq, message_id=mid)
 
 
+def test_records_from_events_equal_the_constructor_built_ones():
+    """The fast record builder fills every field as the dataclass constructor would, for every
+    record class and for payloads missing fields, with odd types or without an index."""
+    import dataclasses
+
+    from plugin.sdk.bus.types import EventRecord, LifecycleRecord, MemoryRecord
+
+    payloads = [
+        {"type": "MESSAGE_PUSH", "message_id": "m1", "plugin_id": "p", "source": "s", "priority": 3,
+         "message_type": "text", "content": "hi", "metadata": {"k": 1}, "time": 12.5, "description": "d"},
+        {"kind": "event", "event_id": "e1", "entry_id": "run", "args": {"a": 1}, "priority": "7", "timestamp": "1970-01-01T00:00:10Z"},
+        {"lifecycle_id": "l1", "trace_id": "t", "metadata": "not a dict", "priority": None},
+        {"bucket_id": "b", "content": [1, 2]},
+        {},
+    ]
+    indexes = [
+        {"plugin_id": "p", "source": "s", "priority": 3, "kind": None, "type": "MESSAGE_PUSH", "timestamp": 12.5, "id": "m1"},
+        {"timestamp": 3},
+        {"id": "x", "type": "T"},
+        None,
+    ]
+    for cls in (MessageRecord, EventRecord, LifecycleRecord, MemoryRecord):
+        for payload in payloads:
+            for index in indexes:
+                event = {"seq": 5, "ts": 99.0, "store": "s", "topic": "all", "payload": dict(payload), "index": index and dict(index)}
+                fast = cls.from_event(event)
+                built = cls(**{f.name: getattr(fast, f.name) for f in dataclasses.fields(cls)})
+                assert fast == built and repr(fast) == repr(built)
+                assert fast.__dict__.keys() == built.__dict__.keys()
+                assert fast == cls.from_raw(payload, seq=5, index=index, event_ts=99.0)
+                with pytest.raises(dataclasses.FrozenInstanceError):
+                    fast.kind = "x"  # type: ignore[misc]
+    light = MessageRecord.from_event({"seq": 1, "ts": 2.0, "index": {"kind": "k", "timestamp": 2.0}})
+    assert light.raw == {"index": {"kind": "k", "timestamp": 2.0}, "seq": 1, "ts": 2.0} and light.kind == "k"
+
+
 def test_buslist_operations_and_ordering():
     a = MessageList([rec("1", priority=3, ts=30, source="chat"), rec("2", priority=1, ts=10, content="hello world"), rec("3", priority=5, ts=20, source="chat")])
     b = MessageList([rec("3", priority=5, ts=20, source="chat"), rec("4", priority=2, ts=40)])

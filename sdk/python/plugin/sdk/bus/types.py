@@ -145,28 +145,42 @@ class BusRecord:
         """A record from a stored payload (plus the event's `seq`/`index`/`ts` when known)."""
         payload = dict(raw) if isinstance(raw, dict) else {"content": raw}
         idx = dict(index) if isinstance(index, dict) else {}
-        timestamp = parse_timestamp(idx.get("timestamp"))
-        if timestamp is None:
-            timestamp = parse_timestamp(payload.get("timestamp"))
-        if timestamp is None:
-            timestamp = parse_timestamp(payload.get("time"))
-        if timestamp is None:
-            timestamp = parse_timestamp(event_ts)
+        return cls._build(payload, idx, seq, event_ts)
+
+    @classmethod
+    def _build(cls, payload: dict, idx: dict, seq: Any, event_ts: Any) -> "BusRecord":
+        """The record of `payload` and `idx`, which it keeps (the caller copies what it shares)."""
+        timestamp = idx.get("timestamp")
+        if type(timestamp) is not float:  # the usual case, a float from the plane, as it is
+            timestamp = parse_timestamp(timestamp)
+            if timestamp is None:
+                timestamp = parse_timestamp(payload.get("timestamp"))
+            if timestamp is None:
+                timestamp = parse_timestamp(payload.get("time"))
+            if timestamp is None:
+                timestamp = parse_timestamp(event_ts)
         metadata = payload.get("metadata")
-        return cls(
-            kind=str(payload.get("kind") or idx.get("kind") or cls.default_kind),
-            type=cls._record_type(payload, idx),
-            timestamp=timestamp,
-            plugin_id=_str_or_none(payload.get("plugin_id", idx.get("plugin_id"))),
-            source=_str_or_none(payload.get("source", idx.get("source"))),
-            priority=_int_or_zero(payload.get("priority", idx.get("priority", 0))),
-            content=payload.get("content"),
-            metadata=dict(metadata) if isinstance(metadata, dict) else {},
-            raw=payload,
-            seq=seq if isinstance(seq, int) else None,
-            index=idx or None,
-            **cls._extra_fields(payload, idx),
-        )
+        priority = payload.get("priority", idx.get("priority", 0))
+        values = {
+            "kind": str(payload.get("kind") or idx.get("kind") or cls.default_kind),
+            "type": cls._record_type(payload, idx),
+            "timestamp": timestamp,
+            "plugin_id": _str_or_none(payload.get("plugin_id", idx.get("plugin_id"))),
+            "source": _str_or_none(payload.get("source", idx.get("source"))),
+            "priority": priority if type(priority) is int else _int_or_zero(priority),
+            "content": payload.get("content"),
+            "metadata": dict(metadata) if isinstance(metadata, dict) else {},
+            "raw": payload,
+            "seq": seq if isinstance(seq, int) else None,
+            "index": idx or None,
+        }
+        values.update(cls._extra_fields(payload, idx))
+        # A bus read makes hundreds of records: filling the instance dict at once costs a fifth of
+        # the frozen dataclass's __init__ (one object.__setattr__ per field). `values` holds every
+        # field (tests compare with __init__), and these classes have no __post_init__.
+        record = object.__new__(cls)
+        object.__setattr__(record, "__dict__", values)
+        return record
 
     @classmethod
     def _record_type(cls, payload: dict, index: dict) -> str:
@@ -175,16 +189,18 @@ class BusRecord:
     @classmethod
     def from_event(cls, event: dict) -> "BusRecord":
         """A record from a message-plane event `{seq, ts, store, topic, payload, index}`; light
-        events (no payload) give a record built from the index alone."""
+        events (no payload) give a record built from the index alone. The event's payload and
+        index become the record's (a decoded reply is not shared)."""
         payload = event.get("payload")
-        index = event.get("index") if isinstance(event.get("index"), dict) else {}
+        index = event.get("index")
+        if not isinstance(index, dict):
+            index = {}
         seq = event.get("seq")
         if not isinstance(payload, dict):
-            payload = {}
             light = {"index": index, "seq": seq, "ts": event.get("ts")}
-            record = cls.from_raw(payload, seq=seq, index=index, event_ts=event.get("ts"))
+            record = cls.from_raw({}, seq=seq, index=index, event_ts=event.get("ts"))
             return _replace(record, raw=light, kind=str(index.get("kind") or cls.default_kind))
-        return cls.from_raw(payload, seq=seq, index=index, event_ts=event.get("ts"))
+        return cls._build(payload, index, seq, event.get("ts"))
 
 
 def _replace(record: BusRecord, **changes: Any) -> Any:
