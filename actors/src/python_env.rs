@@ -30,6 +30,9 @@ const SDK_REQUIREMENTS: &[&str] = &["pyzmq>=25", "msgpack>=1.0"];
 /// project (loguru), or use `self.db`, which needs SQLAlchemy's async engine over aiosqlite (the
 /// reference's environment has them); installed too, and a failure only warns.
 const COMPAT_PACKAGES: &[&str] = &["loguru", "sqlalchemy[asyncio]>=2", "aiosqlite"];
+/// Optional too: the SDK packs and reads msgpack faster with it (`plugin/_runtime/codec.py`) and
+/// works without it.
+const SDK_SPEEDUPS: &[&str] = &["ormsgpack>=1.4"];
 
 /// The PythonEnv actor.
 pub struct PythonEnv;
@@ -180,9 +183,10 @@ impl PythonEnvState {
         let venv_python = venv.join("bin/python");
         let deps_marker = venv.join(".neko-deps");
         let deps_key = format!(
-            "{version}|{}|{}|{}",
+            "{version}|{}|{}|{}|{}",
             SDK_REQUIREMENTS.join(" "),
             COMPAT_PACKAGES.join(" "),
+            SDK_SPEEDUPS.join(" "),
             self.settings.pip_args.join(" ")
         );
         if std::fs::read_to_string(&deps_marker).ok().as_deref() != Some(deps_key.as_str()) {
@@ -200,10 +204,19 @@ impl PythonEnvState {
             let mut pip = pip_install(&venv_python, &self.settings.pip_args);
             pip.extend(SDK_REQUIREMENTS.iter().map(|s| s.to_string()));
             child::run_tool(plugin_id, "python-env", &pip, root, &[]).await?;
-            let mut compat = pip_install(&venv_python, &self.settings.pip_args);
-            compat.extend(COMPAT_PACKAGES.iter().map(|s| s.to_string()));
-            if let Err(e) = child::run_tool(plugin_id, "python-env", &compat, root, &[]).await {
-                tracing::warn!(packages = ?COMPAT_PACKAGES, error = %e, "could not install packages plugins written for the reference often import; continuing without them");
+            for (packages, what) in [
+                (
+                    COMPAT_PACKAGES,
+                    "packages plugins written for the reference often import",
+                ),
+                (SDK_SPEEDUPS, "the SDK's optional speed-ups"),
+            ] {
+                let mut optional = pip_install(&venv_python, &self.settings.pip_args);
+                optional.extend(packages.iter().map(|s| s.to_string()));
+                if let Err(e) = child::run_tool(plugin_id, "python-env", &optional, root, &[]).await
+                {
+                    tracing::warn!(?packages, error = %e, "could not install {what}; continuing without them");
+                }
             }
             std::fs::write(&deps_marker, &deps_key).map_err(|e| e.to_string())?;
             tracing::info!(

@@ -48,7 +48,10 @@
 //!   counts the messages the SDK dropped. Queries: `--plane-queries` round trips each of
 //!   `bus.get_recent` and `bus.query` (limit 100, store full), one at a time on a DEALER socket
 //!   of the bench's own, as a tool outside neko speaks to the RPC endpoint; then as many again
-//!   from `--plane-clients` sockets at once. Last, neko's RSS
+//!   from `--plane-clients` sockets at once. Then `--plane-queries` reads as a Python plugin makes
+//!   them (pybench's `bus_get`: `self.ctx.bus.messages.get(max_count=100)` in a loop, timed
+//!   inside the plugin: the SDK's request, neko's answer, the SDK's decoding into a list of
+//!   records): the call the reference's bus figure names. Last, neko's RSS
 //!   (`VmRSS`) with the stores as filled (`n`: the records they hold).
 //!
 //! Latencies are in ms, percentiles nearest-rank over sorted samples; `per s` is runs, messages
@@ -1091,7 +1094,7 @@ async fn message_plane(args: &Args, report: &mut Report, bin: &Path) -> Result<(
         neko.ensure_running()?;
     }
 
-    // The same reads as a Python plugin makes them (the reference's figure was taken so): the
+    // The same reads as a Python plugin makes them (the call the reference's figure names): the
     // SDK's request, neko's answer and the SDK turning 100 records into a list of messages.
     let bus_get = |n: usize| json!({"n": n, "max_count": QUERY_LIMIT});
     api.run_with(PYBENCH, "bus_get", bus_get(args.warmup))

@@ -34,6 +34,7 @@ import msgpack
 import zmq
 
 from ..sdk.errors import RequestError
+from . import codec
 
 RPC_ENV = ("NEKO_MESSAGE_PLANE_ZMQ_RPC_ENDPOINT", "NEKO_MESSAGE_PLANE_RPC")
 PUB_ENV = ("NEKO_MESSAGE_PLANE_ZMQ_PUB_ENDPOINT", "NEKO_MESSAGE_PLANE_PUB")
@@ -141,21 +142,9 @@ if hasattr(os, "register_at_fork"):
 
 # -- INGEST frames ------------------------------------------------------------------------------
 
-_packers = threading.local()
-
-
-def _packer() -> msgpack.Packer:
-    """This thread's msgpack packer (a Packer is not thread-safe; making one per call costs more
-    than the packing of a small payload)."""
-    packer = getattr(_packers, "packer", None)
-    if packer is None:
-        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
-    return packer
-
-
 def pack_payload(payload: dict) -> bytes:
     """msgpack of one payload (bytes stay binary). TypeError if it holds something msgpack cannot."""
-    return _packer().pack(payload)
+    return codec.packb(payload)
 
 
 def _item_prefix(store: str, topic: str) -> bytes:
@@ -189,7 +178,7 @@ def _frame_head(producer: str) -> bytes:
 
 def delta_batch_frame(producer: str, items: list[bytes]) -> bytes:
     """A `delta_batch` frame around items that are already packed (each a full item map)."""
-    packer = _packer()
+    packer = codec.packer()
     return b"".join(
         (
             _frame_head(producer),
@@ -601,7 +590,7 @@ class MessagePlane:
             sockets = self._rpc_sockets
         envelope = self.envelope(op, args)
         req_id = envelope["req_id"]
-        frame = msgpack.packb(envelope, use_bin_type=True)
+        frame = codec.packb(envelope)
         try:
             slot = sockets.slot()
         except Closed:
@@ -719,7 +708,7 @@ def receipt(submitted: bool, message_id: Any, reason: Optional[str]) -> dict:
 def _decode_reply(raw: bytes) -> Optional[dict]:
     reply: Any = None
     try:
-        reply = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+        reply = codec.unpack_reply(raw)
     except Exception:
         try:
             import json

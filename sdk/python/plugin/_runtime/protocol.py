@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import msgpack
 
+from . import codec
+
 PROTOCOL_VERSION = 1
 MAC_LEN = 32
 DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024
@@ -355,7 +357,7 @@ def _missing(name: str) -> Any:
 
 def encode_payload(v: int, seq: int, kind: str, body: dict) -> bytes:
     try:
-        return msgpack.packb({"v": v, "seq": seq, "kind": kind, "body": body}, use_bin_type=True)
+        return codec.packb({"v": v, "seq": seq, "kind": kind, "body": body})
     except Exception as exc:
         raise FrameError("encode", f"{type(exc).__name__}: {exc}") from None
 
@@ -412,13 +414,12 @@ class Session:
         self.last_in = 0
         self._mac_out = _mac_function(key, self.outbound)
         self._mac_in = _mac_function(key, self.inbound)
-        self._packer = msgpack.Packer(use_bin_type=True)
 
     def seal(self, kind: str, body: dict) -> list[bytes]:
         """Encodes and signs a message, consuming the next sequence number."""
         try:
-            payload = self._packer.pack({"v": PROTOCOL_VERSION, "seq": self.next_out, "kind": kind, "body": body})
-        except Exception as exc:  # as encode_payload; the packer resets itself after a failure
+            payload = codec.packb({"v": PROTOCOL_VERSION, "seq": self.next_out, "kind": kind, "body": body})
+        except Exception as exc:  # as encode_payload
             raise FrameError("encode", f"{type(exc).__name__}: {exc}") from None
         self.next_out += 1
         return [self._mac_out(payload), payload]
