@@ -442,11 +442,18 @@ async fn killed_plugin_fails_its_runs_and_serves_after_restart() {
 }
 
 /// Retention keeps at most `max_records` finished runs (checked at start and every minute),
-/// the newest, with their exports.
+/// the newest, with their exports. A backlog larger than one retention pass (1,000 runs) goes in
+/// several, with the tracker answering in between.
 #[tokio::test]
 async fn retention_deletes_the_oldest_finished_runs() {
     let neko = Neko::start_with(&[echo_plugin("echo", "")], "[runs]\nmax_records = 2\n");
     neko.wait_running("echo").await;
+    for _ in 0..44 {
+        let burst = (0..25).map(|i| neko.run("echo", "echo", json!({"filler": i})));
+        for run in futures::future::join_all(burst).await {
+            assert_eq!(run["status"], "succeeded", "{run}");
+        }
+    }
     let mut ids = Vec::new();
     for i in 0..4 {
         ids.push(
@@ -463,6 +470,9 @@ async fn retention_deletes_the_oldest_finished_runs() {
         let (status, _) = neko.get(&format!("/runs/{id}/export")).await;
         assert_eq!(status, if i < 2 { 404 } else { 200 }, "exports of run {i}");
     }
+    let (status, list) = neko.get("/runs?limit=1000").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["runs"].as_array().map(Vec::len), Some(2), "{list}");
 }
 
 /// A run in flight when its plugin is stopped by hand ends at once (NOT_READY), and a run for a

@@ -123,6 +123,8 @@ pub struct Pruned {
     pub blob_ids: Vec<String>,
     /// When the oldest finished run left finished: the next one an age limit removes.
     pub oldest_finished_at: Option<f64>,
+    /// The pass stopped at its limit: more may be due.
+    pub more: bool,
 }
 
 impl RunDb {
@@ -357,25 +359,30 @@ impl RunDb {
 
     /// Deletes terminal runs finished before now - max_age (if set) and, beyond max_count (if
     /// set), the oldest terminal runs (finished longest ago); with their export items and blobs.
-    /// Never deletes a non-terminal run, so more than `max_count` may remain. One transaction.
+    /// Never deletes a non-terminal run, so more than `max_count` may remain. One transaction of
+    /// at most `limit` runs (oldest first), so a large backlog is deleted in several passes.
     pub fn prune(
         &mut self,
         now: f64,
         max_age_secs: Option<f64>,
         max_count: Option<usize>,
+        limit: usize,
     ) -> Result<Pruned, RunDbError> {
         let tx = self.conn.transaction()?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut doomed: Vec<String> = Vec::new();
         if let Some(age) = max_age_secs {
             let mut stmt = tx.prepare(
-                "SELECT run_id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?1",
+                "SELECT run_id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?1 \
+                 ORDER BY finished_at, run_id LIMIT ?2",
             )?;
-            for id in stmt.query_map([now - age], |r| r.get(0))? {
+            for id in stmt.query_map(params![now - age, limit], |r| r.get(0))? {
                 doomed.push(id?);
             }
             delete_runs(&tx, &doomed)?;
         }
-        if let Some(max) = max_count {
+        let room = limit - doomed.len() as i64;
+        if let (Some(max), true) = (max_count, room > 0) {
             let total: i64 = tx.query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0))?;
             let excess = total.saturating_sub(i64::try_from(max).unwrap_or(i64::MAX));
             if excess > 0 {
@@ -384,12 +391,13 @@ impl RunDb {
                      ORDER BY finished_at, run_id LIMIT ?1",
                 )?;
                 let by_count = stmt
-                    .query_map([excess], |r| r.get(0))?
+                    .query_map([excess.min(room)], |r| r.get(0))?
                     .collect::<Result<Vec<String>, _>>()?;
                 delete_runs(&tx, &by_count)?;
                 doomed.extend(by_count);
             }
         }
+        let more = doomed.len() as i64 >= limit;
         let mut blob_ids = Vec::new();
         {
             let mut blobs = tx.prepare_cached("SELECT blob_id FROM blobs WHERE run_id = ?1")?;
@@ -411,6 +419,7 @@ impl RunDb {
             runs: doomed.len(),
             blob_ids,
             oldest_finished_at,
+            more,
         })
     }
 
@@ -855,7 +864,7 @@ mod tests {
         db.put_blob(&blob("blive", "live1")).unwrap();
 
         // Age: finished before 100 - 70 = 30 → t0 (11), t1 (21).
-        let pruned = db.prune(100.0, Some(70.0), None).unwrap();
+        let pruned = db.prune(100.0, Some(70.0), None, 100).unwrap();
         assert_eq!(pruned.runs, 2);
         let mut blobs = pruned.blob_ids;
         blobs.sort();
@@ -867,7 +876,7 @@ mod tests {
         assert_eq!(db.count_runs().unwrap(), 5);
 
         // Count 3: drop the two oldest finished (t2, t3), keep t4 and both live runs.
-        let pruned = db.prune(100.0, None, Some(3)).unwrap();
+        let pruned = db.prune(100.0, None, Some(3), 100).unwrap();
         assert_eq!(pruned.runs, 2);
         assert_eq!(pruned.blob_ids, ["b2", "b3"]);
         assert_eq!(pruned.oldest_finished_at, Some(51.0));
@@ -876,7 +885,7 @@ mod tests {
         assert_eq!(db.list_exports("t4", None, 10).unwrap().0.len(), 1);
 
         // Count 0 and any age: only the live runs remain, and they stay.
-        let pruned = db.prune(1e9, Some(0.0), Some(0)).unwrap();
+        let pruned = db.prune(1e9, Some(0.0), Some(0), 100).unwrap();
         assert_eq!(pruned.runs, 1);
         assert_eq!(pruned.blob_ids, ["b4"]);
         let (left, _) = db
@@ -887,7 +896,37 @@ mod tests {
             .unwrap();
         assert_eq!(ids(&left), ["live2", "live1"]);
         assert!(db.get_blob("blive").unwrap().is_some());
-        assert_eq!(db.prune(1e9, None, None).unwrap(), Pruned::default());
+        assert_eq!(db.prune(1e9, None, None, 100).unwrap(), Pruned::default());
+    }
+
+    /// A pass deletes at most its limit, oldest first, and says when it stopped there.
+    #[test]
+    fn prune_goes_in_passes_of_at_most_its_limit() {
+        let mut db = RunDb::open(None).unwrap();
+        for i in 0..7 {
+            db.put_run(&run(
+                &format!("t{i}"),
+                "p",
+                RunStatus::Failed,
+                10.0 * (i + 1) as f64,
+            ))
+            .unwrap();
+        }
+        // Age removes t0..t3 (finished before 50), count keeps 2: five are due, three a pass.
+        let first = db.prune(100.0, Some(50.0), Some(2), 3).unwrap();
+        assert_eq!((first.runs, first.more), (3, true));
+        assert!(db.get_run("t2").unwrap().is_none() && db.get_run("t3").unwrap().is_some());
+        let second = db.prune(100.0, Some(50.0), Some(2), 3).unwrap();
+        assert_eq!((second.runs, second.more), (2, false));
+        let (left, _) = db
+            .list_runs(&RunFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(ids(&left), ["t6", "t5"]);
+        let idle = db.prune(100.0, Some(50.0), Some(2), 3).unwrap();
+        assert_eq!((idle.runs, idle.more), (0, false));
     }
 
     /// Figures for the issue: start-up cost with a large store, and the write rate.
@@ -959,6 +998,19 @@ mod tests {
             assert!(db.get_run(&r.run_id).unwrap().is_some());
         }
         let gets = t.elapsed();
+        // Retention down to 50,000 runs, in the tracker's passes of 1,000.
+        let t = Instant::now();
+        let (mut passes, mut slowest) = (0, Duration::ZERO);
+        loop {
+            let pass = Instant::now();
+            let pruned = db.prune(1e9, None, Some(50_000), 1_000).unwrap();
+            slowest = slowest.max(pass.elapsed());
+            passes += 1;
+            if !pruned.more {
+                break;
+            }
+        }
+        let prune = t.elapsed();
 
         eprintln!(
             "run_db figures ({N} runs, {} in flight, file {size} bytes):",
@@ -979,5 +1031,6 @@ mod tests {
             "  10k get_run: {gets:?} ({:.1} us/call)",
             gets.as_secs_f64() * 100.0
         );
+        eprintln!("  retention to 50k runs: {prune:?} in {passes} passes, slowest {slowest:?}");
     }
 }

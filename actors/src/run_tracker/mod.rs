@@ -39,6 +39,10 @@ pub use plugin_ops::EXPORT_INLINE_BINARY_MAX_BYTES;
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// How often retention runs.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+/// Runs one retention pass deletes at most (a few ms of SQLite work); a larger backlog takes
+/// several passes, and the mailbox's other messages are handled in between, so runs are never
+/// held up for long (one pass over 70,000 runs held every run request for over a second).
+const PRUNE_CHUNK: usize = 1_000;
 
 /// The RunTracker actor.
 pub struct RunTracker;
@@ -319,6 +323,8 @@ pub struct RunTrackerState {
     /// Until this unix time the retention pass has nothing to delete, unless a batch wrote since
     /// (`None`: it must run). Idle, neko then runs no SQL at all.
     retention_idle_until: Option<f64>,
+    /// Runs and blobs deleted by the passes of the retention round under way (logged at its end).
+    pruned_so_far: (usize, usize),
 }
 
 impl Actor for RunTracker {
@@ -363,6 +369,7 @@ impl Actor for RunTracker {
             acks: Vec::new(),
             settled: Vec::new(),
             retention_idle_until: None,
+            pruned_so_far: (0, 0),
         };
         state.prune();
         Ok(state)
@@ -914,29 +921,36 @@ impl RunTrackerState {
             return;
         }
         let max_age = self.store.max_age.map(|a| a.as_secs_f64());
-        let outcome = self.db.prune(now, max_age, Some(self.store.max_records));
-        if let Ok(pruned) = &outcome {
-            // Nothing left can exceed the count until a write; the oldest left ages out first.
-            self.retention_idle_until = Some(match (pruned.oldest_finished_at, max_age) {
-                (Some(oldest), Some(age)) => oldest + age,
-                _ => f64::INFINITY,
-            });
-        }
-        match outcome {
-            Ok(pruned) if pruned.runs > 0 => {
-                for id in &pruned.blob_ids {
-                    for extension in ["blob", "upload"] {
-                        let _ = std::fs::remove_file(self.blob_path(id, extension));
-                    }
-                }
-                tracing::info!(
-                    runs = pruned.runs,
-                    blobs = pruned.blob_ids.len(),
-                    "retention deleted old runs"
-                )
+        let pruned = match self
+            .db
+            .prune(now, max_age, Some(self.store.max_records), PRUNE_CHUNK)
+        {
+            Ok(pruned) => pruned,
+            Err(e) => {
+                tracing::error!(error = %e, "run retention failed");
+                return;
             }
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "run retention failed"),
+        };
+        for id in &pruned.blob_ids {
+            for extension in ["blob", "upload"] {
+                let _ = std::fs::remove_file(self.blob_path(id, extension));
+            }
+        }
+        self.pruned_so_far.0 += pruned.runs;
+        self.pruned_so_far.1 += pruned.blob_ids.len();
+        if pruned.more {
+            // The next pass after what is waiting in the mailbox.
+            let _ = self.myself.cast(RunTrackerMsg::Prune);
+            return;
+        }
+        // Nothing left can exceed the count until a write; the oldest left ages out first.
+        self.retention_idle_until = Some(match (pruned.oldest_finished_at, max_age) {
+            (Some(oldest), Some(age)) => oldest + age,
+            _ => f64::INFINITY,
+        });
+        let (runs, blobs) = std::mem::take(&mut self.pruned_so_far);
+        if runs > 0 {
+            tracing::info!(runs, blobs, "retention deleted old runs");
         }
     }
 }
