@@ -998,12 +998,12 @@ mod tests {
             assert!(db.get_run(&r.run_id).unwrap().is_some());
         }
         let gets = t.elapsed();
-        // Retention down to 50,000 runs, in the tracker's passes of 1,000.
+        // Retention down to 50,000 runs, in the tracker's passes of 500.
         let t = Instant::now();
         let (mut passes, mut slowest) = (0, Duration::ZERO);
         loop {
             let pass = Instant::now();
-            let pruned = db.prune(1e9, None, Some(50_000), 1_000).unwrap();
+            let pruned = db.prune(1e9, None, Some(50_000), 500).unwrap();
             slowest = slowest.max(pass.elapsed());
             passes += 1;
             if !pruned.more {

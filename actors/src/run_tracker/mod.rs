@@ -39,10 +39,13 @@ pub use plugin_ops::EXPORT_INLINE_BINARY_MAX_BYTES;
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// How often retention runs.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
-/// Runs one retention pass deletes at most (a few ms of SQLite work); a larger backlog takes
-/// several passes, and the mailbox's other messages are handled in between, so runs are never
-/// held up for long (one pass over 70,000 runs held every run request for over a second).
-const PRUNE_CHUNK: usize = 1_000;
+/// Runs one retention pass deletes at most (~10 ms of SQLite work). A larger backlog takes
+/// several passes, [`PRUNE_PACE`] apart, and the tracker serves runs in between: one pass over
+/// 70,000 runs held every run request for over a second, and back-to-back passes of 1,000 still
+/// delayed a run by 0.3 s (each of its steps waiting behind a pass).
+const PRUNE_CHUNK: usize = 500;
+/// The pause between two passes of one retention round.
+const PRUNE_PACE: Duration = Duration::from_millis(25);
 
 /// The RunTracker actor.
 pub struct RunTracker;
@@ -294,8 +297,10 @@ pub enum RunTrackerMsg {
         blob_id: String,
         reply: RpcReplyPort<Result<(BlobMeta, PathBuf), BlobError>>,
     },
-    /// Apply retention.
+    /// Apply retention (every [`PRUNE_INTERVAL`]; ignored while a round is under way).
     Prune,
+    /// The next pass of the retention round under way.
+    PruneMore,
     /// Commit the open batch and send the acknowledgements that waited for it.
     Flush,
 }
@@ -323,6 +328,8 @@ pub struct RunTrackerState {
     /// Until this unix time the retention pass has nothing to delete, unless a batch wrote since
     /// (`None`: it must run). Idle, neko then runs no SQL at all.
     retention_idle_until: Option<f64>,
+    /// A retention round is under way: its next pass is scheduled.
+    pruning: bool,
     /// Runs and blobs deleted by the passes of the retention round under way (logged at its end).
     pruned_so_far: (usize, usize),
 }
@@ -369,6 +376,7 @@ impl Actor for RunTracker {
             acks: Vec::new(),
             settled: Vec::new(),
             retention_idle_until: None,
+            pruning: false,
             pruned_so_far: (0, 0),
         };
         state.prune();
@@ -454,7 +462,13 @@ impl Actor for RunTracker {
             } => {
                 let _ = reply.send(state.blob(&run_id, &blob_id));
             }
+            RunTrackerMsg::Prune if state.pruning => {}
             RunTrackerMsg::Prune => {
+                state.commit();
+                state.prune();
+            }
+            RunTrackerMsg::PruneMore => {
+                state.pruning = false;
                 state.commit();
                 state.prune();
             }
@@ -921,6 +935,7 @@ impl RunTrackerState {
             return;
         }
         let max_age = self.store.max_age.map(|a| a.as_secs_f64());
+        let started = std::time::Instant::now();
         let pruned = match self
             .db
             .prune(now, max_age, Some(self.store.max_records), PRUNE_CHUNK)
@@ -936,11 +951,17 @@ impl RunTrackerState {
                 let _ = std::fs::remove_file(self.blob_path(id, extension));
             }
         }
+        tracing::debug!(
+            runs = pruned.runs,
+            took_ms = started.elapsed().as_millis() as u64,
+            "retention pass"
+        );
         self.pruned_so_far.0 += pruned.runs;
         self.pruned_so_far.1 += pruned.blob_ids.len();
         if pruned.more {
-            // The next pass after what is waiting in the mailbox.
-            let _ = self.myself.cast(RunTrackerMsg::Prune);
+            self.pruning = true;
+            self.myself
+                .send_after(PRUNE_PACE, || RunTrackerMsg::PruneMore);
             return;
         }
         // Nothing left can exceed the count until a write; the oldest left ages out first.
