@@ -417,10 +417,7 @@ class Session:
 
     def seal(self, kind: str, body: dict) -> list[bytes]:
         """Encodes and signs a message, consuming the next sequence number."""
-        try:
-            payload = codec.packb({"v": PROTOCOL_VERSION, "seq": self.next_out, "kind": kind, "body": body})
-        except Exception as exc:  # as encode_payload
-            raise FrameError("encode", f"{type(exc).__name__}: {exc}") from None
+        payload = encode_payload(PROTOCOL_VERSION, self.next_out, kind, body)
         self.next_out += 1
         return [self._mac_out(payload), payload]
 
